@@ -1,0 +1,98 @@
+"""LoRA (Hu et al., 2021) through Hugging Face PEFT, with optional FedProx.
+
+Each adapted Linear computes ``h = W0 x + (alpha / r) * B A x`` with ``W0`` frozen
+(fp32 or a bitsandbytes k-bit layer) and ``A (r x d_in)``, ``B (d_out x r)`` trainable
+in fp32; the classification head stays trainable (PEFT ``modules_to_save``). Local
+training minimises ``L(w) + mu/2 ||w - w_global||^2`` when the strategy sends
+``proximal-mu`` (FedProx, Li et al., 2020), with AdamW or SGD and global-norm clipping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+
+from client.methods.base import Update, load_named, proximal_term, register
+from strategies import wire
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+    """AdamW or SGD over ``params`` from the client config."""
+    m = cfg.method
+    if m.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=m.momentum, weight_decay=m.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=m.weight_decay)
+
+
+def train_steps(method: Any, batches: Iterator[dict[str, torch.Tensor]], steps: int, round_config: Mapping[str, Any]) -> Update:
+    """Backprop local training shared by parameter-efficient methods."""
+    params = dict(method.trainable_parameters())
+    plist = list(params.values())
+    opt = make_optimizer(plist, method.cfg)
+    mu = float(round_config.get(wire.PROXIMAL_MU, 0.0) or 0.0)
+    anchors = [p.detach().clone() for p in plist] if mu > 0 else []
+    model = method.model
+    model.train()
+    total, seen = 0.0, 0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        batch = next(batches)
+        loss = model(**batch).loss  # () mean over examples (answer tokens for causal LM)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()}")
+        n = int(batch["input_ids"].shape[0])
+        total += float(loss.detach()) * n
+        seen += n
+        if mu > 0:
+            loss = loss + proximal_term(plist, anchors, mu)
+        loss.backward()
+        if method.cfg.method.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(plist, method.cfg.method.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+    metrics = {wire.TRAIN_LOSS: total / max(seen, 1), wire.TRAIN_SECONDS: time.perf_counter() - t0, "examples-seen": seen}
+    return Update(kind=wire.KIND_DELTA, state=method.trainable_state(), num_examples=0, metrics=metrics)
+
+
+@register("lora")
+class LoraMethod:
+    """PEFT LoRA over the backbone's attention projections (+ trainable head)."""
+
+    name = "lora"
+
+    def __init__(self, backbone: Any, cfg: Any) -> None:
+        self.cfg = cfg
+        m = cfg.method
+        task = TaskType.SEQ_CLS if backbone.task == "classification" else TaskType.CAUSAL_LM
+        peft_cfg = LoraConfig(
+            r=m.r,
+            lora_alpha=m.lora_alpha,
+            lora_dropout=m.dropout,
+            target_modules=list(m.target_modules or backbone.lora_targets),
+            modules_to_save=list(backbone.head_modules) or None,
+            task_type=task,
+        )
+        with torch.random.fork_rng():  # identical adapter init on every client
+            torch.manual_seed(cfg.seed)
+            self.model = get_peft_model(backbone.model, peft_cfg)
+        for p in self.model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
+        self.model.eval()
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.trainable_parameters()}
+
+    def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_named(dict(self.trainable_parameters()), state)
+
+    def local_train(self, batches: Iterator[dict[str, torch.Tensor]], steps: int, round_config: Mapping[str, Any]) -> Update:
+        return train_steps(self, batches, steps, round_config)

@@ -1,0 +1,54 @@
+"""The Anther ServerApp (Flower component ``server.app:app``).
+
+It reads a :class:`~server.config.ServerConfig` from Flower's ``run_config``, builds the
+strategy from the registry (or a user's ``strategy._target_``), loads the central
+evaluator by import path (the server never imports client code), and runs
+:func:`server.loop.run_server`. The simulator builds the same app with
+:func:`build_server_app`, passing the flat config it validated.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.config import ServerConfig
+from server.loop import EvaluateFn, run_server
+from strategies.plugins import import_string
+from strategies.registry import build_strategy
+from strategies.runconfig import unflatten
+
+log = logging.getLogger("anther.server")
+
+
+def make_evaluate_fn(cfg: ServerConfig, run_config: dict[str, Any]) -> EvaluateFn | None:
+    """Central evaluation from ``cfg.evaluator`` (``None`` when the path is empty)."""
+    if not cfg.evaluator:
+        return None
+    factory = import_string(cfg.evaluator)
+    return factory(run_config)
+
+
+def main(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
+    """Run one federation from a flat run_config; returns the summary."""
+    cfg = unflatten(ServerConfig, run_config)
+    strategy = build_strategy(cfg.strategy)
+    extras = {"model": run_config.get("model.name"), "method": run_config.get("method.name")}
+    return run_server(grid, cfg, strategy, make_evaluate_fn(cfg, run_config), extras)
+
+
+def build_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
+    """A ServerApp whose run_config is ``run_config`` merged over Flower's."""
+    app = ServerApp()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        main(grid, {**dict(context.run_config), **(run_config or {})})
+
+    return app
+
+
+app = build_server_app()

@@ -1,0 +1,43 @@
+"""Server-side configuration: strategy, sampling, rounds, evaluation, checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from strategies.config import StrategyConfig
+from strategies.runconfig import check
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the ServerApp needs, as read from run_config.
+
+    evaluator: import path of a factory ``f(run_config: dict) -> evaluate_fn`` used for
+        central evaluation; the server never imports client code directly.
+    run_dir: where metrics.jsonl, summary.json and checkpoints/ go.
+    resume: continue from ``run_dir/checkpoints/latest`` if present.
+    """
+
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    num_clients: int = 10
+    clients_per_round: int = 5
+    rounds: int = 3
+    eval_every: int = 1
+    seed: int = 0
+    codec: str = "fp32"
+    resume: bool = False
+    run_dir: str = "outputs/flwr-run"
+    evaluator: str = "client.evaluate:make_central_evaluate"
+    timeout_s: float = 3600.0
+    max_examples_per_client: int = 10**9
+
+    def __post_init__(self) -> None:
+        check(self.num_clients >= 1, "num_clients", "an integer >= 1", self.num_clients)
+        check(
+            1 <= self.clients_per_round <= self.num_clients,
+            "clients_per_round",
+            f"an integer in [1, num_clients={self.num_clients}]",
+            self.clients_per_round,
+        )
+        check(self.rounds >= 1, "rounds", "an integer >= 1", self.rounds)
+        check(self.eval_every >= 0, "eval_every", "an integer >= 0 (0 = only after the last round)", self.eval_every)

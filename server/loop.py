@@ -1,0 +1,254 @@
+"""The round loop, written once for every strategy and update kind.
+
+Per round: sample client identities (seeded) -> ``strategy.configure_train`` on a grid
+that shows only them -> encode the downlink with the run's codec -> send and receive
+through Flower -> validate and decode every reply (rejections are logged with the
+client and reason, and counted as failures) -> ``strategy.aggregate_train`` on the
+valid ones -> central evaluation every ``eval_every`` rounds -> atomic checkpoint of the
+whole :class:`~server.state.ServerState` -> one ``metrics.jsonl`` row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.serde import recorddict_to_proto
+
+from server.config import ServerConfig
+from server.metrics import MetricsLog, write_json
+from server.progress import RoundProgress
+from server.sampling import ClientSampler, SampledGrid
+from server.state import ServerState, load_checkpoint, save_checkpoint
+from strategies import wire
+from strategies.codecs import get_codec
+from strategies.state import get_strategy_state, set_strategy_state
+from strategies.validate import reject_reason
+
+log = logging.getLogger("anther.server")
+
+EvaluateFn = Callable[[int, dict[str, np.ndarray]], dict[str, float]]
+
+
+def payload_bytes(msg: Message) -> int:
+    """Serialized size of a message's payload (its RecordDict), as sent on the wire."""
+    return recorddict_to_proto(msg.content).ByteSize() if msg.has_content() else 0
+
+
+def _to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in state.items()})
+
+
+def _from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+@dataclass
+class Federation:
+    """Connected clients: node id <-> stable identity (partition id in simulation)."""
+
+    node_of: dict[int, int] = field(default_factory=dict)  # identity -> node id
+
+    @property
+    def identities(self) -> list[int]:
+        return sorted(self.node_of)
+
+
+def _query(grid: Any, node_ids: Iterable[int], op: str, timeout: float) -> list[Message]:
+    msgs = [
+        Message(RecordDict({wire.CONFIG: ConfigRecord({"op": op})}), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in node_ids
+    ]
+    return list(grid.send_and_receive(msgs, timeout=timeout))
+
+
+def discover(grid: Any, cfg: ServerConfig) -> Federation:
+    """Wait for ``num_clients`` nodes and learn each one's identity."""
+    while len(node_ids := list(grid.get_node_ids())) < cfg.num_clients:
+        log.info("waiting for clients: %d of %d connected", len(node_ids), cfg.num_clients)
+        time.sleep(1.0)
+    fed = Federation()
+    for reply in _query(grid, node_ids, "hello", cfg.timeout_s):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            log.warning("client node %d did not answer hello: %s", node, reply.error.reason)
+            continue
+        ident = reply.content[wire.METRICS].get(wire.PARTITION_ID, node)
+        fed.node_of[int(ident)] = node
+    if not fed.node_of:
+        raise RuntimeError("no client answered the hello query; check the ClientApp logs")
+    return fed
+
+
+def initial_state(grid: Any, fed: Federation, cfg: ServerConfig) -> dict[str, np.ndarray]:
+    """Ask one client for the initial trainable state (deterministic from the run seed)."""
+    for ident in fed.identities:
+        (reply,) = _query(grid, [fed.node_of[ident]], "init", cfg.timeout_s)
+        if not reply.has_error():
+            codec = get_codec(str(reply.content[wire.WIRE]["codec"]))
+            return {k: v.numpy() for k, v in codec.decode(reply.content[wire.ARRAYS]).items()}
+        log.warning("client %d could not provide the initial state: %s", ident, reply.error.reason)
+    raise RuntimeError("no client could provide the initial trainable state")
+
+
+class RoundLoop:
+    """Runs rounds ``start..cfg.rounds`` of a strategy over a Flower grid."""
+
+    def __init__(
+        self, grid: Any, strategy: Any, cfg: ServerConfig, evaluate_fn: EvaluateFn | None, extras: dict[str, Any] | None = None
+    ) -> None:
+        self.grid, self.strategy, self.cfg, self.evaluate_fn = grid, strategy, cfg, evaluate_fn
+        self.extras = {"strategy": cfg.strategy.target or cfg.strategy.name, "num_clients": cfg.num_clients, **(extras or {})}
+        self.codec = get_codec(cfg.codec)
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.sampler = ClientSampler(cfg.seed)
+
+    # -- set-up ---------------------------------------------------------------------
+    def _start_state(self, fed: Federation) -> ServerState:
+        ckpt = load_checkpoint(self.ckpt_dir) if self.cfg.resume else None
+        if ckpt is not None:
+            log.info("resuming from checkpoint after round %d", ckpt.round)
+            set_strategy_state(self.strategy, ckpt.strategy_state)
+            self.sampler.set_state(ckpt.sampler_state)
+            self.metrics.truncate_after(ckpt.round)
+            return ckpt
+        self.metrics.reset()
+        return ServerState(round=0, global_state=initial_state(self.grid, fed, self.cfg), client_ids=fed.identities)
+
+    def run(self) -> dict[str, Any]:
+        """Run the remaining rounds; return the summary dict (also in summary.json)."""
+        t0 = time.perf_counter()
+        fed = discover(self.grid, self.cfg)
+        state = self._start_state(fed)
+        if state.round == 0 and self._should_eval(0):
+            ev = self._evaluate(0, state.global_state)
+            self.metrics.append(self._row(0, ev, time.perf_counter() - t0))
+        with RoundProgress(self.cfg.rounds, state.round) as progress:
+            for rnd in range(state.round + 1, self.cfg.rounds + 1):
+                row = self._round(rnd, state, fed)
+                progress.update(rnd, row)
+        return self.metrics.summary(**self.extras)
+
+    # -- one round --------------------------------------------------------------------
+    def _round(self, rnd: int, state: ServerState, fed: Federation) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        idents = self.sampler.sample(fed.identities, self.cfg.clients_per_round)
+        ident_of = {fed.node_of[i]: i for i in idents}
+        messages = list(
+            self.strategy.configure_train(
+                rnd, _to_record(state.global_state), ConfigRecord(), SampledGrid(self.grid, ident_of)
+            )
+        )
+        encoded = self.codec.encode({k: _as_tensor(v) for k, v in state.global_state.items()})
+        for msg in messages:
+            msg.content[wire.ARRAYS] = encoded
+            msg.content[wire.WIRE] = ConfigRecord({"kind": wire.KIND_DELTA, "codec": self.codec.name})
+        bytes_down = sum(payload_bytes(m) for m in messages)
+        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.timeout_s))
+        bytes_up = sum(payload_bytes(r) for r in replies)
+        valid, failures = self._validate(rnd, replies, ident_of, state)
+        failures += max(0, len(messages) - len(replies))
+        if valid:
+            arrays, _ = self.strategy.aggregate_train(rnd, valid)
+            if arrays is not None:
+                state.global_state = _from_record(arrays)
+        else:
+            log.warning("round %d: no valid replies; the global state is unchanged", rnd)
+        state.round = rnd
+        ev = self._evaluate(rnd, state.global_state) if self._should_eval(rnd) else {}
+        state.strategy_state = get_strategy_state(self.strategy)
+        state.sampler_state = self.sampler.state()
+        save_checkpoint(state, self.ckpt_dir)
+        row = self._row(rnd, ev, time.perf_counter() - t0, valid, bytes_up, bytes_down, len(messages), failures)
+        self.metrics.append(row)
+        write_json(self.run_dir / "summary.json", self.metrics.summary(**self.extras))
+        return row
+
+    def _validate(
+        self, rnd: int, replies: list[Message], ident_of: dict[int, int], state: ServerState
+    ) -> tuple[list[Message], int]:
+        shapes = {k: tuple(v.shape) for k, v in state.global_state.items()}
+        valid: list[tuple[int, Message]] = []
+        failures = 0
+        for reply in replies:
+            ident = ident_of.get(reply.metadata.src_node_id, reply.metadata.src_node_id)
+            reason = reject_reason(reply, shapes, self.cfg.max_examples_per_client)
+            if reason is not None:
+                log.warning("round %d: rejected client %s: %s", rnd, ident, reason)
+                failures += 1
+                continue
+            codec = get_codec(str(reply.content.config_records.get(wire.WIRE, {}).get("codec", "fp32")))
+            decoded = codec.decode(reply.content[wire.ARRAYS])
+            reply.content[wire.ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in decoded.items()})
+            if wire.WIRE in reply.content.config_records:
+                del reply.content.config_records[wire.WIRE]
+            valid.append((ident, reply))
+        valid.sort(key=lambda p: p[0])  # aggregation order independent of arrival order
+        return [m for _, m in valid], failures
+
+    # -- helpers ------------------------------------------------------------------------
+    def _should_eval(self, rnd: int) -> bool:
+        if self.evaluate_fn is None:
+            return False
+        if rnd == self.cfg.rounds:
+            return True
+        return self.cfg.eval_every > 0 and rnd % self.cfg.eval_every == 0
+
+    def _evaluate(self, rnd: int, global_state: dict[str, np.ndarray]) -> dict[str, float]:
+        return dict(self.evaluate_fn(rnd, global_state)) if self.evaluate_fn else {}
+
+    @staticmethod
+    def _row(
+        rnd: int,
+        ev: dict[str, float],
+        wall: float,
+        replies: list[Message] = (),
+        bytes_up: int = 0,
+        bytes_down: int = 0,
+        clients: int = 0,
+        failures: int = 0,
+    ) -> dict[str, Any]:
+        metrics = [r.content[wire.METRICS] for r in replies]
+        n = sum(int(m[wire.NUM_EXAMPLES]) for m in metrics)
+        loss = sum(float(m[wire.TRAIN_LOSS]) * int(m[wire.NUM_EXAMPLES]) for m in metrics) / n if n else None
+        rss = max((float(m[wire.PEAK_RSS_MB]) for m in metrics if wire.PEAK_RSS_MB in m), default=None)
+        train_s = [float(m[wire.TRAIN_SECONDS]) for m in metrics if wire.TRAIN_SECONDS in m]
+        call_s = [float(m[wire.CALL_SECONDS]) for m in metrics if wire.CALL_SECONDS in m]
+        return {
+            "round": rnd,
+            "train_loss": loss,
+            "eval_loss": ev.get("eval_loss"),
+            "eval_accuracy": ev.get("eval_accuracy"),
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "clients": clients,
+            "failures": failures,
+            "wall_s": round(wall, 3),
+            "client_peak_rss_mb": rss,
+            "client_train_s": round(float(np.mean(train_s)), 4) if train_s else None,
+            "client_call_s": round(float(np.mean(call_s)), 4) if call_s else None,
+            "examples": n,
+        }
+
+
+def _as_tensor(a: np.ndarray):  # local import keeps torch off the module import path
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def run_server(
+    grid: Any, cfg: ServerConfig, strategy: Any, evaluate_fn: EvaluateFn | None, extras: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run a whole federation and write summary.json; returns the summary."""
+    summary = RoundLoop(grid, strategy, cfg, evaluate_fn, extras).run()
+    write_json(Path(cfg.run_dir) / "summary.json", summary)
+    return summary

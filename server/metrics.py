@@ -1,0 +1,76 @@
+"""Run-directory outputs: ``metrics.jsonl`` (one row per round) and ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+ROW_KEYS = (
+    "round", "train_loss", "eval_loss", "eval_accuracy", "bytes_up", "bytes_down",
+    "clients", "failures", "wall_s", "client_peak_rss_mb",
+)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl`` that survives resume (rows past a round are dropped)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if path.exists():
+            self.rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, last_round: int) -> None:
+        """Keep rows up to ``last_round`` (a resumed run rewrites later ones)."""
+        self.rows = [r for r in self.rows if r["round"] <= last_round]
+        self._rewrite()
+
+    def reset(self) -> None:
+        self.rows = []
+        self._rewrite()
+
+    def append(self, row: dict[str, Any]) -> None:
+        row = {k: _clean(v) for k, v in row.items()}
+        missing = [k for k in ROW_KEYS if k not in row]
+        assert not missing, f"metrics row lacks {missing}"
+        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _rewrite(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        tmp.replace(self.path)
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        """The ``summary.json`` object of the DESIGN contract."""
+        accs = [r["eval_accuracy"] for r in self.rows if r.get("eval_accuracy") is not None]
+        trained = [r for r in self.rows if r["round"] > 0]
+        return {
+            "rounds": max((r["round"] for r in self.rows), default=0),
+            "final_eval_accuracy": accs[-1] if accs else None,
+            "best_eval_accuracy": max(accs) if accs else None,
+            "total_bytes_up": sum(r["bytes_up"] for r in trained),
+            "total_bytes_down": sum(r["bytes_down"] for r in trained),
+            "total_failures": sum(r["failures"] for r in trained),
+            "wall_s": round(sum(r["wall_s"] for r in self.rows), 3),
+            "max_client_peak_rss_mb": max((r["client_peak_rss_mb"] or 0 for r in trained), default=None),
+            **extra,
+        }
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)

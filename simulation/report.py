@@ -1,0 +1,62 @@
+"""``report.png``: accuracy and loss against rounds and against uploaded bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(rows: list[dict[str, Any]], key: str, x: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    cum = 0.0
+    for r in rows:
+        cum += r["bytes_up"]
+        if r.get(key) is not None:
+            xs.append(r["round"] if x == "round" else cum / 2**20)
+            ys.append(r[key])
+    return xs, ys
+
+
+def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = "") -> Path:
+    """One figure, 2x2 panels, one line per run (label -> metrics rows)."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    panels = [
+        ("eval_accuracy", "round", "test accuracy", "round"),
+        ("eval_accuracy", "bytes", "test accuracy", "cumulative uploaded MiB"),
+        ("eval_loss", "round", "loss (solid: test, dashed: train)", "round"),
+        ("eval_loss", "bytes", "test loss", "cumulative uploaded MiB"),
+    ]
+    for ax, (key, x, ylabel, xlabel) in zip(axes.flat, panels):
+        for label, rows in runs.items():
+            xs, ys = _series(rows, key, x)
+            (line,) = ax.plot(xs, ys, marker="o", ms=3, label=label)
+            if key == "eval_loss" and x == "round":
+                txs, tys = _series(rows, "train_loss", x)
+                ax.plot(txs, tys, ls="--", color=line.get_color(), alpha=0.7)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: Path, title: str = "") -> Path:
+    """Write ``<run_dir>/report.png`` from its metrics.jsonl."""
+    run_dir = Path(run_dir)
+    return plot_runs({run_dir.name: read_metrics(run_dir)}, run_dir / "report.png", title)

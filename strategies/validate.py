@@ -1,0 +1,61 @@
+"""Validation of client replies before any aggregation.
+
+A malformed or hostile update must never reach the aggregate: each reply is checked for
+a Flower error, the expected record keys, the exact set of tensor names, their shapes
+and wire dtype, finiteness and a positive example count. Rejections carry a reason that
+the server logs with the client's id and counts in ``failures``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import Message
+
+from strategies import wire
+from strategies.codecs import CODECS
+
+_WIRE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}
+
+
+def reject_reason(msg: Message, expected: Mapping[str, tuple[int, ...]], max_examples: int = 10**9) -> str | None:
+    """Return why ``msg`` must be rejected, or ``None`` if it is a valid delta reply.
+
+    Parameters
+    ----------
+    msg : Message
+        A train reply.
+    expected : Mapping[str, tuple[int, ...]]
+        Tensor name -> shape of the global trainable state.
+    max_examples : int
+        Largest plausible ``num-examples`` (guards the weighting against inflation).
+    """
+    if msg.has_error():
+        return f"client error: {msg.error.reason.strip().splitlines()[0] if msg.error.reason else msg.error.code}"
+    content = msg.content
+    for key, kind in ((wire.ARRAYS, "array_records"), (wire.METRICS, "metric_records")):
+        if key not in getattr(content, kind):
+            return f"reply has no '{key}' record"
+    codec = content.config_records.get(wire.WIRE, {}).get("codec", "fp32")
+    if codec not in CODECS:
+        return f"unknown codec '{codec}'"
+    n = content[wire.METRICS].get(wire.NUM_EXAMPLES)
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= max_examples:
+        return f"'{wire.NUM_EXAMPLES}' must be an integer in [1, {max_examples}], got {n!r}"
+    arrays = content[wire.ARRAYS]
+    got = set(arrays.keys())
+    if got != set(expected):
+        missing, extra = sorted(set(expected) - got), sorted(got - set(expected))
+        return f"tensor names differ from the global state (missing {missing[:3]}, unexpected {extra[:3]})"
+    want_dtype = np.dtype(_WIRE_DTYPES[codec])
+    for key, arr in arrays.items():
+        if tuple(arr.shape) != tuple(expected[key]):
+            return f"tensor '{key}' has shape {tuple(arr.shape)}, expected {tuple(expected[key])}"
+        if np.dtype(arr.dtype) != want_dtype:
+            return f"tensor '{key}' has dtype {arr.dtype}, expected {want_dtype} for codec {codec}"
+    decoded = CODECS[codec].decode(arrays)
+    for key, t in decoded.items():
+        if not bool(t.isfinite().all()):
+            return f"tensor '{key}' has non-finite values"
+    return None

@@ -1,0 +1,26 @@
+"""Message keys shared by the ServerApp and the ClientApp (the wire contract).
+
+Flower's Message-API strategies use ``"arrays"``, ``"config"`` and weight replies by
+``"num-examples"``; Anther keeps those names so its replies aggregate with any Flower
+strategy, and adds a ``"wire"`` ConfigRecord naming the update kind and codec.
+"""
+
+ARRAYS = "arrays"  # ArrayRecord: global state down, update up
+CONFIG = "config"  # ConfigRecord: round config down (server-round, proximal-mu, ...)
+METRICS = "metrics"  # MetricRecord: reply metrics
+WIRE = "wire"  # ConfigRecord: {"kind": "delta"|"seeds"|"activations", "codec": name}
+
+NUM_EXAMPLES = "num-examples"  # weighting key (examples, never batches)
+SERVER_ROUND = "server-round"
+PROXIMAL_MU = "proximal-mu"
+
+# Reply metrics every Anther client sends.
+TRAIN_LOSS = "train-loss"
+TRAIN_SECONDS = "train-s"  # pure local training time
+CALL_SECONDS = "call-s"  # whole handler time (load state, train, encode)
+PEAK_RSS_MB = "peak-rss-mb"  # client process peak RSS during this call
+PARTITION_ID = "partition-id"
+
+KIND_DELTA = "delta"
+KIND_SEEDS = "seeds"
+KIND_ACTIVATIONS = "activations"
