@@ -100,10 +100,14 @@ def _env_run_config() -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def client_config(context: Context, override: dict[str, Any] | None = None) -> ClientConfig:
+    """The ClientConfig for this run: simulator env < Flower run_config < ``override``."""
+    return unflatten(ClientConfig, {**_env_run_config(), **dict(context.run_config), **(override or {})})
+
+
 def _guarded(handler, msg: Message, cfg_override: dict[str, Any] | None, context: Context) -> Message:
     try:
-        cfg = unflatten(ClientConfig, {**_env_run_config(), **dict(context.run_config), **(cfg_override or {})})
-        return handler(msg, cfg, context)
+        return handler(msg, client_config(context, cfg_override), context)
     except Exception as err:  # noqa: BLE001 - every failure becomes a logged error reply
         who = f"client {_identity(context)}"
         log.warning("%s failed: %s: %s", who, type(err).__name__, err)
@@ -128,4 +132,4 @@ def build_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
 
 app = build_client_app()
 
-__all__ = ["app", "build_client_app", "handle_train", "handle_query", "local_dataset"]
+__all__ = ["app", "build_client_app", "client_config", "handle_train", "handle_query"]

@@ -94,7 +94,8 @@ def load_splits(cfg: DataConfig) -> Splits:
             )
         names = tuple(str(n) for n in cfg.label_names)
     train_idx, test_idx = split_indices(len(texts), cfg)
-    return Splits(train=_to_dataset(texts, labels, train_idx), test=_to_dataset(texts, labels, test_idx), label_names=names)
+    train, test = _to_dataset(texts, labels, train_idx), _to_dataset(texts, labels, test_idx)
+    return Splits(train=train, test=test, label_names=names)
 
 
 def split_indices(num_rows: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -26,9 +26,10 @@ import gc
 import json
 import logging
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 ALWAYS_FP32 = ("lm_head",)  # module names never quantized, whatever the task
 
+_TRIM_EVERY = 16 << 20  # bytes of fp32 weights quantized between two malloc_trim calls
 _ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -55,16 +57,26 @@ class _DropMessages(logging.Filter):
         return not any(f in str(record.msg) for f in self.fragments)
 
 
-def _bnb():
-    """Import bitsandbytes lazily (it is slow to import and optional for ``quant=none``).
+def _silence_bnb_notes() -> None:
+    """Silence two known-harmless bitsandbytes log lines.
 
-    Two log lines are silenced: the CPU backend's attempt to import the hub package
-    ``kernels`` (shadowed by this project's own ``kernels`` package; bnb falls back to
-    its bundled kernels), and the int8 eval-mode note on every matmul that activations
-    are cast to fp16 (that is LLM.int8()'s design).
+    The CPU backend tries to import the hub package ``kernels``, which this project's own
+    ``kernels`` package shadows (bnb then falls back to its bundled kernels); and int8
+    eval-mode matmuls note on every call that activations are cast to fp16 (that is
+    LLM.int8()'s design).
     """
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMessages("kernels-community"))
-    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_DropMessages("will be cast from"))
+    for name, fragment in (("bitsandbytes.backends.cpu.ops", "kernels-community"),
+                           ("bitsandbytes.autograd._functions", "will be cast from")):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in log.filters):
+            log.addFilter(_DropMessages(fragment))
+
+
+_silence_bnb_notes()  # before anything (peft, transformers) imports bitsandbytes
+
+
+def _bnb():
+    """Import bitsandbytes lazily (it is slow to import and optional for ``quant=none``)."""
     import bitsandbytes as bnb  # noqa: PLC0415
 
     return bnb
@@ -112,7 +124,12 @@ def set_quantized_weight_(layer: nn.Module, weight: torch.Tensor) -> None:
     bnb = _bnb()
     w = weight.detach().to(torch.float32).contiguous()  # (out, in)
     if isinstance(layer, bnb.nn.Linear8bitLt):
-        layer.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)._quantize("cpu")
+        # Int8Params._quantize would round to fp16 first (slow on CPU); bnb's row-wise
+        # quantizer takes fp32 directly: CB = round(127 * W / SCB), SCB = max_j |W_ij|.
+        cb, scb, _ = bnb.functional.int8_vectorwise_quant(w)  # (out, in) int8, (out,) fp32
+        param = bnb.nn.Int8Params(cb, requires_grad=False, has_fp16_weights=False)
+        param.CB, param.SCB = cb, scb
+        layer.weight = param
     else:
         old = layer.weight
         param = bnb.nn.Params4bit(w, requires_grad=False, blocksize=old.blocksize,
@@ -253,7 +270,7 @@ def load_checkpoint_(model: nn.Module, files: Iterable[str | Path], heads: Itera
     heads, quantized = tuple(heads), set(quantized)
     keys = set(model.state_dict(keep_vars=True).keys())
     prefix = getattr(model, "base_model_prefix", "")
-    report = LoadReport()
+    report, freed = LoadReport(), 0
     for path in files:
         for name, tensor in iter_safetensors(path):
             key = _target_key(name, keys, prefix)
@@ -262,7 +279,14 @@ def load_checkpoint_(model: nn.Module, files: Iterable[str | Path], heads: Itera
                 continue
             _assign_(model, key, tensor, quantized)
             report.loaded.append(key)
+            if key.rpartition(".")[0] in quantized:
+                freed += tensor.numel() * 4
             del tensor
+            if freed >= _TRIM_EVERY:
+                # the quantizer's fp32 temporaries fragment the heap; without a trim the
+                # freed pages stay resident and the peak grows to the fp32 model size
+                release_memory(collect=False)
+                freed = 0
     if getattr(model, "all_tied_weights_keys", None):
         model.tie_weights()
     missing = _meta_tensors(model)
@@ -292,10 +316,23 @@ def init_module_(model: nn.Module, module: nn.Module, seed: int = 0) -> None:
         p.requires_grad_(False)
 
 
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+def _malloc_trim() -> Callable[[int], int] | None:
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _TRIM = False
+    return _TRIM or None
+
+
+_TRIM: Any = None
+
+
+def release_memory(collect: bool = True) -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``), after a GC if ``collect``."""
+    if collect:
+        gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -149,10 +149,10 @@ def _partitions(data: DataConfig, cfg: PartitionConfig, num_clients: int, seed: 
     empty = [i for i, p in enumerate(parts) if len(p) == 0]
     if empty:
         shown = ", ".join(map(str, empty[:20])) + (f", ... ({len(empty)} in all)" if len(empty) > 20 else "")
+        extra = " (a larger partition.alpha, or partition.min_partition_size >= 1 to resample)"
         raise ConfigError(
             f"partition.name={cfg.name} leaves client(s) {shown} without training examples; use fewer "
-            f"clients or a less skewed partition"
-            + (" (a larger partition.alpha, or partition.min_partition_size >= 1 to resample)" if cfg.name == "dirichlet" else "")
+            f"clients or a less skewed partition{extra if cfg.name == 'dirichlet' else ''}"
         )
     unused = n - sum(len(p) for p in parts)
     if unused > 0:

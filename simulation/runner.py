@@ -75,6 +75,15 @@ def preflight(sim: SimConfig, run_dir: Path, console: Console) -> None:
     get_runtime(sim.client, len(names))  # loads (and caches) the backbone: offline errors surface here
 
 
+def quiet_third_party() -> None:
+    """Keep the console for Anther's progress and errors (simulation workers inherit this)."""
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def backend_config(sim: SimConfig) -> dict[str, Any]:
     return {
         "client_resources": {"num_cpus": sim.device.client_cpus, "num_gpus": sim.device.client_gpus},
@@ -94,7 +103,7 @@ def run_federation(cfg: DictConfig, run_dir: Path, client_app: Any = None, conso
     preflight(sim, run_dir, console)
     flat = sim.run_config()
     os.environ[RUN_CONFIG_ENV] = json.dumps(flat)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    quiet_third_party()
     console.print(
         f"[bold]anther-sim[/bold] {sim.client.model.name} · {sim.client.method.name} · "
         f"{sim.server.strategy.target or sim.server.strategy.name} · {sim.server.num_clients} clients, "
