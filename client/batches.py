@@ -45,12 +45,16 @@ def answer_texts(label_names: Sequence[str]) -> list[str]:
     return [f" {name}" for name in label_names]
 
 
-def answer_first_tokens(tokenizer, label_names: Sequence[str]) -> torch.Tensor:
-    """(C,) first token of each answer; raises if two labels share it."""
+def answer_first_tokens(tokenizer, label_names: Sequence[str]) -> torch.Tensor | None:
+    """(C,) first token of each answer, or ``None`` if two answers share it (then
+    :func:`evaluate` scores whole answers by their log-likelihood instead)."""
     firsts = [tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in answer_texts(label_names)]
-    if len(set(firsts)) != len(firsts):
-        raise ValueError(f"label names {list(label_names)} share a first token; choose distinct data.label_names")
-    return torch.tensor(firsts)
+    return torch.tensor(firsts) if len(set(firsts)) == len(firsts) else None
+
+
+def answer_token_ids(tokenizer, label_names: Sequence[str]) -> list[list[int]]:
+    """Token ids of each answer (without eos)."""
+    return [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answer_texts(label_names)]
 
 
 def encode(task: str, tokenizer, texts: Sequence[str], classes: Sequence[int], label_names: Sequence[str], max_length: int) -> Encoded:
@@ -97,9 +101,40 @@ def batch_iterator(data: Encoded, batch_size: int, generator: torch.Generator) -
             yield data.batch(perm[start : start + batch_size])
 
 
+def _answer_loglik(model, data: Encoded, idx: torch.Tensor, answers: list[list[int]]) -> torch.Tensor:
+    """(B, C) summed log-probability of each answer after each row's prompt."""
+    scores = []
+    for ans in answers:
+        a = torch.tensor(ans)
+        rows, masks = [], []
+        for i in idx.tolist():
+            p = int(data.answer_pos[i]) + 1  # prompt length
+            rows.append(torch.cat([data.input_ids[i, :p], a]))
+        t = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), t, dtype=torch.long)
+        mask = torch.zeros(len(rows), t, dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)], mask[j, : len(r)] = r, 1
+        logp = model(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)  # (B, T, V)
+        total = torch.zeros(len(rows))
+        for j, i in enumerate(idx.tolist()):
+            p = int(data.answer_pos[i]) + 1
+            pos = torch.arange(p - 1, p - 1 + len(ans))  # logits at pos predict token pos+1
+            total[j] = logp[j, pos, a].sum()
+        scores.append(total)
+    return torch.stack(scores, 1)
+
+
 @torch.inference_mode()
-def evaluate(model, data: Encoded, task: str, first_tokens: torch.Tensor | None, batch_size: int = 64) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` on ``data``."""
+def evaluate(
+    model, data: Encoded, task: str, first_tokens: torch.Tensor | None, batch_size: int = 64,
+    answers: list[list[int]] | None = None,
+) -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` on ``data``.
+
+    For causal LMs the prediction is the answer whose first token scores highest at the
+    answer position, or (``first_tokens is None``) whose whole answer is most likely.
+    """
     model.eval()
     total_loss, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
@@ -109,8 +144,11 @@ def evaluate(model, data: Encoded, task: str, first_tokens: torch.Tensor | None,
         total_loss += float(out.loss) * len(idx)
         if task == "classification":
             pred = out.logits.argmax(-1)  # (B,)
-        else:
+        elif first_tokens is not None:
             logits = out.logits[torch.arange(len(idx)), data.answer_pos[idx]]  # (B, V)
             pred = logits[:, first_tokens].argmax(-1)  # (B,) over the C answers
+        else:
+            assert answers is not None, "answers are needed when first tokens collide"
+            pred = _answer_loglik(model, data, idx, answers).argmax(-1)  # (B,)
         correct += int((pred == data.classes[idx]).sum())
     return {"eval_loss": total_loss / len(data), "eval_accuracy": correct / len(data)}

@@ -88,14 +88,16 @@ class DataConfig:
         check(self.num_classes >= 2, "data.num_classes", "an integer >= 2", self.num_classes)
 
 
-PARTITIONERS = ("iid", "dirichlet", "pathological", "shard", "size")
+PARTITIONERS = ("iid", "dirichlet", "dirichlet_clients", "pathological", "shard", "size")
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
     """How the training split is divided among ``num_clients`` (flwr-datasets).
 
-    iid; dirichlet (alpha, min_partition_size, self_balancing); pathological
+    iid; dirichlet (alpha: each client's label mix ~ Dir(alpha), equal sizes);
+    dirichlet_clients (alpha, min_partition_size, self_balancing: each class spread
+    over clients ~ Dir(alpha), sizes vary); pathological
     (classes_per_client); shard (shards_per_client, shard_size); size
     (size_distribution: linear | square | exponential).
     """

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from client.batches import answer_first_tokens, encode, evaluate
+from client.batches import answer_first_tokens, answer_token_ids, encode, evaluate
 from client.config import ClientConfig
 from client.data import load_splits
 from client.data_source import label_names
@@ -31,8 +31,10 @@ def make_central_evaluate(run_config: dict[str, Any]) -> Callable[[int, dict[str
         rt = get_runtime(cfg, len(names))
         if "data" not in state:  # tokenize once, lazily (after the backbone exists)
             state["data"] = encode(rt.backbone.task, rt.backbone.tokenizer, test["text"], test["label"], names, cfg.model.max_length)
-            state["first"] = answer_first_tokens(rt.backbone.tokenizer, names) if rt.backbone.task == "causal_lm" else None
+            causal = rt.backbone.task == "causal_lm"
+            state["first"] = answer_first_tokens(rt.backbone.tokenizer, names) if causal else None
+            state["answers"] = answer_token_ids(rt.backbone.tokenizer, names) if causal else None
         rt.method.load_trainable_state({k: torch.from_numpy(np.asarray(v)) for k, v in global_state.items()})
-        return evaluate(rt.method.model, state["data"], rt.backbone.task, state["first"])
+        return evaluate(rt.method.model, state["data"], rt.backbone.task, state["first"], answers=state["answers"])
 
     return _evaluate

@@ -8,9 +8,13 @@ randomness comes from ``seed``) and every client reads its part from that cache.
 Schemes (flwr-datasets classes):
 
 - iid: ``IidPartitioner``, equal contiguous shards of the shuffled split;
-- dirichlet: ``DirichletPartitioner``, per class ``p_k ~ Dir(alpha * 1_K)`` over the K
-  clients (Hsu et al. 2019, "Measuring the Effects of Non-Identical Data Distribution");
-  small alpha -> few classes per client;
+- dirichlet: ``InnerDirichletPartitioner``, equal-size clients whose label mix is
+  ``q_i ~ Dir(alpha * 1_C)`` (Hsu et al. 2019, "Measuring the Effects of Non-Identical
+  Data Distribution"); small alpha -> one or two dominant classes per client; always
+  feasible, also for 100 clients at alpha=0.1;
+- dirichlet_clients: ``DirichletPartitioner``, per class ``p_k ~ Dir(alpha * 1_K)`` over
+  the K clients (Yurochkin et al. 2019); skews sizes too, and needs every client to
+  reach ``min_partition_size`` (small alpha with many clients may be infeasible);
 - pathological: ``PathologicalPartitioner``, each client holds ``classes_per_client``
   classes (the first ``client_id mod C``, the rest drawn with ``seed``);
 - shard: ``ShardPartitioner``, sort by label, cut shards, deal ``shards_per_client``
@@ -32,6 +36,7 @@ from flwr_datasets.partitioner import (
     DirichletPartitioner,
     ExponentialPartitioner,
     IidPartitioner,
+    InnerDirichletPartitioner,
     LinearPartitioner,
     Partitioner,
     PathologicalPartitioner,
@@ -48,31 +53,35 @@ from strategies.runconfig import ConfigError
 log = logging.getLogger(__name__)
 
 LABEL = "label"
-PartitionerBuilder = Callable[[PartitionConfig, int, int], Partitioner]
+PartitionerBuilder = Callable[[PartitionConfig, int, int, int], Partitioner]  # cfg, clients, seed, examples
 
 _SIZE_PARTITIONERS = {"linear": LinearPartitioner, "square": SquarePartitioner, "exponential": ExponentialPartitioner}
 
 PARTITIONERS: dict[str, PartitionerBuilder] = {
-    "iid": lambda cfg, n, seed: IidPartitioner(num_partitions=n),
-    "dirichlet": lambda cfg, n, seed: DirichletPartitioner(
+    "iid": lambda cfg, n, seed, m: IidPartitioner(num_partitions=n),
+    "dirichlet": lambda cfg, n, seed, m: InnerDirichletPartitioner(
+        partition_sizes=_equal_sizes(m, n), partition_by=LABEL, alpha=cfg.alpha, seed=seed,
+    ),
+    "dirichlet_clients": lambda cfg, n, seed, m: DirichletPartitioner(
         num_partitions=n, partition_by=LABEL, alpha=cfg.alpha, min_partition_size=cfg.min_partition_size,
         self_balancing=cfg.self_balancing, seed=seed,
     ),
-    "pathological": lambda cfg, n, seed: PathologicalPartitioner(
+    "pathological": lambda cfg, n, seed, m: PathologicalPartitioner(
         num_partitions=n, partition_by=LABEL, num_classes_per_partition=cfg.classes_per_client,
         class_assignment_mode="first-deterministic", seed=seed,
     ),
-    "shard": lambda cfg, n, seed: ShardPartitioner(
+    "shard": lambda cfg, n, seed, m: ShardPartitioner(
         num_partitions=n, partition_by=LABEL, num_shards_per_partition=cfg.shards_per_client,
         shard_size=cfg.shard_size, seed=seed,
     ),
-    "size": lambda cfg, n, seed: _SIZE_PARTITIONERS[cfg.size_distribution](num_partitions=n),
+    "size": lambda cfg, n, seed, m: _SIZE_PARTITIONERS[cfg.size_distribution](num_partitions=n),
 }
 
 # What to change when a scheme cannot split the data (shown in the ConfigError).
 _HINTS = {
     "iid": "use fewer clients (num_clients)",
-    "dirichlet": "use a larger partition.alpha (now {alpha}), a smaller partition.min_partition_size "
+    "dirichlet": "use a larger partition.alpha (now {alpha}) or fewer clients",
+    "dirichlet_clients": "use a larger partition.alpha (now {alpha}), a smaller partition.min_partition_size "
     "(now {min_partition_size}) or fewer clients",
     "pathological": "use a smaller partition.classes_per_client (now {classes_per_client}) or fewer clients",
     "shard": "use a smaller partition.shard_size (now {shard_size}), fewer partition.shards_per_client "
@@ -81,7 +90,12 @@ _HINTS = {
 }
 
 
-def build_partitioner(cfg: PartitionConfig, num_clients: int, seed: int) -> Partitioner:
+def _equal_sizes(num_examples: int, num_clients: int) -> list[int]:
+    base, extra = divmod(num_examples, num_clients)
+    return [base + (1 if i < extra else 0) for i in range(num_clients)]
+
+
+def build_partitioner(cfg: PartitionConfig, num_clients: int, seed: int, num_examples: int = 0) -> Partitioner:
     """Build the flwr-datasets partitioner named by ``cfg.name`` (no dataset attached).
 
     Raises
@@ -92,7 +106,7 @@ def build_partitioner(cfg: PartitionConfig, num_clients: int, seed: int) -> Part
     if cfg.name not in PARTITIONERS:
         raise ConfigError(f"partition.name={cfg.name!r} is not known; valid choices: {', '.join(sorted(PARTITIONERS))}")
     try:
-        return PARTITIONERS[cfg.name](cfg, num_clients, seed)
+        return PARTITIONERS[cfg.name](cfg, num_clients, seed, num_examples)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"partition.name={cfg.name}: {err}; {_hint(cfg)}") from err
 
@@ -134,7 +148,7 @@ def _partitions(data: DataConfig, cfg: PartitionConfig, num_clients: int, seed: 
             f"partition.classes_per_client: expected at most the {num_classes} classes of the data, "
             f"got {cfg.classes_per_client}"
         )
-    partitioner = build_partitioner(cfg, num_clients, seed)
+    partitioner = build_partitioner(cfg, num_clients, seed, n)
     partitioner.dataset = train
     with warnings.catch_warnings():  # Dirichlet retry chatter; failures are rephrased below
         warnings.filterwarnings("ignore", module=r"flwr_datasets\..*")
@@ -152,7 +166,7 @@ def _partitions(data: DataConfig, cfg: PartitionConfig, num_clients: int, seed: 
         extra = " (a larger partition.alpha, or partition.min_partition_size >= 1 to resample)"
         raise ConfigError(
             f"partition.name={cfg.name} leaves client(s) {shown} without training examples; use fewer "
-            f"clients or a less skewed partition{extra if cfg.name == 'dirichlet' else ''}"
+            f"clients or a less skewed partition{extra if cfg.name.startswith('dirichlet') else ''}"
         )
     unused = n - sum(len(p) for p in parts)
     if unused > 0:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
+    InnerDirichletPartitioner,
     ExponentialPartitioner,
     IidPartitioner,
     LinearPartitioner,
@@ -58,7 +59,8 @@ def test_registry_matches_config_choices():
 
 @pytest.mark.parametrize(("cfg", "cls"), [
     (PartitionConfig("iid"), IidPartitioner),
-    (PartitionConfig("dirichlet"), DirichletPartitioner),
+    (PartitionConfig("dirichlet"), InnerDirichletPartitioner),
+    (PartitionConfig("dirichlet_clients"), DirichletPartitioner),
     (PartitionConfig("pathological"), PathologicalPartitioner),
     (PartitionConfig("shard"), ShardPartitioner),
     (PartitionConfig("size", size_distribution="linear"), LinearPartitioner),
@@ -66,12 +68,13 @@ def test_registry_matches_config_choices():
     (PartitionConfig("size", size_distribution="exponential"), ExponentialPartitioner),
 ])
 def test_build_partitioner(cfg, cls):
-    assert type(build_partitioner(cfg, 5, seed=0)) is cls
+    assert type(build_partitioner(cfg, 5, seed=0, num_examples=100)) is cls
 
 
 @pytest.mark.parametrize("cc", [
-    _cfg("iid"), _cfg("dirichlet", alpha=0.3), _cfg("size"), _cfg("size", size_distribution="square"),
-], ids=["iid", "dirichlet", "size-linear", "size-square"])
+    _cfg("iid"), _cfg("dirichlet", alpha=0.3), _cfg("dirichlet_clients", alpha=0.3), _cfg("size"),
+    _cfg("size", size_distribution="square"),
+], ids=["iid", "dirichlet", "dirichlet-clients", "size-linear", "size-square"])
 def test_partitions_cover_training_set_without_overlap(cc):
     parts = partition_train_set(cc)
     assert len(parts) == cc.num_clients
@@ -136,12 +139,17 @@ def test_pathological_more_classes_than_data():
 
 def test_dirichlet_unsatisfiable_min_partition_size_is_rephrased():
     with pytest.raises(ConfigError, match=r"larger partition.alpha.*smaller partition.min_partition_size"):
-        partition_train_set(_cfg("dirichlet", num_clients=20, alpha=0.05, min_partition_size=40))
+        partition_train_set(_cfg("dirichlet_clients", num_clients=20, alpha=0.05, min_partition_size=40))
 
 
 def test_empty_clients_are_named():
     with pytest.raises(ConfigError, match=r"leaves client\(s\) \d+(, \d+)*.* without training examples.*alpha"):
-        partition_train_set(_cfg("dirichlet", num_clients=50, alpha=0.01, min_partition_size=0))
+        partition_train_set(_cfg("dirichlet_clients", num_clients=50, alpha=0.01, min_partition_size=0))
+
+
+def test_dirichlet_label_skew_is_feasible_at_100_clients():
+    parts = partition_train_set(_cfg("dirichlet", num_clients=100, alpha=0.1))
+    assert len(parts) == 100 and min(len(p) for p in parts) >= 1
 
 
 def test_impossible_shard_and_size_are_config_errors():

@@ -1,0 +1,91 @@
+"""Every registered method: 2 local steps on a tiny model change the trainable state,
+leave the frozen backbone alone, and round-trip exactly through the wire codec."""
+
+import pytest
+import torch
+
+from client.backbones import load_backbone
+from client.batches import batch_iterator, encode
+from client.config import ClientConfig, MethodConfig, ModelConfig, QuantConfig
+from client.methods import METHODS, build_method
+from strategies import wire
+from strategies.codecs import get_codec
+
+TEXTS = ["the match ended in a draw", "new chip doubles speed", "stocks fell sharply", "talks resume in geneva"] * 4
+LABELS = [0, 1, 2, 3] * 4
+NAMES = ("sports", "science", "business", "world")
+
+
+def _setup(method: str, model: str, task: str = "auto", quant: str = "none"):
+    cfg = ClientConfig(
+        model=ModelConfig(name=model, task=task, max_length=160),
+        quant=QuantConfig(mode=quant),
+        method=MethodConfig(name=method, r=4),
+        lr=1e-2,
+        batch_size=4,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        backbone = load_backbone(cfg.model, cfg.quant, num_labels=len(NAMES))
+    m = build_method(method, backbone, cfg)
+    data = encode(backbone.task, backbone.tokenizer, TEXTS, LABELS, NAMES, cfg.model.max_length)
+    return cfg, m, data
+
+
+def _frozen(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("model, task", [("tiny-bert", "auto"), ("tiny-llama", "auto"), ("tiny-llama", "classification")])
+def test_method_conformance(method, model, task):
+    cfg, m, data = _setup(method, model, task)
+    before = m.trainable_state()
+    frozen = _frozen(m.model)
+    assert before and frozen
+    update = m.local_train(batch_iterator(data, cfg.batch_size, torch.Generator().manual_seed(0)), 2, {})
+    assert update.kind == wire.KIND_DELTA
+    assert update.metrics[wire.TRAIN_LOSS] > 0
+    changed = [k for k in before if not torch.equal(before[k], update.state[k])]
+    assert changed, "no trainable tensor changed"
+    for k, v in _frozen(m.model).items():
+        assert torch.equal(v, frozen[k]), f"frozen parameter {k} changed"
+    codec = get_codec("fp32")
+    decoded = codec.decode(codec.encode(update.state))
+    assert decoded.keys() == update.state.keys()
+    assert all(torch.equal(decoded[k], update.state[k]) for k in decoded)
+    m.load_trainable_state(before)  # applying a state restores it exactly
+    assert all(torch.equal(before[k], v) for k, v in m.trainable_state().items())
+
+
+def test_fedprox_term_pulls_towards_global():
+    cfg, m, data = _setup("lora", "tiny-bert")
+    start = m.trainable_state()
+
+    def drift(mu):
+        m.load_trainable_state(start)
+        gen = torch.Generator().manual_seed(0)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            out = m.local_train(batch_iterator(data, 4, gen), 3, {wire.PROXIMAL_MU: mu}).state
+        return sum(float((out[k] - start[k]).norm()) for k in start)
+
+    assert drift(100.0) < drift(0.0)
+
+
+def test_load_state_rejects_mismatch():
+    _, m, _ = _setup("lora", "tiny-bert")
+    state = m.trainable_state()
+    key = next(iter(state))
+    with pytest.raises(KeyError, match="missing"):
+        m.load_trainable_state({k: v for k, v in state.items() if k != key})
+    with pytest.raises(ValueError, match="shape"):
+        m.load_trainable_state({**state, key: torch.zeros(1)})
+
+
+def test_qlora_nf4_trains_adapters_only():
+    cfg, m, data = _setup("lora", "tiny-llama", quant="nf4")
+    before = m.trainable_state()
+    update = m.local_train(batch_iterator(data, 4, torch.Generator().manual_seed(0)), 2, {})
+    assert any(not torch.equal(before[k], update.state[k]) for k in before)
+    assert all(v.dtype == torch.float32 for v in update.state.values())
