@@ -1,0 +1,34 @@
+"""``anther-bench SUITE``: benchmarks that print ratios measured in one run.
+
+Suites: overhead (ClientApp call overhead with vs without the backbone cache),
+memory (client peak RSS, fp32 vs nf4/int8 backbones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="anther-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="suite", required=True)
+    o = sub.add_parser("overhead", help="per-call overhead vs local training, cache on/off")
+    o.add_argument("--model", default="minilm")
+    o.add_argument("--local-steps", type=int, default=10)
+    o.add_argument("--calls", type=int, default=6)
+    sub.add_parser("memory", help="client peak RSS of smollm2-135m: fp32 vs nf4 vs int8")
+    args = parser.parse_args(argv)
+    if args.suite == "overhead":
+        from benchmarks.overhead import run
+
+        run(args.model, args.local_steps, args.calls)
+    elif args.suite == "memory":
+        from benchmarks.memory import main as memory_main
+
+        return int(memory_main([]) or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
