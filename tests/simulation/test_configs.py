@@ -71,3 +71,25 @@ def test_unknown_top_level_key_lists_valid_keys():
 
 def test_config_dir_has_every_group():
     assert {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()} == set(GROUPS)
+
+
+def test_flower_app_run_config_matches_the_dataclasses():
+    """`flwr run .` only accepts overrides of keys listed in pyproject's run config."""
+    import tomllib
+
+    from client.config import ClientConfig
+    from server.config import ServerConfig
+    from strategies.runconfig import flatten
+
+    root = CONFIG_DIR.parent
+    app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}
+
+    def keys(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from keys(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    assert set(keys(app["config"])) == set(flatten(ClientConfig())) | set(flatten(ServerConfig()))
