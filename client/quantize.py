@@ -22,6 +22,7 @@ fp32 input embedding.
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import json
 import logging
@@ -58,11 +59,11 @@ class _DropMessages(logging.Filter):
 
 
 def _silence_bnb_notes() -> None:
-    """Silence two known-harmless bitsandbytes log lines.
+    """Silence known-harmless bitsandbytes log lines.
 
     The CPU backend tries to import the hub package ``kernels``, which this project's own
-    ``kernels`` package shadows (bnb then falls back to its bundled kernels); and int8
-    eval-mode matmuls note on every call that activations are cast to fp16 (that is
+    ``kernels`` package shadows (bnb then falls back to its bundled kernels); int8
+    matmuls on GPU note on every call that activations are cast to fp16 (that is
     LLM.int8()'s design).
     """
     for name, fragment in (("bitsandbytes.backends.cpu.ops", "kernels-community"),
@@ -105,8 +106,8 @@ def make_quantized_linear(linear: nn.Linear, mode: str, double_quant: bool = Fal
     bnb = _bnb()
     has_bias = linear.bias is not None
     if mode == "int8":
-        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias,
-                                    has_fp16_weights=False, threshold=0.0, device="meta")
+        layer = frozen_linear8bit_class()(linear.in_features, linear.out_features, bias=has_bias,
+                                          has_fp16_weights=False, threshold=0.0, device="meta")
     elif mode in ("nf4", "fp4"):
         layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,
                                   compute_dtype=torch.float32, compress_statistics=double_quant,
@@ -117,6 +118,51 @@ def make_quantized_linear(linear: nn.Linear, mode: str, double_quant: bool = Fal
     else:
         raise ValueError(f"quant mode {mode!r} has no quantized layer; expected int8, nf4 or fp4")
     return layer
+
+
+class _FrozenInt8Linear(torch.autograd.Function):
+    """``y = x @ W.T + b`` with ``W = CB * SCB / 127`` frozen (LLM.int8() row-wise format).
+
+    Saves no activation: the backward needs only ``W`` (recomputed from ``CB``, ``SCB``),
+    since neither ``W`` nor ``b`` is trained. bnb's own CPU training path keeps every
+    input alive on ``ctx`` (outside ``save_for_backward``, so activation checkpointing
+    cannot drop it either), which cost more memory than the fp32 model saves.
+    """
+
+    @staticmethod
+    def forward(ctx, x, cb, scb, bias):  # x (..., in), cb (out, in) int8, scb (out,)
+        ctx.save_for_backward(cb, scb)
+        ctx.bias_grad = bias is not None and bias.requires_grad
+        w = cb.to(x.dtype) * (scb.to(x.dtype) / 127.0).unsqueeze(1)  # (out, in)
+        return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):  # grad (..., out)
+        cb, scb = ctx.saved_tensors
+        w = cb.to(grad.dtype) * (scb.to(grad.dtype) / 127.0).unsqueeze(1)  # (out, in)
+        grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.bias_grad else None
+        return grad @ w, None, None, grad_bias
+
+
+@functools.cache
+def frozen_linear8bit_class() -> type:
+    """``bnb.nn.Linear8bitLt`` whose CPU forward dequantizes the frozen int8 weight to fp32.
+
+    Same storage, state dict and PEFT dispatch as bitsandbytes' class; on CPU both train
+    and eval compute ``x @ dequant(W).T`` in the input dtype (bnb's eval path would also
+    quantize activations to int8, and its train path holds every input in memory).
+    """
+    bnb = _bnb()
+
+    class FrozenLinear8bitLt(bnb.nn.Linear8bitLt):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.device.type != "cpu":
+                return super().forward(x)
+            if self.weight.CB is not None:
+                self.init_8bit_state()  # bnb moves CB/SCB from the weight to self.state
+            return _FrozenInt8Linear.apply(x, self.state.CB, self.state.SCB, self.bias)
+
+    return FrozenLinear8bitLt
 
 
 def set_quantized_weight_(layer: nn.Module, weight: torch.Tensor) -> None:
@@ -162,6 +208,8 @@ def replace_linear_layers_(model: nn.Module, mode: str, double_quant: bool = Fal
                 layer.bias = nn.Parameter(linear.bias.detach().to(torch.float32), requires_grad=False)
         setattr(model.get_submodule(parent_name), child, layer)
         del linear
+    # what transformers sets after a bnb load; PEFT reads it to pick its bnb LoRA layers
+    model.is_loaded_in_8bit, model.is_loaded_in_4bit = mode == "int8", mode in ("nf4", "fp4")
     return [n for n, _ in targets]
 
 

@@ -83,3 +83,20 @@ def test_failures_are_counted_and_resume_continues(tmp_path):
     assert metrics[2]["failures"] == 0
     assert (tmp_path / "checkpoints" / "round-0001" / "global.safetensors").read_bytes() == ckpt1
     assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 2
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    base = [*TINY, "model=tiny-llama", "model.task=classification", "num_clients=6", "clients_per_round=2", "eval_every=0"]
+    straight = simulation.run([*base, "rounds=2", f"hydra.run.dir={tmp_path / 'a'}", "strategy=fedadam"])
+    simulation.run([*base, "rounds=1", f"hydra.run.dir={tmp_path / 'b'}", "strategy=fedadam"])
+    resumed = simulation.run([*base, "rounds=2", f"hydra.run.dir={tmp_path / 'b'}", "strategy=fedadam", "resume=true"])
+    from safetensors.numpy import load_file
+
+    a = load_file(str(straight / "checkpoints" / "round-0002" / "global.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "round-0002" / "global.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert json.loads((straight / "checkpoints/round-0002/state.json").read_text())["sampler_state"] == json.loads(
+        (resumed / "checkpoints/round-0002/state.json").read_text()
+    )["sampler_state"]
