@@ -17,12 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--model", default="minilm")
     o.add_argument("--local-steps", type=int, default=10)
     o.add_argument("--calls", type=int, default=6)
+    o.add_argument("--threads", type=int, default=1, help="torch threads, as one simulated client")
     sub.add_parser("memory", help="client peak RSS of smollm2-135m: fp32 vs nf4 vs int8")
     args = parser.parse_args(argv)
     if args.suite == "overhead":
         from benchmarks.overhead import run
 
-        run(args.model, args.local_steps, args.calls)
+        run(args.model, args.local_steps, args.calls, args.threads)
     elif args.suite == "memory":
         from benchmarks.memory import main as memory_main
 

@@ -7,7 +7,7 @@ PEFT LoRA (r=8 on q_proj, v_proj) and runs one causal-LM forward + backward on a
 after the load, peak RSS after the step (``ru_maxrss``), and the ratios nf4/fp32,
 int8/fp32 of the step peak measured in the same invocation.
 
-Run: ``python -m benchmarks.memory [--batch 8] [--seq 128] [--checkpointing]``.
+Run: ``python -m benchmarks.memory [--batch 8] [--seq 128] [--checkpointing] [--answer-tokens K]``.
 The first run converts the GGUF once (in a separate process, before measuring).
 """
 
@@ -31,8 +31,12 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(mode: str, batch: int, seq: int, checkpointing: bool) -> dict:
-    """Load, wrap with LoRA, run one step; return the measurements."""
+def child(mode: str, batch: int, seq: int, checkpointing: bool, answer_tokens: int = 0) -> dict:
+    """Load, wrap with LoRA, run one step; return the measurements.
+
+    ``answer_tokens=K > 0`` scores only the last K tokens (the project's causal_lm task
+    puts the loss on the answer): logits are computed for K+1 positions instead of T.
+    """
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -53,7 +57,11 @@ def child(mode: str, batch: int, seq: int, checkpointing: bool) -> dict:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, bb.model.config.vocab_size, (batch, seq), generator=gen)  # (B, T)
     t0 = time.perf_counter()
-    loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
+    if answer_tokens:
+        logits = model(input_ids=ids, logits_to_keep=answer_tokens + 1).logits  # (B, K+1, V)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, -answer_tokens:].flatten())
+    else:
+        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
     loss.backward()
     step_s = time.perf_counter() - t0
     grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
@@ -64,7 +72,8 @@ def child(mode: str, batch: int, seq: int, checkpointing: bool) -> dict:
 
 def _run_child(mode: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.memory", "--child", mode, "--batch", str(args.batch),
-           "--seq", str(args.seq)] + (["--checkpointing"] if args.checkpointing else [])
+           "--seq", str(args.seq), "--answer-tokens", str(args.answer_tokens)]
+    cmd += ["--checkpointing"] if args.checkpointing else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
@@ -79,10 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in every run")
+    parser.add_argument("--answer-tokens", type=int, default=0,
+                        help="loss on the last K tokens only (0: every token, the default)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.batch, args.seq, args.checkpointing)))
+        print(json.dumps(child(args.child, args.batch, args.seq, args.checkpointing, args.answer_tokens)))
         return
 
     t0 = time.perf_counter()  # make sure the converted cache exists before measuring
@@ -90,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                     "cached_folder('smollm2-135m', _build_smollm2)"], check=True, cwd=ROOT)
     print(f"smollm2-135m cache ready in {time.perf_counter() - t0:.1f} s")
     rows = {mode: _run_child(mode, args) for mode in MODES}
-    print(f"\nSmolLM2-135M LoRA step, batch {args.batch}x{args.seq}, "
+    scored = f"last {args.answer_tokens}" if args.answer_tokens else "all"
+    print(f"\nSmolLM2-135M LoRA step, batch {args.batch}x{args.seq}, loss on {scored} tokens, "
           f"checkpointing={'on' if args.checkpointing else 'off'}; RSS in MiB")
     print(f"{'quant':6} {'import':>7} {'load peak':>10} {'step peak':>10} {'load s':>7} {'step s':>7} {'loss':>7}")
     for mode, r in rows.items():

@@ -81,7 +81,10 @@ def measure(cfg: ClientConfig, calls: int, cached: bool) -> OverheadResult:
     )
 
 
-def run(model: str = "minilm", local_steps: int = 10, calls: int = 6) -> list[OverheadResult]:
+def run(model: str = "minilm", local_steps: int = 10, calls: int = 6, threads: int = 1) -> list[OverheadResult]:
+    import torch
+
+    torch.set_num_threads(threads)  # as a simulated client (device.client_cpus=1)
     cfg = ClientConfig(
         model=ModelConfig(name=model),
         data=DataConfig(),
@@ -91,7 +94,7 @@ def run(model: str = "minilm", local_steps: int = 10, calls: int = 6) -> list[Ov
         batch_size=16,
     )
     results = [measure(cfg, calls, cached=True), measure(cfg, max(2, calls // 2), cached=False)]
-    print(f"suite overhead: model={model} local_steps={local_steps} batch=16 (median of calls)")
+    print(f"suite overhead: model={model} local_steps={local_steps} batch=16 threads={threads} (median of calls)")
     print(f"{'mode':8} {'call s':>8} {'train s':>8} {'overhead/train':>15}")
     for r in results:
         print(f"{r.mode:8} {r.call_s:8.3f} {r.train_s:8.3f} {r.overhead:15.1%}")
