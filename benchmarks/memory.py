@@ -31,11 +31,13 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(mode: str, batch: int, seq: int, checkpointing: bool, answer_tokens: int = 0) -> dict:
+def child(mode: str, batch: int, seq: int, checkpointing: bool, answer_tokens: int = 0,
+          cap_heap: bool = False) -> dict:
     """Load, wrap with LoRA, run one step; return the measurements.
 
     ``answer_tokens=K > 0`` scores only the last K tokens (the project's causal_lm task
     puts the loss on the answer): logits are computed for K+1 positions instead of T.
+    ``cap_heap`` fixes glibc's mmap threshold first (:func:`client.quantize.cap_heap_retention`).
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -43,6 +45,10 @@ def child(mode: str, batch: int, seq: int, checkpointing: bool, answer_tokens: i
     from client.backbones import load_backbone
     from client.config import ModelConfig, QuantConfig
 
+    if cap_heap:
+        from client.quantize import cap_heap_retention
+
+        cap_heap_retention()
     base_mb = _peak_mb()
     t0 = time.perf_counter()
     bb = load_backbone(ModelConfig(name="smollm2-135m", task="causal_lm", max_length=seq),
@@ -74,6 +80,7 @@ def _run_child(mode: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.memory", "--child", mode, "--batch", str(args.batch),
            "--seq", str(args.seq), "--answer-tokens", str(args.answer_tokens)]
     cmd += ["--checkpointing"] if args.checkpointing else []
+    cmd += ["--cap-heap"] if args.cap_heap else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
@@ -90,10 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in every run")
     parser.add_argument("--answer-tokens", type=int, default=0,
                         help="loss on the last K tokens only (0: every token, the default)")
+    parser.add_argument("--cap-heap", action="store_true",
+                        help="fix glibc's mmap threshold in every run (client.quantize.cap_heap_retention)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.batch, args.seq, args.checkpointing, args.answer_tokens)))
+        print(json.dumps(child(args.child, args.batch, args.seq, args.checkpointing, args.answer_tokens,
+                               args.cap_heap)))
         return
 
     t0 = time.perf_counter()  # make sure the converted cache exists before measuring
@@ -103,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = {mode: _run_child(mode, args) for mode in MODES}
     scored = f"last {args.answer_tokens}" if args.answer_tokens else "all"
     print(f"\nSmolLM2-135M LoRA step, batch {args.batch}x{args.seq}, loss on {scored} tokens, "
-          f"checkpointing={'on' if args.checkpointing else 'off'}; RSS in MiB")
+          f"checkpointing={'on' if args.checkpointing else 'off'}, heap cap={'on' if args.cap_heap else 'off'}; "
+          "RSS in MiB")
     print(f"{'quant':6} {'import':>7} {'load peak':>10} {'step peak':>10} {'load s':>7} {'step s':>7} {'loss':>7}")
     for mode, r in rows.items():
         print(f"{mode:6} {r['import_mb']:7.0f} {r['load_peak_mb']:10.0f} {r['peak_mb']:10.0f} "

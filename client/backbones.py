@@ -363,9 +363,10 @@ def resolve_hf_path(path: str) -> Path:
         return Path(snapshot_download(path, allow_patterns=HUB_PATTERNS, local_files_only=offline))
     except Exception as err:  # hub errors come from several libraries (httpx, requests, hf)
         why = "disabled here (HF_HUB_OFFLINE=1)" if offline else "not reachable or has no such model"
+        detail = " ".join(str(err).split())[:160]
         raise BackboneUnavailable(
             f"model.path={path!r} is not a local folder, so it needs the Hugging Face hub, which is {why} "
-            f"[{type(err).__name__}: {str(err)[:200]}]. Pass a local model folder as model.path, or use "
+            f"[{type(err).__name__}: {detail}]. Pass a local model folder as model.path, or use "
             f"an offline backbone: model.name={' | '.join(OFFLINE_NAMES)}") from err
 
 
