@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--local-steps", type=int, default=10)
     o.add_argument("--calls", type=int, default=6)
     o.add_argument("--threads", type=int, default=1, help="torch threads, as one simulated client")
-    sub.add_parser("memory", help="client peak RSS of smollm2-135m: fp32 vs nf4 vs int8")
+    mem = sub.add_parser("memory", help="client peak RSS of smollm2-135m: fp32 vs nf4 vs int8")
+    mem.add_argument("--checkpointing", action="store_true")
     args = parser.parse_args(argv)
     if args.suite == "overhead":
         from benchmarks.overhead import run
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.suite == "memory":
         from benchmarks.memory import main as memory_main
 
-        return int(memory_main([]) or 0)
+        return int(memory_main(["--checkpointing"] if args.checkpointing else []) or 0)
     return 0
 
 

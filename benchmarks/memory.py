@@ -1,14 +1,13 @@
-"""Peak memory of a LoRA step on SmolLM2-135M: fp32 vs NF4 vs int8 backbone.
+"""Suite ``memory``: client peak RSS on SmolLM2-135M, fp32 vs NF4 vs int8 backbone.
 
-Each configuration runs in its own subprocess (peak RSS is per process and never goes
-down), loads ``smollm2-135m`` with ``quant.mode`` in {none, nf4, int8}, wraps it with a
-PEFT LoRA (r=8 on q_proj, v_proj) and runs one causal-LM forward + backward on a
-``batch x seq`` batch of random tokens. Reported per run: load time, step time, peak RSS
-after the load, peak RSS after the step (``ru_maxrss``), and the ratios nf4/fp32,
-int8/fp32 of the step peak measured in the same invocation.
+Each mode runs in its own subprocess: a real ClientApp "init" query (which loads the
+backbone) and one train call, the way a simulated or deployed client does. Reported:
+the process's RSS after imports, the per-call peak the client reports (what
+``metrics.jsonl`` records), and the ratios nf4/fp32 and int8/fp32 measured in the same
+invocation, also above the import baseline that every Python+torch client pays.
 
-Run: ``python -m benchmarks.memory [--batch 8] [--seq 128] [--checkpointing] [--answer-tokens K]``.
-The first run converts the GGUF once (in a separate process, before measuring).
+Run: ``anther-bench memory`` or ``python -m benchmarks.memory [--batch 8] [--seq 128]
+[--checkpointing] [--steps 2] [--malloc-mmap-threshold 65536]``.
 """
 
 from __future__ import annotations
@@ -31,57 +30,69 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(mode: str, batch: int, seq: int, checkpointing: bool, answer_tokens: int = 0,
-          cap_heap: bool = False) -> dict:
-    """Load, wrap with LoRA, run one step; return the measurements.
+def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2) -> dict:
+    """One real ClientApp train call on smollm2-135m with ``quant.mode=mode``.
 
-    ``answer_tokens=K > 0`` scores only the last K tokens (the project's causal_lm task
-    puts the loss on the answer): logits are computed for K+1 positions instead of T.
-    ``cap_heap`` fixes glibc's mmap threshold first (:func:`client.quantize.cap_heap_retention`).
+    The call goes through :func:`client.app.handle_train` exactly as in a simulation
+    (backbone load, LoRA wrap, causal-LM prompts with the loss on the answer tokens,
+    ``steps`` local steps, encoding); its reply carries ``peak-rss-mb``, the per-call
+    peak that ``metrics.jsonl`` records as ``client_peak_rss_mb``.
     """
-    import torch
-    from peft import LoraConfig, get_peft_model
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
 
-    from client.backbones import load_backbone
-    from client.config import ModelConfig, QuantConfig
+    from client.app import handle_train
+    from client.config import ClientConfig, DataConfig, MethodConfig, ModelConfig, PartitionConfig, QuantConfig
+    from strategies import wire
+    from strategies.codecs import get_codec
 
-    if cap_heap:
-        from client.quantize import cap_heap_retention
+    import_mb = _peak_mb()
+    agnews = ROOT.parent / "shared" / "data" / "ag_news_test.csv"
+    data = (
+        DataConfig(source="file", path=str(agnews), text_columns=("title", "description"),
+                   label_names=("World", "Sports", "Business", "Sci/Tech"), test_size=1600)
+        if agnews.exists() else DataConfig()
+    )
+    cfg = ClientConfig(
+        model=ModelConfig(name="smollm2-135m", task="causal_lm", max_length=seq),
+        quant=QuantConfig(mode=mode),
+        data=data,
+        partition=PartitionConfig(name="iid"),
+        method=MethodConfig(gradient_checkpointing=checkpointing),
+        num_clients=10,
+        local_steps=steps,
+        batch_size=batch,
+    )
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    init = Message(RecordDict({wire.CONFIG: ConfigRecord({"op": "init"})}), dst_node_id=1, message_type="query")
+    from client.app import handle_query
 
-        cap_heap_retention()
-    base_mb = _peak_mb()
     t0 = time.perf_counter()
-    bb = load_backbone(ModelConfig(name="smollm2-135m", task="causal_lm", max_length=seq),
-                       QuantConfig(mode=mode), num_labels=2)
-    load_s, load_peak = time.perf_counter() - t0, _peak_mb()
-
-    model = get_peft_model(bb.model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                                target_modules=list(bb.lora_targets)))
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, bb.model.config.vocab_size, (batch, seq), generator=gen)  # (B, T)
-    t0 = time.perf_counter()
-    if answer_tokens:
-        logits = model(input_ids=ids, logits_to_keep=answer_tokens + 1).logits  # (B, K+1, V)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, -answer_tokens:].flatten())
-    else:
-        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss
-    loss.backward()
-    step_s = time.perf_counter() - t0
-    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
-    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), "LoRA got no finite grads"
-    return {"mode": mode, "import_mb": base_mb, "load_s": load_s, "load_peak_mb": load_peak,
-            "step_s": step_s, "peak_mb": _peak_mb(), "loss": float(loss)}
+    state = handle_query(init, cfg, ctx).content[wire.ARRAYS]  # loads the backbone (first call)
+    load_s = time.perf_counter() - t0
+    msg = Message(
+        RecordDict({wire.ARRAYS: state, wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 1}),
+                    wire.WIRE: ConfigRecord({"kind": wire.KIND_DELTA, "codec": "fp32"})}),
+        dst_node_id=1, message_type="train",
+    )
+    reply = handle_train(msg, cfg, ctx)
+    if reply.has_error():
+        raise RuntimeError(reply.error.reason)
+    m = reply.content[wire.METRICS]
+    assert get_codec("fp32").decode(reply.content[wire.ARRAYS])
+    return {"mode": mode, "import_mb": import_mb, "load_s": load_s, "train_s": float(m[wire.TRAIN_SECONDS]),
+            "call_peak_mb": float(m[wire.PEAK_RSS_MB]), "process_peak_mb": _peak_mb(),
+            "loss": float(m[wire.TRAIN_LOSS])}
 
 
 def _run_child(mode: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.memory", "--child", mode, "--batch", str(args.batch),
-           "--seq", str(args.seq), "--answer-tokens", str(args.answer_tokens)]
+           "--seq", str(args.seq), "--steps", str(args.steps)]
     cmd += ["--checkpointing"] if args.checkpointing else []
-    cmd += ["--cap-heap"] if args.cap_heap else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    if args.malloc_mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
     if res.returncode != 0 or not lines:
@@ -95,15 +106,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in every run")
-    parser.add_argument("--answer-tokens", type=int, default=0,
-                        help="loss on the last K tokens only (0: every token, the default)")
-    parser.add_argument("--cap-heap", action="store_true",
-                        help="fix glibc's mmap threshold in every run (client.quantize.cap_heap_retention)")
+    parser.add_argument("--steps", type=int, default=2, help="local steps in the train call")
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=65536,
+                        help="MALLOC_MMAP_THRESHOLD_ for every run (0: glibc default)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.batch, args.seq, args.checkpointing, args.answer_tokens,
-                               args.cap_heap)))
+        print(json.dumps(child(args.child, args.batch, args.seq, args.checkpointing, args.steps)))
         return
 
     t0 = time.perf_counter()  # make sure the converted cache exists before measuring
@@ -111,21 +120,18 @@ def main(argv: list[str] | None = None) -> None:
                     "cached_folder('smollm2-135m', _build_smollm2)"], check=True, cwd=ROOT)
     print(f"smollm2-135m cache ready in {time.perf_counter() - t0:.1f} s")
     rows = {mode: _run_child(mode, args) for mode in MODES}
-    scored = f"last {args.answer_tokens}" if args.answer_tokens else "all"
-    print(f"\nSmolLM2-135M LoRA step, batch {args.batch}x{args.seq}, loss on {scored} tokens, "
-          f"checkpointing={'on' if args.checkpointing else 'off'}, heap cap={'on' if args.cap_heap else 'off'}; "
-          "RSS in MiB")
-    print(f"{'quant':6} {'import':>7} {'load peak':>10} {'step peak':>10} {'load s':>7} {'step s':>7} {'loss':>7}")
+    print(f"\nSmolLM2-135M, one ClientApp train call ({args.steps} LoRA steps, batch {args.batch}, max_length "
+          f"{args.seq}, causal-LM prompts, loss on the answer), checkpointing={'on' if args.checkpointing else 'off'}, "
+          f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold or 'default'}; RSS in MiB")
+    print(f"{'quant':6} {'imports':>8} {'call peak':>10} {'above imports':>14} {'load s':>7} {'train s':>8} {'loss':>7}")
     for mode, r in rows.items():
-        print(f"{mode:6} {r['import_mb']:7.0f} {r['load_peak_mb']:10.0f} {r['peak_mb']:10.0f} "
-              f"{r['load_s']:7.2f} {r['step_s']:7.2f} {r['loss']:7.3f}")
+        print(f"{mode:6} {r['import_mb']:8.0f} {r['call_peak_mb']:10.0f} {r['call_peak_mb'] - r['import_mb']:14.0f} "
+              f"{r['load_s']:7.2f} {r['train_s']:8.2f} {r['loss']:7.3f}")
     fp32 = rows["none"]
     for mode in ("nf4", "int8"):
         r = rows[mode]
-        print(f"{mode}/fp32: step peak {r['peak_mb'] / fp32['peak_mb']:.2f}x, "
-              f"load peak {r['load_peak_mb'] / fp32['load_peak_mb']:.2f}x, "
-              f"above import {(r['peak_mb'] - r['import_mb']) / (fp32['peak_mb'] - fp32['import_mb']):.2f}x")
-
+        above = (r["call_peak_mb"] - r["import_mb"]) / (fp32["call_peak_mb"] - fp32["import_mb"])
+        print(f"{mode}/fp32: client peak {r['call_peak_mb'] / fp32['call_peak_mb']:.2f}x, above imports {above:.2f}x")
 
 if __name__ == "__main__":
     main()

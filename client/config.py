@@ -131,6 +131,8 @@ class MethodConfig:
     grad_clip: max global grad-norm (0 disables).
     local_epochs: if > 0, train this many passes over the local data instead of
         ``local_steps`` steps.
+    gradient_checkpointing: recompute activations in backward (less memory, ~30% more
+        compute); for memory-bound devices.
     """
 
     name: str = "lora"
@@ -143,6 +145,7 @@ class MethodConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     local_epochs: int = 0
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         check(self.r >= 1, "method.r", "an integer >= 1", self.r)

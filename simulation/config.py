@@ -31,6 +31,7 @@ class DeviceProfile:
     name: str = "cpu"
     client_cpus: float = 1.0
     client_gpus: float = 0.0
+    malloc_mmap_threshold: int = 0  # > 0: glibc returns freed tensors >= this many bytes at once
 
     def __post_init__(self) -> None:
         check(self.client_cpus > 0, "device.client_cpus", "a number > 0", self.client_cpus)

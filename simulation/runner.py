@@ -103,6 +103,8 @@ def run_federation(cfg: DictConfig, run_dir: Path, client_app: Any = None, conso
     preflight(sim, run_dir, console)
     flat = sim.run_config()
     os.environ[RUN_CONFIG_ENV] = json.dumps(flat)
+    if sim.device.malloc_mmap_threshold > 0:  # read by glibc at start of every worker process
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(sim.device.malloc_mmap_threshold)
     quiet_third_party()
     console.print(
         f"[bold]anther-sim[/bold] {sim.client.model.name} · {sim.client.method.name} · "

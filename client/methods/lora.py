@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 
+from client.batches import forward_loss
 from client.methods.base import Update, load_named, proximal_term, register
 from strategies import wire
 
@@ -41,7 +42,7 @@ def train_steps(method: Any, batches: Iterator[dict[str, torch.Tensor]], steps: 
     t0 = time.perf_counter()
     for _ in range(steps):
         batch = next(batches)
-        loss = model(**batch).loss  # () mean over examples (answer tokens for causal LM)
+        loss, _ = forward_loss(model, batch)  # () mean over examples (answer tokens for causal LM)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()}")
         n = int(batch["input_ids"].shape[0])
@@ -83,6 +84,8 @@ class LoraMethod:
         for p in self.model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
+        if m.gradient_checkpointing:
+            self.model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.eval()
 
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
