@@ -43,12 +43,17 @@ def group_choices(group: str) -> list[str]:
 def _hydra_main(cfg: DictConfig) -> None:
     from simulation.runner import run_federation
 
+    from client.backbones import BackboneUnavailable
+
     console = Console(stderr=True)
     try:
         run_federation(cfg, Path(HydraConfig.get().runtime.output_dir), console=console)
     except ConfigError as err:
         console.print(f"[bold red]config error:[/bold red] {err}")
         sys.exit(2)
+    except BackboneUnavailable as err:
+        console.print(f"[bold red]backbone unavailable:[/bold red] {err}")
+        sys.exit(3)
 
 
 def main() -> None:
