@@ -40,14 +40,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, default=Path("compare.png"))
     p.add_argument("--target", type=float, default=None, help="accuracy to report rounds/bytes/time to")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table instead")
     args = p.parse_args(argv)
     runs = {label_of(d): read_metrics(d) for d in args.runs}
     plot_runs(runs, args.output)
-    table = Table(title=f"runs (curves in {args.output})")
-    for col in ("run", "rounds", "final acc", "best acc", "MiB up", "MiB down", "wall s", "peak RSS MB"):
-        table.add_column(col, justify="right")
+    cols = ["run", "rounds", "final acc", "best acc", "MiB up", "MiB down", "wall s", "peak RSS MB"]
     if args.target is not None:
-        table.add_column(f"to {args.target:.0%}: round / MiB up / s", justify="right")
+        cols.append(f"to {args.target:.0%}: round / MiB up / s")
+    table = Table(title=f"runs (curves in {args.output})")
+    for col in cols:
+        table.add_column(col, justify="right")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for label, rows in runs.items():
         accs = [r["eval_accuracy"] for r in rows if r.get("eval_accuracy") is not None]
         rss = [r["client_peak_rss_mb"] for r in rows if r.get("client_peak_rss_mb")]
@@ -65,7 +68,11 @@ def main(argv: list[str] | None = None) -> None:
             hit = to_target(rows, args.target)
             cells.append(f"{hit['round']} / {hit['bytes_up'] / 2**20:.2f} / {hit['wall_s']:.0f}" if hit else "not reached")
         table.add_row(*cells)
-    Console().print(table)
+        lines.append("| " + " | ".join(cells) + " |")
+    if args.markdown:
+        print("\n".join(lines))
+    else:
+        Console().print(table)
 
 
 if __name__ == "__main__":
