@@ -1,7 +1,8 @@
 """``anther-bench SUITE``: benchmarks that print ratios measured in one run.
 
 Suites: overhead (ClientApp call overhead with vs without the backbone cache),
-memory (client peak RSS, fp32 vs nf4/int8 backbones).
+memory (client peak RSS, fp32 vs nf4/int8 backbones), kernels (seeded perturbation
+throughput vs torch normal_ + add_).
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--threads", type=int, default=1, help="torch threads, as one simulated client")
     mem = sub.add_parser("memory", help="client peak RSS of smollm2-135m: fp32 vs nf4 vs int8")
     mem.add_argument("--checkpointing", action="store_true")
+    k = sub.add_parser("kernels", help="seeded perturbation throughput vs torch normal_+add_")
+    k.add_argument("--elements", type=int, default=135_000_000)
     args = parser.parse_args(argv)
     if args.suite == "overhead":
         from benchmarks.overhead import run
 
         run(args.model, args.local_steps, args.calls, args.threads)
+    elif args.suite == "kernels":
+        from benchmarks.kernels import main as kernels_main
+
+        kernels_main(["--elements", str(args.elements)])
     elif args.suite == "memory":
         from benchmarks.memory import main as memory_main
 
