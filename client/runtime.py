@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 
 from client.backbones import Backbone, load_backbone
@@ -51,8 +49,3 @@ def get_runtime(cfg: ClientConfig, num_labels: int) -> Runtime:
 def clear_cache() -> None:
     _CACHE.clear()
 
-
-def describe(rt: Runtime) -> dict[str, Any]:
-    n_train = sum(t.numel() for t in rt.initial_state.values())
-    n_total = sum(p.numel() for p in rt.method.model.parameters())
-    return {"trainable": n_train, "total": n_total}

@@ -15,7 +15,6 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from strategies import wire
 from strategies.runconfig import check_choice
 
 
@@ -91,5 +90,3 @@ def proximal_term(params: list[torch.nn.Parameter], anchors: list[torch.Tensor],
     """FedProx (Li et al., 2020): ``mu/2 * sum_i ||w_i - w_global_i||^2``."""
     return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchors))
 
-
-KIND = wire.KIND_DELTA
