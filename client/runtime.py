@@ -36,9 +36,7 @@ def get_runtime(cfg: ClientConfig, num_labels: int) -> Runtime:
     if cache_enabled() and key in _CACHE:
         return _CACHE[key]
     _CACHE.clear()  # one backbone per process: never hold two
-    with torch.random.fork_rng():  # seeded head init, global RNG untouched
-        torch.manual_seed(cfg.seed)
-        backbone = load_backbone(cfg.model, cfg.quant, num_labels)
+    backbone = load_backbone(cfg.model, cfg.quant, num_labels)  # seeds its own head init
     method = build_method(cfg.method.name, backbone, cfg)
     rt = Runtime(backbone, method, method.trainable_state())
     if cache_enabled():

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
@@ -29,7 +30,7 @@ from server.state import ServerState, load_checkpoint, save_checkpoint
 from strategies import wire
 from strategies.codecs import get_codec
 from strategies.state import get_strategy_state, set_strategy_state
-from strategies.validate import reject_reason
+from strategies.validate import check_reply
 
 log = logging.getLogger("anther.server")
 
@@ -147,7 +148,7 @@ class RoundLoop:
                 rnd, _to_record(state.global_state), ConfigRecord(), SampledGrid(self.grid, ident_of)
             )
         )
-        encoded = self.codec.encode({k: _as_tensor(v) for k, v in state.global_state.items()})
+        encoded = self.codec.encode({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.global_state.items()})
         for msg in messages:
             msg.content[wire.ARRAYS] = encoded
             msg.content[wire.WIRE] = ConfigRecord({"kind": wire.KIND_DELTA, "codec": self.codec.name})
@@ -180,13 +181,11 @@ class RoundLoop:
         failures = 0
         for reply in replies:
             ident = ident_of.get(reply.metadata.src_node_id, reply.metadata.src_node_id)
-            reason = reject_reason(reply, shapes, self.cfg.max_examples_per_client)
+            decoded, reason = check_reply(reply, shapes, self.cfg.max_examples_per_client)
             if reason is not None:
                 log.warning("round %d: rejected client %s: %s", rnd, ident, reason)
                 failures += 1
                 continue
-            codec = get_codec(str(reply.content.config_records.get(wire.WIRE, {}).get("codec", "fp32")))
-            decoded = codec.decode(reply.content[wire.ARRAYS])
             reply.content[wire.ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in decoded.items()})
             if wire.WIRE in reply.content.config_records:
                 del reply.content.config_records[wire.WIRE]
@@ -237,12 +236,6 @@ class RoundLoop:
             "client_call_s": round(float(np.mean(call_s)), 4) if call_s else None,
             "examples": n,
         }
-
-
-def _as_tensor(a: np.ndarray):  # local import keeps torch off the module import path
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 def run_server(

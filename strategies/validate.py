@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 from flwr.app import Message
 
 from strategies import wire
@@ -19,8 +20,10 @@ from strategies.codecs import CODECS
 _WIRE_DTYPES = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}
 
 
-def reject_reason(msg: Message, expected: Mapping[str, tuple[int, ...]], max_examples: int = 10**9) -> str | None:
-    """Return why ``msg`` must be rejected, or ``None`` if it is a valid delta reply.
+def check_reply(
+    msg: Message, expected: Mapping[str, tuple[int, ...]], max_examples: int = 10**9
+) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """Validate a delta reply; return ``(decoded fp32 tensors, None)`` or ``(None, reason)``.
 
     Parameters
     ----------
@@ -30,32 +33,34 @@ def reject_reason(msg: Message, expected: Mapping[str, tuple[int, ...]], max_exa
         Tensor name -> shape of the global trainable state.
     max_examples : int
         Largest plausible ``num-examples`` (guards the weighting against inflation).
+
+    The update is decoded once, here; the caller aggregates the returned tensors.
     """
     if msg.has_error():
-        return f"client error: {msg.error.reason.strip().splitlines()[0] if msg.error.reason else msg.error.code}"
+        return None, f"client error: {msg.error.reason.strip().splitlines()[0] if msg.error.reason else msg.error.code}"
     content = msg.content
     for key, kind in ((wire.ARRAYS, "array_records"), (wire.METRICS, "metric_records")):
         if key not in getattr(content, kind):
-            return f"reply has no '{key}' record"
+            return None, f"reply has no '{key}' record"
     codec = content.config_records.get(wire.WIRE, {}).get("codec", "fp32")
     if codec not in CODECS:
-        return f"unknown codec '{codec}'"
+        return None, f"unknown codec '{codec}'"
     n = content[wire.METRICS].get(wire.NUM_EXAMPLES)
     if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= max_examples:
-        return f"'{wire.NUM_EXAMPLES}' must be an integer in [1, {max_examples}], got {n!r}"
+        return None, f"'{wire.NUM_EXAMPLES}' must be an integer in [1, {max_examples}], got {n!r}"
     arrays = content[wire.ARRAYS]
     got = set(arrays.keys())
     if got != set(expected):
         missing, extra = sorted(set(expected) - got), sorted(got - set(expected))
-        return f"tensor names differ from the global state (missing {missing[:3]}, unexpected {extra[:3]})"
+        return None, f"tensor names differ from the global state (missing {missing[:3]}, unexpected {extra[:3]})"
     want_dtype = np.dtype(_WIRE_DTYPES[codec])
     for key, arr in arrays.items():
         if tuple(arr.shape) != tuple(expected[key]):
-            return f"tensor '{key}' has shape {tuple(arr.shape)}, expected {tuple(expected[key])}"
+            return None, f"tensor '{key}' has shape {tuple(arr.shape)}, expected {tuple(expected[key])}"
         if np.dtype(arr.dtype) != want_dtype:
-            return f"tensor '{key}' has dtype {arr.dtype}, expected {want_dtype} for codec {codec}"
+            return None, f"tensor '{key}' has dtype {arr.dtype}, expected {want_dtype} for codec {codec}"
     decoded = CODECS[codec].decode(arrays)
     for key, t in decoded.items():
         if not bool(t.isfinite().all()):
-            return f"tensor '{key}' has non-finite values"
-    return None
+            return None, f"tensor '{key}' has non-finite values"
+    return decoded, None

@@ -10,7 +10,7 @@ from server.config import ServerConfig
 from strategies import wire
 from strategies.codecs import CODECS, get_codec
 from strategies.runconfig import ConfigError, flatten, unflatten
-from strategies.validate import reject_reason
+from strategies.validate import check_reply
 
 STATE = {"a": torch.randn(3, 4, generator=torch.Generator().manual_seed(0)), "b": torch.tensor([1.5, -2.0])}
 
@@ -50,7 +50,8 @@ SHAPES = {"a": (3, 4), "b": (2,)}
 
 
 def test_valid_reply_passes():
-    assert reject_reason(_reply(get_codec("fp16").encode(STATE), codec="fp16"), SHAPES) is None
+    decoded, reason = check_reply(_reply(get_codec("fp16").encode(STATE), codec="fp16"), SHAPES)
+    assert reason is None and decoded.keys() == STATE.keys()
 
 
 @pytest.mark.parametrize(
@@ -66,11 +67,11 @@ def test_valid_reply_passes():
 )
 def test_bad_replies_rejected(arrays, kwargs, match):
     rec = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-    assert match in reject_reason(_reply(rec, **kwargs), SHAPES)
+    assert match in check_reply(_reply(rec, **kwargs), SHAPES)[1]
 
 
 def test_error_reply_rejected_with_reason():
-    assert "boom" in reject_reason(_reply(None, error="client 3: RuntimeError: boom\ntrace"), SHAPES)
+    assert "boom" in check_reply(_reply(None, error="client 3: RuntimeError: boom\ntrace"), SHAPES)[1]
 
 
 def test_runconfig_roundtrip():
