@@ -26,8 +26,10 @@ from client.batches import batch_iterator
 from client.config import ClientConfig
 from client.data_source import encoded_partition, label_names, local_dataset
 from client.runtime import get_runtime
+from client.seed_sync import seed_reply, sync_to_base
 from strategies import wire
 from strategies.codecs import get_codec
+from strategies.seeds import ASK
 from strategies.runconfig import unflatten
 
 log = logging.getLogger("anther.client")
@@ -63,21 +65,24 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     t0 = time.perf_counter()
     memory.reset_peak()
     rt = get_runtime(cfg, len(label_names(cfg)))
-    wire_cfg = msg.content.config_records.get(wire.WIRE, {})
-    codec_in = get_codec(str(wire_cfg.get("codec", "fp32")))
-    rt.method.load_trainable_state(codec_in.decode(msg.content[wire.ARRAYS]))
     round_cfg = dict(msg.content[wire.CONFIG]) if wire.CONFIG in msg.content.config_records else {}
+    seeds = getattr(rt.method, "kind", wire.KIND_DELTA) == wire.KIND_SEEDS
+    if seeds:
+        round_cfg = sync_to_base(rt.method, rt.initial_state, msg, round_cfg)
+    else:
+        codec_in = get_codec(str(msg.content.config_records.get(wire.WIRE, {}).get("codec", "fp32")))
+        rt.method.load_trainable_state(codec_in.decode(msg.content[wire.ARRAYS]))
     rnd = int(round_cfg.get(wire.SERVER_ROUND, 0))
+    ask = int(round_cfg.get(ASK, 0))
     ident = _identity(context)
     data = encoded_partition(cfg, _partition_key(context), rt.backbone.task, rt.backbone.tokenizer)
-    gen = torch.Generator().manual_seed(hash((cfg.seed, rnd, ident)) & 0x7FFFFFFF)
+    gen = torch.Generator().manual_seed(hash((cfg.seed, rnd, ident) + ((ask,) if ask else ())) & 0x7FFFFFFF)
     steps = cfg.local_steps
     if cfg.method.local_epochs > 0:
         steps = cfg.method.local_epochs * -(-len(data) // cfg.batch_size)
-    with torch.random.fork_rng():  # dropout draws seeded per (seed, round, client)
+    with torch.random.fork_rng():  # dropout and seed draws seeded per (seed, round, client)
         torch.manual_seed(gen.initial_seed())
         update = rt.method.local_train(batch_iterator(data, cfg.batch_size, gen), steps, round_cfg)
-    codec_out = get_codec(cfg.codec)
     metrics = {
         wire.NUM_EXAMPLES: len(data),
         wire.PARTITION_ID: ident,
@@ -85,6 +90,9 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
         wire.PEAK_RSS_MB: memory.peak_rss_mb(),
         wire.CALL_SECONDS: time.perf_counter() - t0,
     }
+    if seeds:
+        return seed_reply(msg, update, round_cfg, metrics)
+    codec_out = get_codec(cfg.codec)
     content = RecordDict(
         {
             wire.ARRAYS: codec_out.encode(update.state),

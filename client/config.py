@@ -133,6 +133,16 @@ class MethodConfig:
         ``local_steps`` steps.
     gradient_checkpointing: recompute activations in backward (less memory, ~30% more
         compute); for memory-bound devices.
+
+    Backprop-free methods (zo_seed, forward_grad); a seed strategy's round config
+    (learning rate, dist, perturbations, seed pool) overrides the defaults here:
+    zo_eps: perturbation scale of the central difference (L(w+eps z) - L(w-eps z)) / 2eps.
+    zo_params: "peft" (LoRA + head, any backbone incl. nf4/int8) or "all" (every
+        parameter of an unquantized backbone, as in MeZO/FedKSeed).
+    perturbations: perturbations per step (zo_seed) or per batch (forward_grad).
+    dist: gaussian | rademacher. kernel_backend: auto | torch | numba.
+    fg_mode: forward_grad's directional derivative: "jvp" (exact, torch.func.jvp) or
+        "fd" (central finite difference, as FwdLLM's code does).
     """
 
     name: str = "lora"
@@ -146,8 +156,22 @@ class MethodConfig:
     grad_clip: float = 1.0
     local_epochs: int = 0
     gradient_checkpointing: bool = False
+    zo_eps: float = 1e-3
+    zo_params: str = "peft"
+    perturbations: int = 1
+    dist: str = "gaussian"
+    kernel_backend: str = "auto"
+    fg_mode: str = "jvp"
 
     def __post_init__(self) -> None:
+        from kernels import BACKENDS, DISTS
+
+        check(self.zo_eps > 0, "method.zo_eps", "a number > 0", self.zo_eps)
+        check_choice("method.zo_params", self.zo_params, ("peft", "all"))
+        check(self.perturbations >= 1, "method.perturbations", "an integer >= 1", self.perturbations)
+        check_choice("method.dist", self.dist, DISTS)
+        check_choice("method.kernel_backend", self.kernel_backend, ("auto", *BACKENDS))
+        check_choice("method.fg_mode", self.fg_mode, ("jvp", "fd"))
         check(self.r >= 1, "method.r", "an integer >= 1", self.r)
         check(0.0 <= self.dropout < 1.0, "method.dropout", "a number in [0, 1)", self.dropout)
         check_choice("method.optimizer", self.optimizer, ("adamw", "sgd"))

@@ -35,7 +35,7 @@ def make_evaluate_fn(cfg: ServerConfig, run_config: dict[str, Any]) -> EvaluateF
 def main(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
     """Run one federation from a flat run_config; returns the summary."""
     cfg = unflatten(ServerConfig, run_config)
-    strategy = build_strategy(cfg.strategy)
+    strategy = build_strategy(cfg.strategy, seed=cfg.seed, rounds=cfg.rounds, local_steps=cfg.local_steps)
     extras = {"model": run_config.get("model.name"), "method": run_config.get("method.name")}
     return run_server(grid, cfg, strategy, make_evaluate_fn(cfg, run_config), extras)
 

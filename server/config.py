@@ -22,6 +22,7 @@ class ServerConfig:
     num_clients: int = 10
     clients_per_round: int = 5
     rounds: int = 3
+    local_steps: int = 10  # the clients' steps per round (seed strategies bound pairs by it)
     eval_every: int = 1
     seed: int = 0
     codec: str = "fp32"

@@ -143,20 +143,34 @@ class RoundLoop:
         t0 = time.perf_counter()
         idents = self.sampler.sample(fed.identities, self.cfg.clients_per_round)
         ident_of = {fed.node_of[i]: i for i in idents}
-        messages = list(
-            self.strategy.configure_train(
-                rnd, _to_record(state.global_state), ConfigRecord(), SampledGrid(self.grid, ident_of)
+        grid = SampledGrid(self.grid, ident_of)
+        messages = list(self.strategy.configure_train(rnd, _to_record(state.global_state), ConfigRecord(), grid))
+        seeds = getattr(self.strategy, "update_kind", wire.KIND_DELTA) == wire.KIND_SEEDS
+        if not seeds:  # delta strategies get the global state from the loop, encoded once
+            encoded = self.codec.encode(
+                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.global_state.items()}
             )
-        )
-        encoded = self.codec.encode({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.global_state.items()})
-        for msg in messages:
-            msg.content[wire.ARRAYS] = encoded
-            msg.content[wire.WIRE] = ConfigRecord({"kind": wire.KIND_DELTA, "codec": self.codec.name})
+            for msg in messages:
+                msg.content[wire.ARRAYS] = encoded
+                msg.content[wire.WIRE] = ConfigRecord({"kind": wire.KIND_DELTA, "codec": self.codec.name})
         bytes_down = sum(payload_bytes(m) for m in messages)
         replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.timeout_s))
         bytes_up = sum(payload_bytes(r) for r in replies)
-        valid, failures = self._validate(rnd, replies, ident_of, state)
-        failures += max(0, len(messages) - len(replies))
+        failures = max(0, len(messages) - len(replies))
+        if seeds:
+            valid, failed = self._validate_seeds(rnd, replies, ident_of, 0)
+            failures += failed
+            ask = 0
+            while valid and (more := list(self.strategy.configure_followup(rnd, valid, grid))):
+                ask += 1  # FwdLLM variance control: the same clients, more perturbations
+                bytes_down += sum(payload_bytes(m) for m in more)
+                extra = list(self.grid.send_and_receive(more, timeout=self.cfg.timeout_s))
+                bytes_up += sum(payload_bytes(r) for r in extra)
+                got, failed = self._validate_seeds(rnd, extra, ident_of, ask)
+                valid, failures = valid + got, failures + failed + max(0, len(more) - len(extra))
+        else:
+            valid, failed = self._validate(rnd, replies, ident_of, state)
+            failures += failed
         if valid:
             arrays, _ = self.strategy.aggregate_train(rnd, valid)
             if arrays is not None:
@@ -191,6 +205,22 @@ class RoundLoop:
                 del reply.content.config_records[wire.WIRE]
             valid.append((ident, reply))
         valid.sort(key=lambda p: p[0])  # aggregation order independent of arrival order
+        return [m for _, m in valid], failures
+
+    def _validate_seeds(
+        self, rnd: int, replies: list[Message], ident_of: dict[int, int], ask: int
+    ) -> tuple[list[Message], int]:
+        valid: list[tuple[int, Message]] = []
+        failures = 0
+        for reply in replies:
+            ident = ident_of.get(reply.metadata.src_node_id, reply.metadata.src_node_id)
+            _, reason = self.strategy.check_reply(rnd, reply, ask)
+            if reason is not None:
+                log.warning("round %d: rejected client %s: %s", rnd, ident, reason)
+                failures += 1
+                continue
+            valid.append((ident, reply))
+        valid.sort(key=lambda p: p[0])
         return [m for _, m in valid], failures
 
     # -- helpers ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ Strategies see a :class:`SampledGrid` that exposes only the sampled nodes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,11 +34,16 @@ class ClientSampler:
 
 
 class SampledGrid:
-    """A Flower ``Grid`` proxy whose ``get_node_ids`` returns only ``node_ids``."""
+    """A Flower ``Grid`` proxy whose ``get_node_ids`` returns only ``node_ids``.
 
-    def __init__(self, grid: Any, node_ids: Iterable[int]) -> None:
+    Given a mapping ``node id -> identity``, ``identity_of`` exposes it (strategies that
+    track per-client state, e.g. seed strategies' sync rounds, key it by identity).
+    """
+
+    def __init__(self, grid: Any, node_ids: Iterable[int] | Mapping[int, int]) -> None:
         self._grid = grid
         self._node_ids = list(node_ids)
+        self.identity_of = dict(node_ids) if isinstance(node_ids, Mapping) else {}
 
     def get_node_ids(self) -> list[int]:
         return list(self._node_ids)

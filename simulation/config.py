@@ -104,6 +104,7 @@ def build_sim_config(cfg: DictConfig, run_dir: Path) -> SimConfig:
                 num_clients=int(cfg.num_clients),
                 clients_per_round=int(cfg.clients_per_round),
                 rounds=int(cfg.rounds),
+                local_steps=int(cfg.local_steps),
                 eval_every=int(cfg.eval_every),
                 seed=int(cfg.seed),
                 codec=codec,
@@ -131,3 +132,23 @@ def _check_choices(client: ClientConfig, server: ServerConfig) -> None:
     check_choice("codec", client.codec, CODECS)
     if not server.strategy.target:
         check_choice("strategy", server.strategy.name, STRATEGIES)
+        check_kinds(client.method.name, server.strategy.name)
+
+
+def check_kinds(method: str, strategy: str) -> None:
+    """A method's update kind must be what the strategy aggregates."""
+    from client.methods import METHODS
+    from strategies.registry import SEED_STRATEGIES
+    from strategies.runconfig import ConfigError
+
+    seeds_method = getattr(METHODS[method], "kind", "delta") == "seeds"
+    if seeds_method and strategy not in SEED_STRATEGIES:
+        raise ConfigError(
+            f"method={method} sends (seed, scalar) pairs, which strategy={strategy} cannot aggregate; "
+            f"use strategy={' | '.join(SEED_STRATEGIES)}"
+        )
+    if not seeds_method and strategy in SEED_STRATEGIES:
+        raise ConfigError(
+            f"strategy={strategy} aggregates (seed, scalar) pairs, but method={method} sends tensors; "
+            "use method=zo_seed or method=forward_grad"
+        )

@@ -36,26 +36,41 @@ def _fedopt_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
     return {"eta": cfg.eta, "eta_l": cfg.eta_l, "beta_1": cfg.beta_1, "beta_2": cfg.beta_2, "tau": cfg.tau}
 
 
-STRATEGIES: dict[str, Callable[[StrategyConfig], Strategy]] = {
-    "fedavg": lambda cfg: FedAvg(**SAMPLING_KWARGS),
-    "fedprox": lambda cfg: FedProx(proximal_mu=cfg.proximal_mu, **SAMPLING_KWARGS),
-    "fedadam": lambda cfg: FedAdam(**_fedopt_kwargs(cfg), **SAMPLING_KWARGS),
-    "fedyogi": lambda cfg: FedYogi(**_fedopt_kwargs(cfg), **SAMPLING_KWARGS),
-    "fedadagrad": lambda cfg: FedAdagrad(
+def _seed_strategy(cls_path: str) -> Callable[[StrategyConfig, dict[str, int]], Strategy]:
+    """Seed strategies (FedKSeed, FwdLLM) also need the run's seed, rounds and local steps."""
+    return lambda cfg, run: import_string(cls_path)(cfg, **run)
+
+
+STRATEGIES: dict[str, Callable[[StrategyConfig, dict[str, int]], Strategy]] = {
+    "fedavg": lambda cfg, run: FedAvg(**SAMPLING_KWARGS),
+    "fedprox": lambda cfg, run: FedProx(proximal_mu=cfg.proximal_mu, **SAMPLING_KWARGS),
+    "fedadam": lambda cfg, run: FedAdam(**_fedopt_kwargs(cfg), **SAMPLING_KWARGS),
+    "fedyogi": lambda cfg, run: FedYogi(**_fedopt_kwargs(cfg), **SAMPLING_KWARGS),
+    "fedadagrad": lambda cfg, run: FedAdagrad(
         eta=cfg.eta, eta_l=cfg.eta_l, tau=cfg.tau, **SAMPLING_KWARGS
     ),
-    "fedavgm": lambda cfg: FedAvgM(
+    "fedavgm": lambda cfg, run: FedAvgM(
         server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum, **SAMPLING_KWARGS
     ),
+    "fedkseed": _seed_strategy("strategies.fedkseed:FedKSeed"),
+    "fedkseed_pro": _seed_strategy("strategies.fedkseed:FedKSeedPro"),
+    "fwdllm": _seed_strategy("strategies.fwdllm:FwdLLM"),
 }
 
 
-def build_strategy(cfg: StrategyConfig) -> Strategy:
-    """Build the configured strategy; ``cfg.target`` (a user's class) wins over ``cfg.name``."""
+SEED_STRATEGIES = ("fedkseed", "fedkseed_pro", "fwdllm")  # aggregate (seed, scalar) replies
+
+
+def build_strategy(cfg: StrategyConfig, seed: int = 0, rounds: int = 1, local_steps: int = 1) -> Strategy:
+    """Build the configured strategy; ``cfg.target`` (a user's class) wins over ``cfg.name``.
+
+    ``seed``, ``rounds`` and ``local_steps`` are the run's; seed strategies derive their
+    seed pool, learning-rate schedule and pair budget from them.
+    """
     if cfg.target:
         return _build_user_strategy(cfg)
     check_choice("strategy.name", cfg.name, STRATEGIES)
-    return STRATEGIES[cfg.name](cfg)
+    return STRATEGIES[cfg.name](cfg, {"seed": seed, "rounds": rounds, "local_steps": local_steps})
 
 
 def _build_user_strategy(cfg: StrategyConfig) -> Strategy:

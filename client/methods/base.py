@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 
 from strategies.runconfig import check_choice
@@ -22,8 +23,10 @@ from strategies.runconfig import check_choice
 class Update:
     """What a client produced in one round, before encoding.
 
-    kind: wire update kind (``"delta"`` for PEFT tensors).
+    kind: wire update kind (``"delta"`` for PEFT tensors, ``"seeds"`` for (seed, scalar)).
     state: trainable state after local training (``kind == "delta"``).
+    pairs: (pool indices, scalars) for ``kind == "seeds"``; the local change they stand
+        for is ``-lr * sum_j scalar_j * z(pool[index_j])``.
     num_examples: local training-set size, the aggregation weight.
     metrics: scalars for the reply (train-loss, train-s, ...).
     """
@@ -32,6 +35,7 @@ class Update:
     state: dict[str, torch.Tensor]
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    pairs: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class LocalMethod(Protocol):

@@ -60,6 +60,27 @@ def train_steps(method: Any, batches: Iterator[dict[str, torch.Tensor]], steps: 
     return Update(kind=wire.KIND_DELTA, state=method.trainable_state(), num_examples=0, metrics=metrics)
 
 
+def peft_model(backbone: Any, cfg: Any) -> torch.nn.Module:
+    """The backbone wrapped with PEFT LoRA (+ trainable head), identically on every client."""
+    m = cfg.method
+    task = TaskType.SEQ_CLS if backbone.task == "classification" else TaskType.CAUSAL_LM
+    peft_cfg = LoraConfig(
+        r=m.r,
+        lora_alpha=m.lora_alpha,
+        lora_dropout=m.dropout,
+        target_modules=list(m.target_modules or backbone.lora_targets),
+        modules_to_save=list(backbone.head_modules) or None,
+        task_type=task,
+    )
+    with torch.random.fork_rng():  # identical adapter init on every client
+        torch.manual_seed(cfg.seed)
+        model = get_peft_model(backbone.model, peft_cfg)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
+
+
 @register("lora")
 class LoraMethod:
     """PEFT LoRA over the backbone's attention projections (+ trainable head)."""
@@ -68,23 +89,8 @@ class LoraMethod:
 
     def __init__(self, backbone: Any, cfg: Any) -> None:
         self.cfg = cfg
-        m = cfg.method
-        task = TaskType.SEQ_CLS if backbone.task == "classification" else TaskType.CAUSAL_LM
-        peft_cfg = LoraConfig(
-            r=m.r,
-            lora_alpha=m.lora_alpha,
-            lora_dropout=m.dropout,
-            target_modules=list(m.target_modules or backbone.lora_targets),
-            modules_to_save=list(backbone.head_modules) or None,
-            task_type=task,
-        )
-        with torch.random.fork_rng():  # identical adapter init on every client
-            torch.manual_seed(cfg.seed)
-            self.model = get_peft_model(backbone.model, peft_cfg)
-        for p in self.model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()
-        if m.gradient_checkpointing:
+        self.model = peft_model(backbone, cfg)
+        if cfg.method.gradient_checkpointing:
             self.model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.eval()
 

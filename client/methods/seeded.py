@@ -1,0 +1,134 @@
+"""Shared machinery of backprop-free methods whose updates are (seed, scalar) pairs.
+
+The perturbed parameters are the PEFT ones (LoRA + head, on any backbone including
+nf4/int8) or, with ``method.zo_params=all``, every parameter of an unquantized
+backbone. They are visited in sorted-name order, the order the seeded element indices
+refer to (:func:`strategies.seeds.ordered`). Nothing here keeps activations or stores a
+perturbation: ``z`` is regenerated from its seed by :mod:`kernels` whenever needed, so
+memory is the model's inference footprint plus one tile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.batches import forward_loss
+from client.methods.base import load_named
+from client.methods.lora import peft_model
+from kernels import accumulate_
+from strategies import seeds as sd
+from strategies import wire
+from strategies.runconfig import ConfigError
+
+DEFAULT_POOL = 4096  # pool size when no strategy sends one (stand-alone use, tests)
+
+
+@dataclass
+class RoundSettings:
+    """What the round config prescribes (falling back to the client's method config)."""
+
+    pool: np.ndarray  # (K,) int64 seeds
+    probs: torch.Tensor | None  # (K,) sampling probabilities (FedKSeed-Pro), else uniform
+    lr: float
+    eps: float
+    dist: str
+    perturbations: int
+    max_pairs: int
+    backend: str
+
+    def draw(self, n: int) -> torch.Tensor:
+        """``n`` pool indices from the (forked, per-client-seeded) torch RNG."""
+        if self.probs is not None:
+            return torch.multinomial(self.probs, n, replacement=True)
+        return torch.randint(len(self.pool), (n,))
+
+
+class SeededMethod:
+    """Base of zo_seed and forward_grad: parameter selection, settings, restore."""
+
+    kind = wire.KIND_SEEDS
+
+    def __init__(self, backbone: Any, cfg: Any) -> None:
+        self.cfg = cfg
+        m = cfg.method
+        if m.weight_decay:
+            raise ConfigError(
+                f"method.weight_decay={m.weight_decay}: seed-based updates carry only (seed, scalar) pairs; "
+                "weight decay is not expressible in them, set it to 0"
+            )
+        if m.zo_params == "all":
+            if cfg.quant.mode != "none":
+                raise ConfigError(
+                    f"method.zo_params=all perturbs every weight, which needs an unquantized backbone "
+                    f"(quant={cfg.quant.mode}); use zo_params=peft on nf4/int8 backbones"
+                )
+            self.model = backbone.model
+            for p in self.model.parameters():
+                p.requires_grad_(p.is_floating_point())
+        else:
+            self.model = peft_model(backbone, cfg)
+        self.model.eval()
+        self.synced: tuple[str, int] | None = None  # (run id, global round) the parameters hold
+
+    # -- state ------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return sorted((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.trainable_parameters()}
+
+    def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_named(dict(self.trainable_parameters()), state)
+        self.synced = None
+
+    def seed_params(self) -> list[torch.Tensor]:
+        """The perturbed tensors in the canonical order."""
+        return [p.data for _, p in self.trainable_parameters()]
+
+    @property
+    def exact_restore(self) -> bool:
+        """PEFT state is small: keep a copy; full models undo their update instead."""
+        return self.cfg.method.zo_params == "peft"
+
+    # -- per round ----------------------------------------------------------------------------
+    def settings(self, rc: Mapping[str, Any], steps: int) -> RoundSettings:
+        m = self.cfg.method
+        size = int(rc.get(sd.POOL_SIZE, DEFAULT_POOL))
+        pool = sd.seed_pool(int(rc.get(sd.POOL_SEED, self.cfg.seed)), size, int(rc.get(sd.POOL_ROUND, 0)))
+        n = int(rc.get(sd.PERTURBATIONS, m.perturbations))
+        probs = rc.get(sd.PROBS)
+        return RoundSettings(
+            pool=pool,
+            probs=torch.as_tensor(np.asarray(probs, dtype=np.float64)) if probs is not None else None,
+            lr=float(rc.get(sd.LR, self.cfg.lr)),
+            eps=m.zo_eps,
+            dist=str(rc.get(sd.DIST, m.dist)),
+            perturbations=n,
+            max_pairs=int(rc.get(sd.MAX_PAIRS, steps * n)),
+            backend=m.kernel_backend,
+        )
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> float:
+        with torch.no_grad():
+            loss, _ = forward_loss(self.model, batch)
+        return float(loss)
+
+    def snapshot(self) -> list[torch.Tensor] | None:
+        return [p.clone() for p in self.seed_params()] if self.exact_restore else None
+
+    def restore(self, snap: list[torch.Tensor] | None, rs: RoundSettings, seeds: list[int], applied: list[float]) -> None:
+        """Return to the round's starting (global) state after local steps applied
+        ``sum_j applied[j] * z(seeds[j])``: exactly from the copy, else by subtracting it
+        (fp32 rounding of the in-place steps remains, ~1e-7 relative per round)."""
+        params = self.seed_params()
+        with torch.no_grad():
+            if snap is not None:
+                for p, s in zip(params, snap):
+                    p.copy_(s)
+            elif seeds:
+                accumulate_(params, seeds, [-a for a in applied], dist=rs.dist, backend=rs.backend)
