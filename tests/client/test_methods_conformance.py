@@ -1,6 +1,8 @@
-"""Every registered method: 2 local steps on a tiny model change the trainable state,
-leave the frozen backbone alone, and round-trip exactly through the wire codec."""
+"""Every registered method: 2 local steps on a tiny model leave the frozen backbone
+alone; delta methods change the trainable state and round-trip exactly through the
+wire codec; seed methods reply (seed, scalar) pairs and leave the state as it was."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,8 +46,15 @@ def test_method_conformance(method, model, task):
     frozen = _frozen(m.model)
     assert before and frozen
     update = m.local_train(batch_iterator(data, cfg.batch_size, torch.Generator().manual_seed(0)), 2, {})
-    assert update.kind == wire.KIND_DELTA
     assert update.metrics[wire.TRAIN_LOSS] > 0
+    for k, v in _frozen(m.model).items():
+        assert torch.equal(v, frozen[k]), f"frozen parameter {k} changed"
+    if update.kind == wire.KIND_SEEDS:
+        index, scalar = update.pairs
+        assert 1 <= len(index) == len(scalar) and np.isfinite(scalar).all() and not update.state
+        assert all(torch.equal(before[k], v) for k, v in m.trainable_state().items())  # restored
+        return
+    assert update.kind == wire.KIND_DELTA
     changed = [k for k in before if not torch.equal(before[k], update.state[k])]
     assert changed, "no trainable tensor changed"
     for k, v in _frozen(m.model).items():
