@@ -2,7 +2,8 @@
 
 Suites: overhead (ClientApp call overhead with vs without the backbone cache),
 memory (client peak RSS, fp32 vs nf4/int8 backbones), kernels (seeded perturbation
-throughput vs torch normal_ + add_).
+throughput vs torch normal_ + add_), zo (uplink bytes and client memory of zo_seed and
+forward_grad next to LoRA FedAvg).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     mem.add_argument("--checkpointing", action="store_true")
     k = sub.add_parser("kernels", help="seeded perturbation throughput vs torch normal_+add_")
     k.add_argument("--elements", type=int, default=135_000_000)
+    z = sub.add_parser("zo", help="bytes and memory of zo_seed / forward_grad vs LoRA FedAvg")
+    z.add_argument("--model", default="smollm2-135m")
+    z.add_argument("--tau", type=int, default=200)
+    z.add_argument("--perturbations", type=int, default=10)
     args = parser.parse_args(argv)
     if args.suite == "overhead":
         from benchmarks.overhead import run
@@ -32,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.kernels import main as kernels_main
 
         kernels_main(["--elements", str(args.elements)])
+    elif args.suite == "zo":
+        from benchmarks.zo import main as zo_main
+
+        zo_main(["--model", args.model, "--tau", str(args.tau), "--perturbations", str(args.perturbations)])
     elif args.suite == "memory":
         from benchmarks.memory import main as memory_main
 

@@ -137,8 +137,12 @@ class MethodConfig:
     Backprop-free methods (zo_seed, forward_grad); a seed strategy's round config
     (learning rate, dist, perturbations, seed pool) overrides the defaults here:
     zo_eps: perturbation scale of the central difference (L(w+eps z) - L(w-eps z)) / 2eps.
-    zo_params: "peft" (LoRA + head, any backbone incl. nf4/int8) or "all" (every
-        parameter of an unquantized backbone, as in MeZO/FedKSeed).
+    zo_params: "peft" (LoRA + head, any backbone incl. nf4/int8), "head" (the task head
+        only: a zeroth-order linear probe) or "all" (every parameter of an unquantized
+        backbone, as in MeZO/FedKSeed).
+    lora_layers: LoRA on the top ``lora_layers`` transformer layers only (0 = all).
+        Seed methods then reuse the frozen lower layers' output across the perturbed
+        evaluations of a batch (``client/methods/prefix_cache.py``).
     perturbations: perturbations per step (zo_seed) or per batch (forward_grad).
     dist: gaussian | rademacher. kernel_backend: auto | torch | numba.
     fg_mode: forward_grad's directional derivative: "jvp" (exact, torch.func.jvp) or
@@ -156,6 +160,7 @@ class MethodConfig:
     grad_clip: float = 1.0
     local_epochs: int = 0
     gradient_checkpointing: bool = False
+    lora_layers: int = 0
     zo_eps: float = 1e-3
     zo_params: str = "peft"
     perturbations: int = 1
@@ -167,7 +172,8 @@ class MethodConfig:
         from kernels import BACKENDS, DISTS
 
         check(self.zo_eps > 0, "method.zo_eps", "a number > 0", self.zo_eps)
-        check_choice("method.zo_params", self.zo_params, ("peft", "all"))
+        check_choice("method.zo_params", self.zo_params, ("peft", "head", "all"))
+        check(self.lora_layers >= 0, "method.lora_layers", "an integer >= 0 (0 = every layer)", self.lora_layers)
         check(self.perturbations >= 1, "method.perturbations", "an integer >= 1", self.perturbations)
         check_choice("method.dist", self.dist, DISTS)
         check_choice("method.kernel_backend", self.kernel_backend, ("auto", *BACKENDS))

@@ -72,6 +72,9 @@ def peft_model(backbone: Any, cfg: Any) -> torch.nn.Module:
         modules_to_save=list(backbone.head_modules) or None,
         task_type=task,
     )
+    if m.lora_layers:
+        n = backbone.model.config.num_hidden_layers
+        peft_cfg.layers_to_transform = list(range(max(n - m.lora_layers, 0), n))
     with torch.random.fork_rng():  # identical adapter init on every client
         torch.manual_seed(cfg.seed)
         model = get_peft_model(backbone.model, peft_cfg)

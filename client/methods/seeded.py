@@ -20,6 +20,7 @@ import torch
 from client.batches import forward_loss
 from client.methods.base import load_named
 from client.methods.lora import peft_model
+from client.methods.prefix_cache import FrozenPrefix
 from kernels import accumulate_
 from strategies import seeds as sd
 from strategies import wire
@@ -48,6 +49,10 @@ class RoundSettings:
         return torch.randint(len(self.pool), (n,))
 
 
+def _in_head(name: str, heads: tuple[str, ...]) -> bool:
+    return any(f".{h}." in f".{name}" for h in heads)
+
+
 class SeededMethod:
     """Base of zo_seed and forward_grad: parameter selection, settings, restore."""
 
@@ -70,9 +75,21 @@ class SeededMethod:
             self.model = backbone.model
             for p in self.model.parameters():
                 p.requires_grad_(p.is_floating_point())
+        elif m.zo_params == "head":
+            if not backbone.head_modules:
+                raise ConfigError(
+                    f"method.zo_params=head trains the task head, but {cfg.model.name} as {backbone.task} has none; "
+                    "use model.task=classification or zo_params=peft"
+                )
+            self.model = backbone.model
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.split(".")[0] in backbone.head_modules or _in_head(name, backbone.head_modules))
+                if p.requires_grad:
+                    p.data = p.data.float()
         else:
             self.model = peft_model(backbone, cfg)
         self.model.eval()
+        self.prefix = FrozenPrefix(self.model, [p for _, p in self.trainable_parameters()])
         self.synced: tuple[str, int] | None = None  # (run id, global round) the parameters hold
 
     # -- state ------------------------------------------------------------------------------
@@ -92,8 +109,8 @@ class SeededMethod:
 
     @property
     def exact_restore(self) -> bool:
-        """PEFT state is small: keep a copy; full models undo their update instead."""
-        return self.cfg.method.zo_params == "peft"
+        """PEFT and head state is small: keep a copy; full models undo their update instead."""
+        return self.cfg.method.zo_params != "all"
 
     # -- per round ----------------------------------------------------------------------------
     def settings(self, rc: Mapping[str, Any], steps: int) -> RoundSettings:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from client.methods.base import Update, register
-from client.methods.seeded import SeededMethod
+from client.methods.seeded import RoundSettings, SeededMethod
 from kernels import accumulate_, perturb_
 from strategies import wire
 
@@ -40,54 +40,48 @@ class ZoSeedMethod(SeededMethod):
 
     def local_train(self, batches: Iterator[dict[str, torch.Tensor]], steps: int, round_config: Mapping[str, Any]) -> Update:
         rs = self.settings(round_config, steps)
-        n, eps, lr = rs.perturbations, rs.eps, rs.lr
+        n = rs.perturbations
         steps = min(steps, max(rs.max_pairs // n, 1))
-        params = self.seed_params()
         snap = self.snapshot()
-        index: list[int] = []
-        scalar: list[float] = []
-        applied_seeds: list[int] = []
-        applied: list[float] = []
-        total, seen, skipped = 0.0, 0, 0
+        done: list[tuple[int, float, int, float]] = []  # (pool index, scalar, seed, applied coeff)
+        total, seen = 0.0, 0.0
         t0 = time.perf_counter()
         for _ in range(steps):
             batch = next(batches)
-            step_seeds, step_coeffs = [], []
-            for k in rs.draw(n).tolist():
-                s = int(rs.pool[k])
-                perturb_(params, s, eps, rs.dist, rs.backend)
-                up = self.loss(batch)
-                perturb_(params, s, -2 * eps, rs.dist, rs.backend)
-                down = self.loss(batch)
-                if not (math.isfinite(up) and math.isfinite(down)):
-                    perturb_(params, s, eps, rs.dist, rs.backend)
-                    skipped += 1
-                    continue
-                sc = float(np.float32((up - down) / (2 * eps) / n))  # what the server sees
-                coeff = -lr * sc
-                if n == 1:
-                    perturb_(params, s, eps + coeff, rs.dist, rs.backend)
-                else:
-                    perturb_(params, s, eps, rs.dist, rs.backend)
-                    step_seeds.append(s)
-                    step_coeffs.append(coeff)
-                index.append(k)
-                scalar.append(sc)
-                applied_seeds.append(s)
-                applied.append(coeff)
-                rows = int(batch["input_ids"].shape[0])
-                total += 0.5 * (up + down) * rows / n
+            with self.prefix.reuse():  # layers below the perturbed ones run once per batch
+                step = self._step(batch, rs)
+            rows = int(batch["input_ids"].shape[0])
+            for k, sc, s, coeff, mean_loss in step:
+                done.append((k, sc, s, coeff))
+                total += mean_loss * rows / n
                 seen += rows / n
-            if step_seeds:
-                accumulate_(params, step_seeds, step_coeffs, rs.dist, rs.backend)
-        if not index:
+        if not done:
             raise FloatingPointError(f"every one of {steps * n} perturbed losses was non-finite")
-        self.restore(snap, rs, applied_seeds, applied)
-        metrics = {
-            wire.TRAIN_LOSS: total / max(seen, 1e-9),
-            wire.TRAIN_SECONDS: time.perf_counter() - t0,
-            "pairs": len(index),
-            "skipped": skipped,
-        }
-        pairs = (np.asarray(index, dtype=np.int64), np.asarray(scalar, dtype=np.float32))
+        self.restore(snap, rs, [d[2] for d in done], [d[3] for d in done])
+        metrics = {wire.TRAIN_LOSS: total / seen, wire.TRAIN_SECONDS: time.perf_counter() - t0}
+        if len(done) < steps * n:
+            metrics["skipped"] = steps * n - len(done)
+        pairs = (np.asarray([d[0] for d in done], dtype=np.int64), np.asarray([d[1] for d in done], dtype=np.float32))
         return Update(kind=wire.KIND_SEEDS, state={}, num_examples=0, metrics=metrics, pairs=pairs)
+
+    def _step(self, batch: dict[str, torch.Tensor], rs: RoundSettings) -> list[tuple[int, float, int, float, float]]:
+        """One step: central differences for ``n`` pool draws on ``batch``, then the SGD
+        update along them (fused with the restore when ``n == 1``)."""
+        params, n, eps = self.seed_params(), rs.perturbations, rs.eps
+        out = []
+        for k in rs.draw(n).tolist():
+            s = int(rs.pool[k])
+            perturb_(params, s, eps, rs.dist, rs.backend)
+            up = self.loss(batch)
+            perturb_(params, s, -2 * eps, rs.dist, rs.backend)
+            down = self.loss(batch)
+            if not (math.isfinite(up) and math.isfinite(down)):
+                perturb_(params, s, eps, rs.dist, rs.backend)  # restore; the pair is not sent
+                continue
+            sc = float(np.float32((up - down) / (2 * eps) / n))  # exactly what the server sees
+            coeff = -rs.lr * sc
+            perturb_(params, s, eps + coeff if n == 1 else eps, rs.dist, rs.backend)
+            out.append((k, sc, s, coeff, 0.5 * (up + down)))
+        if n > 1 and out:
+            accumulate_(params, [o[2] for o in out], [o[3] for o in out], rs.dist, rs.backend)
+        return out

@@ -12,6 +12,7 @@ from client.backbones import load_backbone
 from client.batches import batch_iterator, encode
 from client.config import ClientConfig, MethodConfig, ModelConfig, QuantConfig
 from client.methods import build_method
+from client.methods.prefix_cache import FrozenPrefix
 from client.methods.zo_seed import ZoSeedMethod
 from client.seed_sync import CatchUpError, seed_reply, sync_to_base
 from kernels import accumulate_
@@ -44,6 +45,7 @@ def _quadratic_method(**method):
     m.cfg = ClientConfig(method=MethodConfig(name="zo_seed", **method), lr=1e-3)
     m.model = Quadratic()
     m.synced = None
+    m.prefix = FrozenPrefix(m.model, [m.model.w])  # no layers: disabled
     return m
 
 
@@ -172,3 +174,30 @@ def test_client_catches_up_to_the_server_state():
     (msg,) = s.configure_train(4, ArrayRecord({k: Array(v) for k, v in state.items()}), ConfigRecord(), _Grid([1]))
     with pytest.raises(CatchUpError, match="cannot catch up"):
         sync_to_base(m, initial, _as_received(msg, run_id=6), dict(msg.content[wire.CONFIG]))
+
+
+@pytest.mark.parametrize("model, kw", [("tiny-bert", dict(zo_params="head")), ("tiny-llama", dict(lora_layers=1))])
+def test_frozen_prefix_reuse_gives_the_same_losses(model, kw):
+    _, m, data = _tiny(model=model, **kw)
+    assert m.prefix.k >= 1
+    batch = data.batch(torch.arange(4))
+    plain = m.loss(batch)
+    with m.prefix.reuse():  # first batch: the probe decides
+        m.loss(batch)
+    assert m.prefix.enabled
+    calls = []
+    hook = m.prefix.layers[0].register_forward_pre_hook(lambda *a: calls.append(1))
+    with m.prefix.reuse():
+        first, second = m.loss(batch), m.loss(batch)
+    hook.remove()
+    assert first == pytest.approx(plain, abs=1e-6) and second == pytest.approx(plain, abs=1e-6)
+    assert len(calls) == 2  # the hook fires, but layer 0's real forward ran only once
+    assert all("forward" not in layer.__dict__ for layer in m.prefix.layers)  # restored
+
+
+def test_frozen_prefix_is_off_when_embeddings_are_perturbed():
+    _, m, data = _tiny(zo_params="all")
+    batch = data.batch(torch.arange(4))
+    with m.prefix.reuse():
+        m.loss(batch)
+    assert m.prefix.enabled is False

@@ -1,0 +1,172 @@
+"""Suite ``zo``: bytes and memory of backprop-free clients next to LoRA FedAvg.
+
+Memory: each case runs in its own subprocess — a real ClientApp "init" query (loads the
+backbone) and one real train call through :func:`client.app.handle_train`, with the
+downlink a real strategy builds (FedKSeed for zo_seed, FwdLLM for forward_grad, FedAvg
+for LoRA) — and reports the per-call peak RSS the client records in ``metrics.jsonl``.
+``inference`` is the same model (LoRA-wrapped) and the same batches, forward only.
+Ratios are to that inference peak, measured in the same invocation.
+
+Bytes: the serialized uplink of one client-round (the whole reply: pairs or tensors,
+metrics, records) for FedKSeed with ``--tau`` steps, forward_grad with ``--perturbations``
+perturbations, FwdLLM's dense gradient for those perturbations (one fp32 tensor set, what
+FwdLLM uploads) and LoRA FedAvg's delta.
+
+Run: ``anther-bench zo [--model smollm2-135m] [--batch 8] [--seq 128] [--steps 2]
+[--tau 200] [--perturbations 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.memory import ROOT, _peak_mb
+
+CASES = ("inference", "lora", "zo_seed", "forward_grad")
+STRATEGY = {"lora": "fedavg", "zo_seed": "fedkseed", "forward_grad": "fwdllm"}
+
+
+def _config(model: str, method: str, batch: int, seq: int, steps: int, perturbations: int):
+    from client.config import ClientConfig, DataConfig, MethodConfig, ModelConfig, PartitionConfig
+
+    agnews = ROOT.parent / "shared" / "data" / "ag_news_test.csv"
+    data = (
+        DataConfig(source="file", path=str(agnews), text_columns=("title", "description"),
+                   label_names=("World", "Sports", "Business", "Sci/Tech"), test_size=1600)
+        if agnews.exists() else DataConfig()
+    )
+    return ClientConfig(
+        model=ModelConfig(name=model, max_length=seq),
+        data=data,
+        partition=PartitionConfig(name="iid"),
+        method=MethodConfig(name="lora" if method == "inference" else method, perturbations=perturbations),
+        num_clients=10,
+        local_steps=steps,
+        batch_size=batch,
+    )
+
+
+def _downlink(method: str, state, steps: int, perturbations: int):
+    """The round-1 train message a real strategy sends this client."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    from strategies import wire
+    from strategies.codecs import get_codec
+    from strategies.config import StrategyConfig
+    from strategies.registry import build_strategy
+
+    strategy = build_strategy(
+        StrategyConfig(name=STRATEGY[method], perturbations=perturbations, eta_l=1e-4), rounds=1, local_steps=steps
+    )
+
+    class Grid:
+        identity_of = {1: 0}
+
+        def get_node_ids(self):
+            return [1]
+
+    arrays = ArrayRecord({k: Array(a.numpy()) for k, a in state.items()})
+    (msg,) = strategy.configure_train(1, arrays, ConfigRecord(), Grid())
+    if method == "lora":
+        msg.content[wire.ARRAYS] = get_codec("fp32").encode({k: a.torch() for k, a in state.items()})
+        msg.content[wire.WIRE] = ConfigRecord({"kind": wire.KIND_DELTA, "codec": "fp32"})
+    return msg
+
+
+def child(case: str, model: str, batch: int, seq: int, steps: int, perturbations: int) -> dict:
+    """One real ClientApp call (or forward-only passes for ``inference``)."""
+    import torch
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client import memory
+    from client.app import handle_query, handle_train
+    from client.batches import batch_iterator, forward_loss
+    from client.data_source import encoded_partition, label_names
+    from client.runtime import get_runtime
+    from server.loop import payload_bytes
+    from strategies import wire
+
+    import_mb = _peak_mb()
+    cfg = _config(model, case, batch, seq, steps, perturbations)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    init = Message(RecordDict({wire.CONFIG: ConfigRecord({"op": "init"})}), dst_node_id=1, message_type="query")
+    state = handle_query(init, cfg, ctx).content[wire.ARRAYS]
+    out = {"case": case, "import_mb": import_mb, "trainable": int(sum(a.numpy().size for a in state.values()))}
+    if case == "inference":
+        rt = get_runtime(cfg, len(label_names(cfg)))
+        data = encoded_partition(cfg, (("partition-id", 0),), rt.backbone.task, rt.backbone.tokenizer)
+        batches = batch_iterator(data, batch, torch.Generator().manual_seed(0))
+        memory.reset_peak()
+        with torch.no_grad():
+            for _ in range(steps):
+                forward_loss(rt.method.model, next(batches))
+        return {**out, "call_peak_mb": memory.peak_rss_mb(), "bytes_up": 0}
+    msg = handle_train(_downlink(case, state, steps, perturbations), cfg, ctx)
+    if msg.has_error():
+        raise RuntimeError(msg.error.reason)
+    m = msg.content[wire.METRICS]
+    return {**out, "call_peak_mb": float(m[wire.PEAK_RSS_MB]), "bytes_up": payload_bytes(msg),
+            "train_s": float(m[wire.TRAIN_SECONDS]), "loss": float(m[wire.TRAIN_LOSS])}
+
+
+def _run(args: argparse.Namespace, case: str, model: str, batch: int, steps: int, perturbations: int) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.zo", "--child", case, "--model", model, "--batch", str(batch),
+           "--seq", str(args.seq), "--steps", str(steps), "--perturbations", str(perturbations)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark child {case} failed:\n{res.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="anther-bench zo", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m", help="model for the memory cases")
+    p.add_argument("--bytes-model", default="minilm", help="model for the bytes cases")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--steps", type=int, default=2, help="local steps (memory cases)")
+    p.add_argument("--tau", type=int, default=200, help="FedKSeed local steps for the bytes case")
+    p.add_argument("--perturbations", type=int, default=10, help="forward_grad perturbations per round")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.model, args.batch, args.seq, args.steps, args.perturbations)))
+        return
+
+    mem = {c: _run(args, c, args.model, args.batch, args.steps, 2 if c == "forward_grad" else 1) for c in CASES}
+    base = mem["inference"]["call_peak_mb"]
+    print(f"\nMemory: {args.model}, batch {args.batch}, max_length {args.seq}, {args.steps} local steps; "
+          "client per-call peak RSS (MiB)")
+    print(f"{'case':14} {'peak':>7} {'/inference':>11} {'above imports':>14}")
+    for c, r in mem.items():
+        print(f"{c:14} {r['call_peak_mb']:7.0f} {r['call_peak_mb'] / base:10.2f}x {r['call_peak_mb'] - r['import_mb']:14.0f}")
+
+    n = args.perturbations
+    byt = {
+        "lora (FedAvg delta)": _run(args, "lora", args.bytes_model, 1, 1, 1),
+        f"zo_seed (FedKSeed, tau={args.tau})": _run(args, "zo_seed", args.bytes_model, 1, args.tau, 1),
+        f"forward_grad ({n} perturbations)": _run(args, "forward_grad", args.bytes_model, 1, 1, n),
+    }
+    p_train = byt["lora (FedAvg delta)"]["trainable"]
+    dense = 4 * p_train + 1024  # FwdLLM: one dense fp32 gradient (+ the same record overhead, generous)
+    lora = byt["lora (FedAvg delta)"]["bytes_up"]
+    print(f"\nUplink per client-round, {args.bytes_model} ({p_train:,} trainable parameters); bytes")
+    for name, r in byt.items():
+        print(f"{name:34} {r['bytes_up']:>10,}   LoRA/this {lora / r['bytes_up']:8.0f}x")
+    fg = byt[f"forward_grad ({n} perturbations)"]["bytes_up"]
+    print(f"{'FwdLLM dense gradient (fp32)':34} {dense:>10,}   dense/forward_grad {dense / fg:8.0f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Forward gradients on the PEFT parameters, as FwdLLM clients compute them (Xu et al.,
+"FwdLLM: Efficient FedLLM using Forward Gradient", 2024; server side in
+``strategies/fwdllm.py``).
+
+FedSGD-style: the parameters ``w`` never change on the client. For ``n`` perturbations
+``z_j = z(s_j)`` (Gaussian, regenerated from pool seeds by :mod:`kernels`) and the
+round's ``steps`` batches, the client measures the directional derivatives
+
+    d_j = grad L(w) . z_j        averaged over the batches
+
+and replies the pairs ``(index_j, d_j / n)``: its gradient estimate is
+``g_hat = (1/n) sum_j d_j z_j = sum_j scalar_j z_j``, unbiased for ``grad L(w)`` since
+``E[z z^T] = I``. The server's step is ``-lr * (example-weighted mean of g_hat)``.
+
+``d_j`` comes from one of two modes (``method.fg_mode``):
+
+- ``jvp``: exact forward-mode AD, ``torch.func.jvp`` of the loss as a function of the
+  trainable tensors (``torch.func.functional_call``), vmapped over a chunk of tangents
+  so the primal forward runs once per batch and chunk. SDPA attention runs its math
+  kernel here (the fused CPU kernel has no forward-mode formula). bitsandbytes k-bit
+  layers silently drop tangents (the derivative comes out 0), so quantized backbones
+  need ``fd``: this is a ConfigError at construction, never a silent fallback. Any other
+  op without forward AD falls back to ``fd`` with a warning, once per process.
+- ``fd``: the central difference ``(L(w + eps z) - L(w - eps z)) / (2 eps)``, as FwdLLM's
+  code does (eps = ``method.zo_eps``, 1e-2 there); PEFT parameters are restored from a
+  copy after each perturbation, so they are bit-for-bit unchanged.
+
+Discriminative sampling (FwdLLM, Sec. 3.3): when the round config has
+``zo-candidates`` C > 1 and the previous round's aggregated update ``u`` (``zo-prev``),
+the client draws ``n * C`` candidate seeds and keeps the ``n`` whose ``z`` has the
+largest ``|cos(z, u)|``. The sign does not matter: ``d z`` is the same estimate for
+``z`` and ``-z``. A perturbation with a non-finite loss or derivative is skipped (the
+mean is over the kept ones); all skipped raises ``FloatingPointError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from client.batches import forward_loss
+from client.methods.base import Update, register
+from client.methods.seeded import RoundSettings, SeededMethod
+from kernels import perturb_
+from strategies import seeds as sd
+from strategies import wire
+from strategies.fwdllm import CANDIDATES
+from strategies.runconfig import ConfigError
+
+log = logging.getLogger("anther.client")
+
+JVP_CHUNK = 64  # tangents per vmapped jvp (more only costs memory: ~2x faster than 8 or 2000 on CPU)
+JVP_TANGENT_ELEMENTS = 1 << 24  # and at most this many tangent elements at once (64 MB fp32)
+
+
+class _LossOf(torch.nn.Module):
+    """``forward(batch) -> loss`` of a model, for ``torch.func.functional_call``."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return forward_loss(self.inner, batch)[0]
+
+
+def draw_unique(rs: RoundSettings, m: int) -> list[int]:
+    """``m`` pool indices, distinct while the pool allows (no wasted duplicate directions)."""
+    if rs.probs is not None or m > len(rs.pool):
+        return rs.draw(m).tolist()
+    return torch.randperm(len(rs.pool))[:m].tolist()
+
+
+@register("forward_grad")
+class ForwardGradMethod(SeededMethod):
+    """FwdLLM's client: forward-gradient (seed, directional derivative / n) pairs, no step."""
+
+    name = "forward_grad"
+
+    def __init__(self, backbone: Any, cfg: Any) -> None:
+        if cfg.method.fg_mode == "jvp" and cfg.quant.mode != "none":
+            raise ConfigError(
+                f"method.fg_mode=jvp on a quant={cfg.quant.mode} backbone: bitsandbytes layers have no "
+                "forward-mode AD (their tangents come out 0); use method.fg_mode=fd"
+            )
+        super().__init__(backbone, cfg)
+        self.mode = cfg.method.fg_mode
+        self._loss_of = _LossOf(self.model)
+
+    # -- one round ---------------------------------------------------------------------------
+    def local_train(self, batches: Iterator[dict[str, torch.Tensor]], steps: int, round_config: Mapping[str, Any]) -> Update:
+        t0 = time.perf_counter()
+        rs = self.settings(round_config, steps)
+        n = max(1, min(rs.perturbations, rs.max_pairs))
+        data = [next(batches) for _ in range(max(steps, 1))]
+        index, cos = self.choose(rs, n, round_config)
+        seeds = [int(rs.pool[k]) for k in index]
+        deriv, loss = self.directional_derivatives(seeds, data, rs)
+        ok = np.isfinite(deriv)
+        if not ok.any():
+            raise FloatingPointError(f"every one of {n} perturbations gave a non-finite loss or derivative")
+        kept = int(ok.sum())
+        idx = np.asarray(index, dtype=np.int64)[ok]
+        scalar = (deriv[ok] / kept).astype(np.float32)
+        metrics = {
+            wire.TRAIN_LOSS: loss,
+            wire.TRAIN_SECONDS: time.perf_counter() - t0,
+            "pairs": kept,
+            "skipped": n - kept,
+        }
+        if cos is not None:
+            metrics["fg-abs-cos"] = float(np.mean(np.abs(cos)[ok]))
+        return Update(kind=wire.KIND_SEEDS, state={}, num_examples=0, metrics=metrics, pairs=(idx, scalar))
+
+    # -- which perturbations ----------------------------------------------------------------
+    def choose(self, rs: RoundSettings, n: int, rc: Mapping[str, Any]) -> tuple[list[int], np.ndarray | None]:
+        """``n`` pool indices (and their cosines with the previous update, if discriminative)."""
+        c = int(rc.get(CANDIDATES, 1))
+        prev: Sequence[sd.RoundUpdate] = rc.get(sd.PREV) or []
+        if c <= 1 or not prev:
+            return draw_unique(rs, n), None
+        params = self.seed_params()
+        g = [torch.zeros_like(p) for p in params]
+        pool_seed = int(rc.get(sd.POOL_SEED, self.cfg.seed))
+        for entry in prev:
+            entry.apply_(g, pool_seed, len(rs.pool), rs.dist, rs.backend)
+        g_norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in g))
+        if not g_norm > 0 or not math.isfinite(g_norm):
+            return draw_unique(rs, n), None
+        candidates = draw_unique(rs, n * c)
+        z = [torch.zeros_like(p) for p in params]
+        cos = np.empty(len(candidates))
+        for i, k in enumerate(candidates):
+            for t in z:
+                t.zero_()
+            perturb_(z, int(rs.pool[k]), 1.0, rs.dist, rs.backend)
+            dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(z, g))
+            norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in z))
+            cos[i] = dot / (norm * g_norm) if norm > 0 else 0.0
+        best = np.argsort(-np.abs(cos), kind="stable")[:n]
+        return [candidates[i] for i in best], cos[best]
+
+    # -- directional derivatives --------------------------------------------------------------
+    def directional_derivatives(
+        self, seeds: list[int], data: list[dict[str, torch.Tensor]], rs: RoundSettings
+    ) -> tuple[np.ndarray, float]:
+        """``(d, loss)``: ``d[j] = mean_b grad L_b(w) . z(seeds[j])`` (NaN where non-finite)
+        and the mean loss at ``w``."""
+        if self.mode == "jvp":
+            try:
+                return self._jvp(seeds, data, rs)
+            except (NotImplementedError, RuntimeError) as err:
+                log.warning("forward_grad: jvp is unsupported by this backbone (%s); using fd from now on", err)
+                self.mode = "fd"
+        return self._fd(seeds, data, rs)
+
+    def _jvp(self, seeds: list[int], data: list[dict[str, torch.Tensor]], rs: RoundSettings) -> tuple[np.ndarray, float]:
+        named = self.trainable_parameters()
+        primals = {f"inner.{k}": p.detach() for k, p in named}
+        numel = sum(p.numel() for _, p in named)
+        chunk = max(1, min(len(seeds), JVP_CHUNK, JVP_TANGENT_ELEMENTS // max(numel, 1)))
+        deriv = np.zeros(len(seeds))
+        losses: list[float] = []
+        with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+            for lo in range(0, len(seeds), chunk):
+                part = seeds[lo : lo + chunk]
+                tangents = {k: torch.zeros((len(part), *p.shape), dtype=p.dtype) for k, p in primals.items()}
+                for j, s in enumerate(part):
+                    perturb_([t[j] for t in tangents.values()], s, 1.0, rs.dist, rs.backend)
+                for batch in data:
+
+                    def loss_at(prm, batch=batch):
+                        return torch.func.functional_call(self._loss_of, prm, (batch,), strict=False)
+
+                    def one(tangent):
+                        return torch.func.jvp(loss_at, (primals,), (tangent,))
+
+                    loss, d = torch.func.vmap(one)(tangents)  # (chunk,) each
+                    deriv[lo : lo + len(part)] += d.double().numpy() / len(data)
+                    if lo == 0:
+                        losses.append(float(loss[0]))
+        mean_loss = float(np.mean(losses))
+        if not math.isfinite(mean_loss):
+            deriv[:] = np.nan
+        return np.where(np.isfinite(deriv), deriv, np.nan), mean_loss
+
+    def _fd(self, seeds: list[int], data: list[dict[str, torch.Tensor]], rs: RoundSettings) -> tuple[np.ndarray, float]:
+        params, eps = self.seed_params(), rs.eps
+        snap = self.snapshot()
+        deriv = np.full(len(seeds), np.nan)
+        total, kept = 0.0, 0
+        for j, s in enumerate(seeds):
+            perturb_(params, s, eps, rs.dist, rs.backend)
+            up = float(np.mean([self.loss(b) for b in data]))
+            perturb_(params, s, -2 * eps, rs.dist, rs.backend)
+            down = float(np.mean([self.loss(b) for b in data]))
+            if snap is not None:
+                self.restore(snap, rs, [], [])  # exact
+            else:
+                perturb_(params, s, eps, rs.dist, rs.backend)  # full models: fp32 rounding remains
+            if math.isfinite(up) and math.isfinite(down):
+                deriv[j] = (up - down) / (2 * eps)
+                total += 0.5 * (up + down)
+                kept += 1
+        return deriv, total / kept if kept else float("nan")
