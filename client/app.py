@@ -76,12 +76,12 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     ask = int(round_cfg.get(ASK, 0))
     ident = _identity(context)
     data = encoded_partition(cfg, _partition_key(context), rt.backbone.task, rt.backbone.tokenizer)
-    gen = torch.Generator().manual_seed(hash((cfg.seed, rnd, ident) + ((ask,) if ask else ())) & 0x7FFFFFFF)
+    gen = torch.Generator().manual_seed(hash((cfg.seed, rnd, ident)) & 0x7FFFFFFF)  # batches: same for every ask
     steps = cfg.local_steps
     if cfg.method.local_epochs > 0:
         steps = cfg.method.local_epochs * -(-len(data) // cfg.batch_size)
-    with torch.random.fork_rng():  # dropout and seed draws seeded per (seed, round, client)
-        torch.manual_seed(gen.initial_seed())
+    with torch.random.fork_rng():  # dropout and seed draws: per (seed, round, client[, ask])
+        torch.manual_seed(gen.initial_seed() if not ask else hash((cfg.seed, rnd, ident, ask)) & 0x7FFFFFFF)
         update = rt.method.local_train(batch_iterator(data, cfg.batch_size, gen), steps, round_cfg)
     metrics = {
         wire.NUM_EXAMPLES: len(data),

@@ -41,7 +41,8 @@ def sync_to_base(method: Any, initial_state: dict[str, torch.Tensor], msg: Messa
         method.load_trainable_state(codec.decode(content[wire.ARRAYS]))
     else:
         sync_from = int(round_cfg[sd.SYNC_FROM])
-        entries = sd.History.from_record(content[sd.HISTORY]) if sd.HISTORY in content.array_records else []
+        size = int(round_cfg[sd.POOL_SIZE])
+        entries = sd.History.from_record(content[sd.HISTORY], size) if sd.HISTORY in content.config_records else []
         have = method.synced[1] if method.synced and method.synced[0] == run else None
         if have is None or not sync_from <= have <= base:
             if sync_from != 0:
@@ -51,7 +52,7 @@ def sync_to_base(method: Any, initial_state: dict[str, torch.Tensor], msg: Messa
             method.load_trainable_state(initial_state)
             have = 0
         params = method.seed_params()
-        size, pool_seed = int(round_cfg[sd.POOL_SIZE]), int(round_cfg[sd.POOL_SEED])
+        pool_seed = int(round_cfg[sd.POOL_SEED])
         dist, backend = str(round_cfg[sd.DIST]), method.cfg.method.kernel_backend
         for entry in entries:
             if entry.round > have:
@@ -60,8 +61,8 @@ def sync_to_base(method: Any, initial_state: dict[str, torch.Tensor], msg: Messa
     out = dict(round_cfg)
     if sd.PROBS in content.array_records:
         out[sd.PROBS] = content[sd.PROBS]["p"].numpy()
-    if sd.PREV in content.array_records:
-        out[sd.PREV] = sd.History.from_record(content[sd.PREV])
+    if sd.PREV in content.config_records:
+        out[sd.PREV] = sd.History.from_record(content[sd.PREV], int(round_cfg[sd.POOL_SIZE]))
     return out
 
 

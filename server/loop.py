@@ -171,10 +171,13 @@ class RoundLoop:
         else:
             valid, failed = self._validate(rnd, replies, ident_of, state)
             failures += failed
+        strategy_metrics: dict[str, Any] = {}
         if valid:
-            arrays, _ = self.strategy.aggregate_train(rnd, valid)
+            arrays, agg_metrics = self.strategy.aggregate_train(rnd, valid)
             if arrays is not None:
                 state.global_state = _from_record(arrays)
+            if agg_metrics is not None and seeds:  # e.g. FwdLLM's grad-variance, requests
+                strategy_metrics = {k.replace("-", "_"): v for k, v in dict(agg_metrics).items()}
         else:
             log.warning("round %d: no valid replies; the global state is unchanged", rnd)
         state.round = rnd
@@ -183,6 +186,7 @@ class RoundLoop:
         state.sampler_state = self.sampler.state()
         save_checkpoint(state, self.ckpt_dir)
         row = self._row(rnd, ev, time.perf_counter() - t0, valid, bytes_up, bytes_down, len(messages), failures)
+        row.update({k: v for k, v in strategy_metrics.items() if k not in row})
         self.metrics.append(row)
         write_json(self.run_dir / "summary.json", self.metrics.summary(**self.extras))
         return row

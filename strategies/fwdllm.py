@@ -7,14 +7,14 @@ forward-gradient estimate is ``g_c = sum_j scalar_j z_j``. Per round ``t``:
 - a fresh seed pool (``pool-round = t``) and plain SGD on the server, no momentum:
   ``w <- w - lr_t * server_lr * sum_c (N_c / N) g_c`` with ``lr_t`` decayed linearly over
   the run (``strategy.lr_schedule=linear``);
-- variance control (Sec. 3.2): from the replies so far, the variance of the estimate
+- variance control: from the replies so far, the variance of the estimate
   (see :func:`half_split_variance`); while it exceeds ``variance_threshold`` and fewer
   than ``max_asks`` extra requests were made, the same clients are asked for ``n`` more
   perturbations (request number ``zo-ask`` = 1, 2, ..., so they draw other seeds). A
   client that answered ``A_c`` requests contributes the mean of all its perturbations,
   ``g_c = (1/A_c) sum_asks sum_j scalar_j z_j`` (each request's scalars were already
   divided by that request's ``n``);
-- discriminative sampling (Sec. 3.3): with ``candidates`` C > 1 the previous round's
+- discriminative sampling: with ``candidates`` C > 1 the previous round's
   update goes down with the round (``zo-prev``) and the round config carries
   ``zo-candidates`` = C; clients keep the ``n`` of ``n * C`` candidate directions best
   aligned with it.
@@ -38,7 +38,7 @@ from strategies.seed_strategy import SeedStrategy
 
 log = logging.getLogger("anther.server")
 
-CANDIDATES = "zo-candidates"  # round-config key: candidates per kept perturbation
+CANDIDATES = sd.CANDIDATES
 CLIENT = "fwdllm-node"  # set on parsed replies: the node that sent it
 
 
@@ -183,10 +183,11 @@ class FwdLLM(SeedStrategy):
         self.prev = self._staged
         asks = 1 + self.asked.get(server_round, 0)
         self.variance = {server_round: var}
-        log.info("round %d: FwdLLM variance %.4g after %d request(s), lr %.4g", server_round, var, asks, self.round_lr(server_round))
+        lr = self.round_lr(server_round)
+        log.info("round %d: FwdLLM variance %.4g after %d request(s), lr %.4g", server_round, var, asks, lr)
         if metrics is not None:
             metrics["requests"] = asks
-            metrics["lr"] = float(self.round_lr(server_round))
+            metrics["lr"] = float(lr)
             if math.isfinite(var):
                 metrics["grad-variance"] = float(var)
         return arrays, metrics

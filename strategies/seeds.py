@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import ConfigRecord, Message
 
 from kernels import accumulate_
 from strategies import wire
@@ -39,11 +40,14 @@ MAX_PAIRS = "zo-max-pairs"
 BASE_ROUND = "zo-base-round"  # the global round the client must train from (t - 1)
 SYNC_FROM = "zo-sync-from"  # history below starts after this round
 ASK = "zo-ask"  # FwdLLM: 0 for the first request in a round, 1, 2, ... for "more"
-# Records.
-PAIRS = "zo-pairs"  # reply ArrayRecord {"index": uint, "scalar": float32}
-HISTORY = "zo-history"  # downlink ArrayRecord, see History.to_record
+CANDIDATES = "zo-candidates"  # FwdLLM discriminative sampling: candidates per kept perturbation
+# Records. Pairs and histories are ConfigRecords of raw little-endian bytes whose dtypes
+# the format fixes (pool indices: index_dtype(K); scalars/coefficients: float32;
+# rounds/counts: int32): no per-array header, so a reply is its pairs plus ~250 bytes.
+PAIRS = "zo-pairs"  # reply {"index": bytes, "scalar": bytes}
+HISTORY = "zo-history"  # downlink, see History.to_record
 PROBS = "zo-probs"  # downlink ArrayRecord {"p": float32 (K,)} (FedKSeed-Pro)
-PREV = "zo-prev"  # downlink ArrayRecord: the last round's update (discriminative sampling)
+PREV = "zo-prev"  # downlink history record: the last round's update (discriminative sampling)
 
 
 def seed_pool(pool_seed: int, size: int, pool_round: int = 0) -> np.ndarray:
@@ -53,8 +57,22 @@ def seed_pool(pool_seed: int, size: int, pool_round: int = 0) -> np.ndarray:
 
 
 def index_dtype(pool_size: int) -> np.dtype:
-    """The narrowest unsigned dtype for pool indices (uint16 up to 65,536 seeds)."""
-    return np.dtype(np.uint16 if pool_size <= 1 << 16 else np.uint32)
+    """The narrowest unsigned dtype for pool indices (uint16 up to 65,536 seeds), little-endian."""
+    return np.dtype("<u2" if pool_size <= 1 << 16 else "<u4")
+
+
+def pack(**arrays: np.ndarray) -> ConfigRecord:
+    """Arrays as raw little-endian bytes (their dtypes are fixed by the format)."""
+    return ConfigRecord({k: np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("<")).tobytes() for k, v in arrays.items()})
+
+
+def unpack(record: ConfigRecord, key: str, dtype: Any) -> np.ndarray:
+    """One array of :func:`pack`; raises ValueError if the bytes do not fit ``dtype``."""
+    raw = record[key]
+    dt = np.dtype(dtype).newbyteorder("<")
+    if not isinstance(raw, bytes) or len(raw) % dt.itemsize:
+        raise ValueError(f"'{key}' is not a whole number of {dt} values")
+    return np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="))
 
 
 def ordered(state: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -105,50 +123,51 @@ class History:
 
     # -- wire -------------------------------------------------------------------------
     @staticmethod
-    def to_record(entries: Sequence[RoundUpdate], pool_size: int) -> ArrayRecord:
+    def arrays(entries: Sequence[RoundUpdate], pool_size: int) -> dict[str, np.ndarray]:
         idt = index_dtype(pool_size)
         cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
-        return ArrayRecord(
-            {
-                "round": Array(np.asarray([e.round for e in entries], dtype=np.int32)),
-                "pool_round": Array(np.asarray([e.pool_round for e in entries], dtype=np.int32)),
-                "count": Array(np.asarray([len(e.index) for e in entries], dtype=np.int32)),
-                "index": Array(cat([e.index for e in entries], idt)),
-                "coeff": Array(cat([e.coeff for e in entries], np.float32)),
-            }
-        )
+        return {
+            "round": np.asarray([e.round for e in entries], dtype="<i4"),
+            "pool_round": np.asarray([e.pool_round for e in entries], dtype="<i4"),
+            "count": np.asarray([len(e.index) for e in entries], dtype="<i4"),
+            "index": cat([e.index for e in entries], idt),
+            "coeff": cat([e.coeff for e in entries], np.dtype("<f4")),
+        }
 
     @staticmethod
-    def from_record(record: ArrayRecord) -> list[RoundUpdate]:
-        a = {k: v.numpy() for k, v in record.items()}
+    def from_arrays(a: Mapping[str, np.ndarray]) -> list[RoundUpdate]:
         bounds = np.concatenate([[0], np.cumsum(a["count"])]).astype(np.int64)
+        if bounds[-1] != len(a["index"]) or len(a["index"]) != len(a["coeff"]):
+            raise ValueError("history record: counts do not match the indices and coefficients")
         return [
-            RoundUpdate(int(r), int(pr), a["index"][lo:hi], a["coeff"][lo:hi])
+            RoundUpdate(int(r), int(pr), a["index"][lo:hi].astype(np.int64), a["coeff"][lo:hi].astype(np.float32))
             for r, pr, lo, hi in zip(a["round"], a["pool_round"], bounds[:-1], bounds[1:])
         ]
 
+    @classmethod
+    def to_record(cls, entries: Sequence[RoundUpdate], pool_size: int) -> ConfigRecord:
+        return pack(**cls.arrays(entries, pool_size))
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord, pool_size: int) -> list[RoundUpdate]:
+        dtypes = {"round": "<i4", "pool_round": "<i4", "count": "<i4", "index": index_dtype(pool_size), "coeff": "<f4"}
+        return cls.from_arrays({k: unpack(record, k, dt) for k, dt in dtypes.items()})
+
     # -- checkpoint -------------------------------------------------------------------
     def state_dict(self, prefix: str = "history") -> dict[str, np.ndarray]:
-        rec = self.to_record(self.entries, 1 << 32)
-        return {f"{prefix}/{k}": v.numpy() for k, v in rec.items()}
+        return {f"{prefix}/{k}": v for k, v in self.arrays(self.entries, 1 << 32).items()}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray], prefix: str = "history") -> None:
         keys = ("round", "pool_round", "count", "index", "coeff")
         if not all(f"{prefix}/{k}" in state for k in keys):
             self.entries = []
             return
-        rec = ArrayRecord({k: Array(np.asarray(state[f"{prefix}/{k}"])) for k in keys})
-        self.entries = self.from_record(rec)
+        self.entries = self.from_arrays({k: np.asarray(state[f"{prefix}/{k}"]) for k in keys})
 
 
-def encode_pairs(index: np.ndarray, scalar: np.ndarray, pool_size: int) -> ArrayRecord:
-    """A reply's (pool index, scalar) pairs: ``index_dtype(K)`` + float32 per pair."""
-    return ArrayRecord(
-        {
-            "index": Array(np.asarray(index).astype(index_dtype(pool_size))),
-            "scalar": Array(np.asarray(scalar, dtype=np.float32)),
-        }
-    )
+def encode_pairs(index: np.ndarray, scalar: np.ndarray, pool_size: int) -> ConfigRecord:
+    """A reply's (pool index, scalar) pairs: ``index_dtype(K)`` + float32 bytes per pair."""
+    return pack(index=np.asarray(index).astype(index_dtype(pool_size)), scalar=np.asarray(scalar, dtype="<f4"))
 
 
 @dataclass
@@ -179,7 +198,7 @@ def check_seed_reply(
         return None, f"update kind is {kind!r}, expected '{wire.KIND_SEEDS}'"
     if wire.ARRAYS in content.array_records:
         return None, "a seed reply must not carry tensors"
-    if wire.METRICS not in content.metric_records or PAIRS not in content.array_records:
+    if wire.METRICS not in content.metric_records or PAIRS not in content.config_records:
         return None, f"reply needs '{wire.METRICS}' and '{PAIRS}' records"
     metrics = dict(content[wire.METRICS])
     n = metrics.get(wire.NUM_EXAMPLES)
@@ -193,11 +212,12 @@ def check_seed_reply(
     pairs = content[PAIRS]
     if set(pairs.keys()) != {"index", "scalar"}:
         return None, f"'{PAIRS}' must hold exactly 'index' and 'scalar', got {sorted(pairs.keys())}"
-    index, scalar = pairs["index"].numpy(), pairs["scalar"].numpy()
-    if index.ndim != 1 or scalar.shape != index.shape:
-        return None, f"pairs must be two 1-D arrays of one length, got {index.shape} and {scalar.shape}"
-    if not np.issubdtype(index.dtype, np.unsignedinteger) or scalar.dtype != np.float32:
-        return None, f"pairs must be (unsigned index, float32 scalar), got ({index.dtype}, {scalar.dtype})"
+    try:
+        index, scalar = unpack(pairs, "index", index_dtype(pool_size)), unpack(pairs, "scalar", "<f4")
+    except (ValueError, TypeError) as err:
+        return None, f"malformed pairs: {err}"
+    if scalar.shape != index.shape:
+        return None, f"pairs must have one scalar per index, got {index.shape[0]} indices and {scalar.shape[0]} scalars"
     if not 0 < len(index) <= max_pairs:
         return None, f"{len(index)} pairs; expected 1 to {max_pairs} (steps x perturbations)"
     if int(index.max()) >= pool_size:

@@ -25,7 +25,11 @@ and replies the pairs ``(index_j, d_j / n)``: its gradient estimate is
   code does (eps = ``method.zo_eps``, 1e-2 there); PEFT parameters are restored from a
   copy after each perturbation, so they are bit-for-bit unchanged.
 
-Discriminative sampling (FwdLLM, Sec. 3.3): when the round config has
+Either way the frozen layers below the perturbed ones (``method.lora_layers``,
+``zo_params=head``) run once per batch: ``fd`` replays them (:mod:`client.methods.prefix_cache`),
+``jvp`` computes them once per vmapped call since they carry no tangent.
+
+Discriminative sampling (FwdLLM): when the round config has
 ``zo-candidates`` C > 1 and the previous round's aggregated update ``u`` (``zo-prev``),
 the client draws ``n * C`` candidate seeds and keeps the ``n`` whose ``z`` has the
 largest ``|cos(z, u)|``. The sign does not matter: ``d z`` is the same estimate for
@@ -51,7 +55,6 @@ from client.methods.seeded import RoundSettings, SeededMethod
 from kernels import perturb_
 from strategies import seeds as sd
 from strategies import wire
-from strategies.fwdllm import CANDIDATES
 from strategies.runconfig import ConfigError
 
 log = logging.getLogger("anther.client")
@@ -122,7 +125,7 @@ class ForwardGradMethod(SeededMethod):
     # -- which perturbations ----------------------------------------------------------------
     def choose(self, rs: RoundSettings, n: int, rc: Mapping[str, Any]) -> tuple[list[int], np.ndarray | None]:
         """``n`` pool indices (and their cosines with the previous update, if discriminative)."""
-        c = int(rc.get(CANDIDATES, 1))
+        c = int(rc.get(sd.CANDIDATES, 1))
         prev: Sequence[sd.RoundUpdate] = rc.get(sd.PREV) or []
         if c <= 1 or not prev:
             return draw_unique(rs, n), None
@@ -194,19 +197,21 @@ class ForwardGradMethod(SeededMethod):
     def _fd(self, seeds: list[int], data: list[dict[str, torch.Tensor]], rs: RoundSettings) -> tuple[np.ndarray, float]:
         params, eps = self.seed_params(), rs.eps
         snap = self.snapshot()
-        deriv = np.full(len(seeds), np.nan)
-        total, kept = 0.0, 0
-        for j, s in enumerate(seeds):
-            perturb_(params, s, eps, rs.dist, rs.backend)
-            up = float(np.mean([self.loss(b) for b in data]))
-            perturb_(params, s, -2 * eps, rs.dist, rs.backend)
-            down = float(np.mean([self.loss(b) for b in data]))
-            if snap is not None:
-                self.restore(snap, rs, [], [])  # exact
-            else:
-                perturb_(params, s, eps, rs.dist, rs.backend)  # full models: fp32 rounding remains
-            if math.isfinite(up) and math.isfinite(down):
-                deriv[j] = (up - down) / (2 * eps)
-                total += 0.5 * (up + down)
-                kept += 1
-        return deriv, total / kept if kept else float("nan")
+        diff = np.empty((len(data), len(seeds)))  # (L(w + eps z) - L(w - eps z)) / 2 eps per batch
+        mid = np.empty((len(data), len(seeds)))  # (L(w + eps z) + L(w - eps z)) / 2
+        for b, batch in enumerate(data):
+            with self.prefix.reuse():  # layers below the perturbed ones run once per batch
+                for j, s in enumerate(seeds):
+                    perturb_(params, s, eps, rs.dist, rs.backend)
+                    up = self.loss(batch)
+                    perturb_(params, s, -2 * eps, rs.dist, rs.backend)
+                    down = self.loss(batch)
+                    if snap is not None:
+                        self.restore(snap, rs, [], [])  # exact
+                    else:
+                        perturb_(params, s, eps, rs.dist, rs.backend)  # full models: fp32 rounding remains
+                    diff[b, j], mid[b, j] = (up - down) / (2 * eps), 0.5 * (up + down)
+        with np.errstate(invalid="ignore"):
+            deriv, loss = diff.mean(0), mid.mean(0)
+        ok = np.isfinite(deriv) & np.isfinite(loss)
+        return np.where(ok, deriv, np.nan), float(loss[ok].mean()) if ok.any() else float("nan")

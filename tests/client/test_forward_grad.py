@@ -12,12 +12,21 @@ from client.methods import build_method
 from kernels import accumulate_, perturb_
 from strategies import seeds as sd
 from strategies import wire
-from strategies.fwdllm import CANDIDATES
+from strategies.seeds import CANDIDATES
 from strategies.runconfig import ConfigError
 
 TEXTS = ["the match ended in a draw", "new chip doubles speed", "stocks fell sharply", "talks resume in geneva"] * 4
 LABELS = [0, 1, 2, 3] * 4
 NAMES = ("sports", "science", "business", "world")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other jobs for cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _setup(mode="jvp", **method):
@@ -67,6 +76,19 @@ def test_jvp_and_fd_agree_with_autograd():
     np.testing.assert_allclose(d_jvp, d_ref, rtol=1e-4, atol=1e-5 * scale)
     np.testing.assert_allclose(d_fd, d_jvp, rtol=1e-2, atol=1e-3 * scale)
     assert loss_jvp == pytest.approx(loss_fd, rel=1e-3)
+
+
+@pytest.mark.parametrize("method", [{"lora_layers": 1}, {"zo_params": "head"}])
+def test_jvp_and_fd_agree_with_frozen_prefix(method):
+    _, m, data = _setup(**method)
+    batches = _batches(data, 2)
+    rs = m.settings({}, 2)
+    seeds = [int(s) for s in rs.pool[:4]]
+    d_jvp, _ = m.directional_derivatives(seeds, batches, rs)
+    m.mode = "fd"
+    d_fd, _ = m.directional_derivatives(seeds, batches, rs)
+    assert m.prefix.enabled
+    np.testing.assert_allclose(d_fd, d_jvp, rtol=1e-2, atol=1e-3 * np.abs(d_jvp).max())
 
 
 def test_estimate_is_unbiased():

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from safetensors.numpy import load_file
 
@@ -37,12 +37,12 @@ def _bad_seed_client_app() -> ClientApp:
         pid = int(context.node_config["partition-id"])
         out = handle_train(msg, client_config(context), context)
         pairs = out.content[sd.PAIRS]
-        index, scalar = pairs["index"].numpy().copy(), pairs["scalar"].numpy().copy()
+        index, scalar = sd.unpack(pairs, "index", "<u2").copy(), sd.unpack(pairs, "scalar", "<f4").copy()
         if pid == 0:
             scalar[0] = np.nan
         if pid == 1:
             index[0] = 256
-        out.content[sd.PAIRS] = ArrayRecord({"index": Array(index), "scalar": Array(scalar)})
+        out.content[sd.PAIRS] = sd.pack(index=index, scalar=scalar)
         return out
 
     return app

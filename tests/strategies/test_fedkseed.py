@@ -39,7 +39,7 @@ def reply(to: Message, index, scalar, n=10, rnd=1, ask=0, base=None, kind=wire.K
     metrics[sd.BASE_ROUND] = rnd - 1 if base is None else base
     content = RecordDict(
         {
-            sd.PAIRS: ArrayRecord({"index": Array(np.asarray(index)), "scalar": Array(np.asarray(scalar))}),
+            sd.PAIRS: ConfigRecord({"index": np.asarray(index).tobytes(), "scalar": np.asarray(scalar).tobytes()}),
             wire.METRICS: MetricRecord(metrics),
             wire.WIRE: ConfigRecord({"kind": kind, "codec": "fp32"}),
         }
@@ -101,10 +101,10 @@ def test_catch_up_from_history_equals_server_state():
     g0 = state0()
     final = _run_rounds(s, 6, start=g0)
     msg = s.build_message(1, 7)  # node 1 synced at round 5 -> history of round 6 only
-    assert msg.content[wire.CONFIG][sd.SYNC_FROM] == 5 and sd.HISTORY in msg.content.array_records
+    assert msg.content[wire.CONFIG][sd.SYNC_FROM] == 5 and sd.HISTORY in msg.content.config_records
     s.synced[1] = 0  # a client that has not been seen since the start
     msg = s.build_message(1, 7)
-    entries = sd.History.from_record(msg.content[sd.HISTORY])
+    entries = sd.History.from_record(msg.content[sd.HISTORY], K)
     assert [e.round for e in entries] == [1, 2, 3, 4, 5, 6]
     client = {k: torch.from_numpy(v.copy()) for k, v in g0.items()}
     for e in entries:
@@ -154,7 +154,8 @@ def test_pro_probabilities_follow_importance():
         (dict(rnd=0), "stale reply"),
         (dict(base=-3), "stale reply"),
         (dict(kind=wire.KIND_DELTA), "update kind"),
-        (dict(index=np.array([1], np.int64)), "unsigned index"),
+        (dict(index=np.array([1], np.uint8)), "malformed pairs"),
+        (dict(index=np.array([1, 2], np.uint16)), "one scalar per index"),
         (dict(n=0), "num-examples"),
         (dict(extra={wire.ARRAYS: ArrayRecord({"a": Array(np.zeros(3, np.float32))})}), "must not carry tensors"),
     ],

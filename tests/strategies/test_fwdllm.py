@@ -9,7 +9,8 @@ from kernels import perturb_
 from strategies import seeds as sd
 from strategies import wire
 from strategies.config import StrategyConfig
-from strategies.fwdllm import CANDIDATES, CLIENT, FwdLLM, combine_asks, half_split_variance
+from strategies.seeds import CANDIDATES
+from strategies.fwdllm import CLIENT, FwdLLM, combine_asks, half_split_variance
 from strategies.registry import build_strategy
 
 K = 16
@@ -82,7 +83,7 @@ def test_aggregation_by_hand_and_linear_lr():
     assert s.round_lr(2) == pytest.approx(0.05)
     state2 = {k: arrays[k].numpy() for k in arrays.keys()}
     (msg,) = start(s, rnd=2, nodes=[1], state=state2)
-    (prev,) = sd.History.from_record(msg.content[sd.PREV])
+    (prev,) = sd.History.from_record(msg.content[sd.PREV], K)
     assert prev.round == 1 and prev.pool_round == 1 and msg.content[wire.CONFIG][CANDIDATES] == 10
     arrays2, _ = s.aggregate_train(2, [reply(1, [4], [1.0], 5, rnd=2)])
     expected = flat(arrays) - 0.05 * z(sd.seed_pool(7, K, 2)[4])
@@ -94,7 +95,7 @@ def test_no_previous_update_without_candidates():
     start(s)
     arrays, _ = s.aggregate_train(1, [reply(1, [0], [1.0], 5)])
     (msg,) = start(s, rnd=2, nodes=[1], state={k: arrays[k].numpy() for k in arrays.keys()})
-    assert sd.PREV not in msg.content.array_records
+    assert sd.PREV not in msg.content.config_records
 
 
 def test_round_update_combines_requests():
