@@ -27,8 +27,8 @@ from pathlib import Path
 
 from benchmarks.memory import ROOT, _peak_mb
 
-CASES = ("inference", "lora", "zo_seed", "forward_grad")
-STRATEGY = {"lora": "fedavg", "zo_seed": "fedkseed", "forward_grad": "fwdllm"}
+CASES = ("inference", "lora", "zo_seed", "forward_grad", "forward_grad_fd")
+STRATEGY = {"lora": "fedavg", "zo_seed": "fedkseed", "forward_grad": "fwdllm", "forward_grad_fd": "fwdllm"}
 
 
 def _config(model: str, method: str, batch: int, seq: int, steps: int, perturbations: int):
@@ -44,7 +44,11 @@ def _config(model: str, method: str, batch: int, seq: int, steps: int, perturbat
         model=ModelConfig(name=model, max_length=seq),
         data=data,
         partition=PartitionConfig(name="iid"),
-        method=MethodConfig(name="lora" if method == "inference" else method, perturbations=perturbations),
+        method=MethodConfig(
+            name={"inference": "lora", "forward_grad_fd": "forward_grad"}.get(method, method),
+            perturbations=perturbations,
+            fg_mode="fd" if method == "forward_grad_fd" else "jvp",
+        ),
         num_clients=10,
         local_steps=steps,
         batch_size=batch,
@@ -56,7 +60,6 @@ def _downlink(method: str, state, steps: int, perturbations: int):
     from flwr.app import Array, ArrayRecord, ConfigRecord
 
     from strategies import wire
-    from strategies.codecs import get_codec
     from strategies.config import StrategyConfig
     from strategies.registry import build_strategy
 
@@ -73,7 +76,6 @@ def _downlink(method: str, state, steps: int, perturbations: int):
     arrays = ArrayRecord({k: Array(a.numpy()) for k, a in state.items()})
     (msg,) = strategy.configure_train(1, arrays, ConfigRecord(), Grid())
     if method == "lora":
-        msg.content[wire.ARRAYS] = get_codec("fp32").encode({k: a.torch() for k, a in state.items()})
         msg.content[wire.WIRE] = ConfigRecord({"kind": wire.KIND_DELTA, "codec": "fp32"})
     return msg
 
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(args.child, args.model, args.batch, args.seq, args.steps, args.perturbations)))
         return
 
-    mem = {c: _run(args, c, args.model, args.batch, args.steps, 2 if c == "forward_grad" else 1) for c in CASES}
+    mem = {c: _run(args, c, args.model, args.batch, args.steps, 2 if "forward" in c else 1) for c in CASES}
     base = mem["inference"]["call_peak_mb"]
     print(f"\nMemory: {args.model}, batch {args.batch}, max_length {args.seq}, {args.steps} local steps; "
           "client per-call peak RSS (MiB)")

@@ -146,7 +146,10 @@ class MethodConfig:
     perturbations: perturbations per step (zo_seed) or per batch (forward_grad).
     dist: gaussian | rademacher. kernel_backend: auto | torch | numba.
     fg_mode: forward_grad's directional derivative: "jvp" (exact, torch.func.jvp) or
-        "fd" (central finite difference, as FwdLLM's code does).
+        "fd" (central finite difference, as FwdLLM's code does). jvp needs quant=none.
+    jvp_chunk: tangents evaluated together by one vmapped jvp: 1 keeps memory at
+        inference level (+ one tangent); larger is ~2x faster on CPU but holds that many
+        tangent activations at once.
     """
 
     name: str = "lora"
@@ -166,7 +169,8 @@ class MethodConfig:
     perturbations: int = 1
     dist: str = "gaussian"
     kernel_backend: str = "auto"
-    fg_mode: str = "jvp"
+    fg_mode: str = "fd"
+    jvp_chunk: int = 1
 
     def __post_init__(self) -> None:
         from kernels import BACKENDS, DISTS
@@ -178,6 +182,7 @@ class MethodConfig:
         check_choice("method.dist", self.dist, DISTS)
         check_choice("method.kernel_backend", self.kernel_backend, ("auto", *BACKENDS))
         check_choice("method.fg_mode", self.fg_mode, ("jvp", "fd"))
+        check(self.jvp_chunk >= 1, "method.jvp_chunk", "an integer >= 1", self.jvp_chunk)
         check(self.r >= 1, "method.r", "an integer >= 1", self.r)
         check(0.0 <= self.dropout < 1.0, "method.dropout", "a number in [0, 1)", self.dropout)
         check_choice("method.optimizer", self.optimizer, ("adamw", "sgd"))

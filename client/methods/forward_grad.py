@@ -59,7 +59,6 @@ from strategies.runconfig import ConfigError
 
 log = logging.getLogger("anther.client")
 
-JVP_CHUNK = 64  # tangents per vmapped jvp (more only costs memory: ~2x faster than 8 or 2000 on CPU)
 JVP_TANGENT_ELEMENTS = 1 << 24  # and at most this many tangent elements at once (64 MB fp32)
 
 
@@ -168,7 +167,7 @@ class ForwardGradMethod(SeededMethod):
         named = self.trainable_parameters()
         primals = {f"inner.{k}": p.detach() for k, p in named}
         numel = sum(p.numel() for _, p in named)
-        chunk = max(1, min(len(seeds), JVP_CHUNK, JVP_TANGENT_ELEMENTS // max(numel, 1)))
+        chunk = max(1, min(len(seeds), self.cfg.method.jvp_chunk, JVP_TANGENT_ELEMENTS // max(numel, 1)))
         deriv = np.zeros(len(seeds))
         losses: list[float] = []
         with sdpa_kernel(SDPBackend.MATH), torch.no_grad():

@@ -10,7 +10,13 @@ from simulation.cli import CONFIG_DIR, GROUPS, check_override_keys, group_choice
 from simulation.config import build_sim_config
 from strategies.runconfig import ConfigError
 
-REQUIRED = {("model", "hf"): ["model.path=/some/local/model"], ("data", "file"): ["data.path=x.csv"], ("data", "hf"): ["data.hf_name=ag_news"]}
+REQUIRED = {
+    ("model", "hf"): ["model.path=/some/local/model"],
+    ("data", "file"): ["data.path=x.csv"],
+    ("data", "hf"): ["data.hf_name=ag_news"],
+    **{("method", m): ["strategy=fedkseed"] for m in ("zo_seed", "forward_grad")},
+    **{("strategy", s): ["method=zo_seed"] for s in ("fedkseed", "fedkseed_pro", "fwdllm")},
+}
 
 
 def _validate(overrides):
@@ -31,6 +37,22 @@ def test_every_shipped_config_validates(group, name):
 def test_default_is_offline_pretrained_and_generated_data():
     sim = _validate([])
     assert sim.client.model.name == "minilm" and sim.client.data.source == "generated"
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["method=zo_seed"], "cannot aggregate"),
+        (["strategy=fwdllm"], "sends tensors"),
+        (["method=zo_seed", "strategy=fedkseed", "strategy.num_seeds=0"], "num_seeds"),
+        (["method=zo_seed", "strategy=fedkseed", "method.zo_eps=0"], "zo_eps"),
+        (["method=zo_seed", "strategy=fedkseed", "strategy.dist=uniform"], "dist"),
+        (["method=zo_seed", "strategy=fedkseed", "method.kernel_backend=cuda"], "kernel_backend"),
+    ],
+)
+def test_seed_method_and_strategy_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        _validate(overrides)
 
 
 def test_experiment_overrides_root_values():
