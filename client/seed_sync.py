@@ -36,6 +36,7 @@ def sync_to_base(method: Any, initial_state: dict[str, torch.Tensor], msg: Messa
     content = msg.content
     run = str(msg.metadata.run_id)
     base = int(round_cfg[sd.BASE_ROUND])
+    entries: list[sd.RoundUpdate] = []
     if wire.ARRAYS in content.array_records:
         codec = get_codec(str(content.config_records.get(wire.WIRE, {}).get("codec", "fp32")))
         method.load_trainable_state(codec.decode(content[wire.ARRAYS]))
@@ -63,6 +64,8 @@ def sync_to_base(method: Any, initial_state: dict[str, torch.Tensor], msg: Messa
         out[sd.PROBS] = content[sd.PROBS]["p"].numpy()
     if sd.PREV in content.config_records:
         out[sd.PREV] = sd.History.from_record(content[sd.PREV], int(round_cfg[sd.POOL_SIZE]))
+    elif round_cfg.get(sd.PREV_IN_HISTORY):
+        out[sd.PREV] = [e for e in entries if e.round == base]
     return out
 
 

@@ -110,8 +110,12 @@ class SeedStrategy(Strategy):
             content[wire.ARRAYS] = get_codec("fp32").encode(
                 {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.current.items()}
             )
+        extras = self.extra_records(rnd, ask)
+        if sd.PREV in extras and sd.HISTORY in content.config_records and entries[-1].round == rnd - 1:
+            del extras[sd.PREV]  # the client finds it at the end of its history
+            config[sd.PREV_IN_HISTORY] = True
         content[wire.CONFIG] = ConfigRecord(config)
-        for key, record in self.extra_records(rnd, ask).items():
+        for key, record in extras.items():
             content[key] = record
         return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
 

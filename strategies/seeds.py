@@ -48,6 +48,7 @@ PAIRS = "zo-pairs"  # reply {"index": bytes, "scalar": bytes}
 HISTORY = "zo-history"  # downlink, see History.to_record
 PROBS = "zo-probs"  # downlink ArrayRecord {"p": float32 (K,)} (FedKSeed-Pro)
 PREV = "zo-prev"  # downlink history record: the last round's update (discriminative sampling)
+PREV_IN_HISTORY = "zo-prev-in-history"  # round config: PREV omitted, it is the history's last entry
 
 
 def seed_pool(pool_seed: int, size: int, pool_round: int = 0) -> np.ndarray:

@@ -190,3 +190,35 @@ def test_state_roundtrip_keeps_previous_update():
     c = make()
     c.load_state_dict(make().state_dict())
     assert c.prev is None
+
+
+def test_previous_update_rides_in_the_history_when_history_is_sent():
+    from types import SimpleNamespace
+
+    from client.seed_sync import sync_to_base
+
+    big = {"a": np.zeros(300, np.float32), "b": np.zeros((2, 2), np.float32)}
+    s = make(candidates=10)
+    start(s, nodes=[1], state=big)
+    arrays, _ = s.aggregate_train(1, [reply(1, [0, 5], [1.0, 2.0], 5)])
+    s.synced[1] = 0  # node 1 is behind: the history of round 1 goes down
+    (msg,) = start(s, rnd=2, nodes=[1], state={k: arrays[k].numpy() for k in arrays.keys()})
+    cfg = dict(msg.content[wire.CONFIG])
+    assert sd.PREV not in msg.content.config_records and cfg[sd.PREV_IN_HISTORY]
+    params = {k: torch.zeros(v.shape) for k, v in big.items()}
+
+    class Method(SimpleNamespace):
+        def seed_params(self):
+            return sd.ordered(params)
+
+        def load_trainable_state(self, state):
+            for k, v in state.items():
+                params[k].copy_(v)
+
+    m = Method(synced=None, cfg=SimpleNamespace(method=SimpleNamespace(kernel_backend="torch")))
+    msg.metadata.__dict__["_run_id"] = 3
+    out = sync_to_base(m, {k: torch.zeros(v.shape) for k, v in big.items()}, msg, cfg)
+    (prev,) = out[sd.PREV]
+    assert prev.round == 1 and sorted(prev.index.tolist()) == [0, 5]
+    for k in big:
+        np.testing.assert_allclose(params[k].numpy(), arrays[k].numpy(), rtol=1e-6, atol=1e-7)
