@@ -27,7 +27,8 @@ and replies the pairs ``(index_j, d_j / n)``: its gradient estimate is
 
 Either way the frozen layers below the perturbed ones (``method.lora_layers``,
 ``zo_params=head``) run once per batch: ``fd`` replays them (:mod:`client.methods.prefix_cache`),
-``jvp`` computes them once per vmapped call since they carry no tangent.
+``jvp`` recomputes them once per vmapped chunk of ``method.jvp_chunk`` tangents (they
+carry no tangent, but the primal forward runs per call).
 
 Discriminative sampling (FwdLLM): when the round config has
 ``zo-candidates`` C > 1 and the previous round's aggregated update ``u`` (``zo-prev``),
@@ -111,12 +112,9 @@ class ForwardGradMethod(SeededMethod):
         kept = int(ok.sum())
         idx = np.asarray(index, dtype=np.int64)[ok]
         scalar = (deriv[ok] / kept).astype(np.float32)
-        metrics = {
-            wire.TRAIN_LOSS: loss,
-            wire.TRAIN_SECONDS: time.perf_counter() - t0,
-            "pairs": kept,
-            "skipped": n - kept,
-        }
+        metrics = {wire.TRAIN_LOSS: loss, wire.TRAIN_SECONDS: time.perf_counter() - t0}
+        if kept < n:
+            metrics["skipped"] = n - kept
         if cos is not None:
             metrics["fg-abs-cos"] = float(np.mean(np.abs(cos)[ok]))
         return Update(kind=wire.KIND_SEEDS, state={}, num_examples=0, metrics=metrics, pairs=(idx, scalar))
