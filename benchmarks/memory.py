@@ -30,6 +30,48 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def bench_data():
+    """AG News from ../shared/data when present (the agreed split), else the built-in data."""
+    from client.config import DataConfig
+
+    agnews = ROOT.parent / "shared" / "data" / "ag_news_test.csv"
+    if not agnews.exists():
+        return DataConfig()
+    return DataConfig(source="file", path=str(agnews), text_columns=("title", "description"),
+                      label_names=("World", "Sports", "Business", "Sci/Tech"), test_size=1600)
+
+
+def client_context():
+    """A Flower Context for partition 0, as a simulated node gets it."""
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    return Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+
+
+def init_state(cfg, ctx):
+    """The ClientApp's "init" query (loads the backbone): the initial trainable ArrayRecord."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from client.app import handle_query
+    from strategies import wire
+
+    init = Message(RecordDict({wire.CONFIG: ConfigRecord({"op": "init"})}), dst_node_id=1, message_type="query")
+    return handle_query(init, cfg, ctx).content[wire.ARRAYS]
+
+
+def run_child(module: str, child_args: list[str], what: str, env: dict[str, str] | None = None) -> dict:
+    """``python -m module --child ...`` in a fresh process; its last JSON line."""
+    cmd = [sys.executable, "-m", module, "--child", *child_args]
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {}))
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=full_env)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark child {what} failed:\n{res.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
 def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2) -> dict:
     """One real ClientApp train call on smollm2-135m with ``quant.mode=mode``.
 
@@ -38,38 +80,27 @@ def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2) 
     ``steps`` local steps, encoding); its reply carries ``peak-rss-mb``, the per-call
     peak that ``metrics.jsonl`` records as ``client_peak_rss_mb``.
     """
-    from flwr.app import ConfigRecord, Context, Message, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.app import ConfigRecord, Message, RecordDict
 
     from client.app import handle_train
-    from client.config import ClientConfig, DataConfig, MethodConfig, ModelConfig, PartitionConfig, QuantConfig
+    from client.config import ClientConfig, MethodConfig, ModelConfig, PartitionConfig, QuantConfig
     from strategies import wire
     from strategies.codecs import get_codec
 
     import_mb = _peak_mb()
-    agnews = ROOT.parent / "shared" / "data" / "ag_news_test.csv"
-    data = (
-        DataConfig(source="file", path=str(agnews), text_columns=("title", "description"),
-                   label_names=("World", "Sports", "Business", "Sci/Tech"), test_size=1600)
-        if agnews.exists() else DataConfig()
-    )
     cfg = ClientConfig(
         model=ModelConfig(name="smollm2-135m", task="causal_lm", max_length=seq),
         quant=QuantConfig(mode=mode),
-        data=data,
+        data=bench_data(),
         partition=PartitionConfig(name="iid"),
         method=MethodConfig(gradient_checkpointing=checkpointing),
         num_clients=10,
         local_steps=steps,
         batch_size=batch,
     )
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
-    init = Message(RecordDict({wire.CONFIG: ConfigRecord({"op": "init"})}), dst_node_id=1, message_type="query")
-    from client.app import handle_query
-
+    ctx = client_context()
     t0 = time.perf_counter()
-    state = handle_query(init, cfg, ctx).content[wire.ARRAYS]  # loads the backbone (first call)
+    state = init_state(cfg, ctx)  # loads the backbone (first call)
     load_s = time.perf_counter() - t0
     msg = Message(
         RecordDict({wire.ARRAYS: state, wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 1}),
@@ -87,17 +118,10 @@ def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2) 
 
 
 def _run_child(mode: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.memory", "--child", mode, "--batch", str(args.batch),
-           "--seq", str(args.seq), "--steps", str(args.steps)]
-    cmd += ["--checkpointing"] if args.checkpointing else []
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    if args.malloc_mmap_threshold:
-        env["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
-    if res.returncode != 0 or not lines:
-        raise RuntimeError(f"benchmark child {mode} failed:\n{res.stderr[-2000:]}")
-    return json.loads(lines[-1])
+    child_args = [mode, "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
+    child_args += ["--checkpointing"] if args.checkpointing else []
+    env = {"MALLOC_MMAP_THRESHOLD_": str(args.malloc_mmap_threshold)} if args.malloc_mmap_threshold else {}
+    return run_child("benchmarks.memory", child_args, mode, env)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,29 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-from benchmarks.memory import ROOT, _peak_mb
+from benchmarks.memory import _peak_mb, bench_data, client_context, init_state, run_child
 
 CASES = ("inference", "lora", "zo_seed", "forward_grad", "forward_grad_fd")
 STRATEGY = {"lora": "fedavg", "zo_seed": "fedkseed", "forward_grad": "fwdllm", "forward_grad_fd": "fwdllm"}
 
 
 def _config(model: str, method: str, batch: int, seq: int, steps: int, perturbations: int):
-    from client.config import ClientConfig, DataConfig, MethodConfig, ModelConfig, PartitionConfig
+    from client.config import ClientConfig, MethodConfig, ModelConfig, PartitionConfig
 
-    agnews = ROOT.parent / "shared" / "data" / "ag_news_test.csv"
-    data = (
-        DataConfig(source="file", path=str(agnews), text_columns=("title", "description"),
-                   label_names=("World", "Sports", "Business", "Sci/Tech"), test_size=1600)
-        if agnews.exists() else DataConfig()
-    )
     return ClientConfig(
         model=ModelConfig(name=model, max_length=seq),
-        data=data,
+        data=bench_data(),
         partition=PartitionConfig(name="iid"),
         method=MethodConfig(
             name={"inference": "lora", "forward_grad_fd": "forward_grad"}.get(method, method),
@@ -83,11 +73,9 @@ def _downlink(method: str, state, steps: int, perturbations: int):
 def child(case: str, model: str, batch: int, seq: int, steps: int, perturbations: int) -> dict:
     """One real ClientApp call (or forward-only passes for ``inference``)."""
     import torch
-    from flwr.app import ConfigRecord, Context, Message, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
 
     from client import memory
-    from client.app import handle_query, handle_train
+    from client.app import handle_train
     from client.batches import batch_iterator, forward_loss
     from client.data_source import encoded_partition, label_names
     from client.runtime import get_runtime
@@ -96,10 +84,8 @@ def child(case: str, model: str, batch: int, seq: int, steps: int, perturbations
 
     import_mb = _peak_mb()
     cfg = _config(model, case, batch, seq, steps, perturbations)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
-    init = Message(RecordDict({wire.CONFIG: ConfigRecord({"op": "init"})}), dst_node_id=1, message_type="query")
-    state = handle_query(init, cfg, ctx).content[wire.ARRAYS]
+    ctx = client_context()
+    state = init_state(cfg, ctx)
     out = {"case": case, "import_mb": import_mb, "trainable": int(sum(a.numpy().size for a in state.values()))}
     if case == "inference":
         rt = get_runtime(cfg, len(label_names(cfg)))
@@ -119,15 +105,9 @@ def child(case: str, model: str, batch: int, seq: int, steps: int, perturbations
 
 
 def _run(args: argparse.Namespace, case: str, model: str, batch: int, steps: int, perturbations: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.zo", "--child", case, "--model", model, "--batch", str(batch),
-           "--seq", str(args.seq), "--steps", str(steps), "--perturbations", str(perturbations)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
-    if res.returncode != 0 or not lines:
-        raise RuntimeError(f"benchmark child {case} failed:\n{res.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    child_args = [case, "--model", model, "--batch", str(batch), "--seq", str(args.seq), "--steps", str(steps),
+                  "--perturbations", str(perturbations)]
+    return run_child("benchmarks.zo", child_args, case, {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(args.threads)})
 
 
 def main(argv: list[str] | None = None) -> None:

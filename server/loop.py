@@ -194,31 +194,36 @@ class RoundLoop:
     def _validate(
         self, rnd: int, replies: list[Message], ident_of: dict[int, int], state: ServerState
     ) -> tuple[list[Message], int]:
+        """Delta replies: checked, decoded once, and left holding the fp32 tensors."""
         shapes = {k: tuple(v.shape) for k, v in state.global_state.items()}
-        valid: list[tuple[int, Message]] = []
-        failures = 0
-        for reply in replies:
-            ident = ident_of.get(reply.metadata.src_node_id, reply.metadata.src_node_id)
+
+        def check(reply: Message) -> str | None:
             decoded, reason = check_reply(reply, shapes, self.cfg.max_examples_per_client)
-            if reason is not None:
-                log.warning("round %d: rejected client %s: %s", rnd, ident, reason)
-                failures += 1
-                continue
-            reply.content[wire.ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in decoded.items()})
-            if wire.WIRE in reply.content.config_records:
-                del reply.content.config_records[wire.WIRE]
-            valid.append((ident, reply))
-        valid.sort(key=lambda p: p[0])  # aggregation order independent of arrival order
-        return [m for _, m in valid], failures
+            if reason is None:
+                reply.content[wire.ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in decoded.items()})
+                if wire.WIRE in reply.content.config_records:
+                    del reply.content.config_records[wire.WIRE]
+            return reason
+
+        return self._screen(rnd, replies, ident_of, check)
 
     def _validate_seeds(
         self, rnd: int, replies: list[Message], ident_of: dict[int, int], ask: int
     ) -> tuple[list[Message], int]:
+        """(seed, scalar) replies of request ``ask``: the strategy checks them."""
+        return self._screen(rnd, replies, ident_of, lambda reply: self.strategy.check_reply(rnd, reply, ask)[1])
+
+    @staticmethod
+    def _screen(
+        rnd: int, replies: list[Message], ident_of: dict[int, int], check: Callable[[Message], str | None]
+    ) -> tuple[list[Message], int]:
+        """Valid replies sorted by client identity (aggregation order independent of
+        arrival order) and the number rejected; each rejection is logged with its reason."""
         valid: list[tuple[int, Message]] = []
         failures = 0
         for reply in replies:
             ident = ident_of.get(reply.metadata.src_node_id, reply.metadata.src_node_id)
-            _, reason = self.strategy.check_reply(rnd, reply, ask)
+            reason = check(reply)
             if reason is not None:
                 log.warning("round %d: rejected client %s: %s", rnd, ident, reason)
                 failures += 1

@@ -4,11 +4,9 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message
-from flwr.clientapp import ClientApp
+from flwr.app import Array, ArrayRecord, Message
 
 import simulation
-from client.app import client_config, handle_query, handle_train
 from server.metrics import ROW_KEYS
 
 pytestmark = pytest.mark.integration
@@ -44,33 +42,19 @@ def test_two_rounds_three_clients(tmp_path):
     assert json.loads((run_dir / "run_info.json").read_text())["seed"] == 0
 
 
-def _faulty_client_app() -> ClientApp:
+def _tamper(pid: int, out: Message) -> Message:
     """Partition 0 sends NaNs, partition 1 raises; the others are honest."""
-    app = ClientApp()
-
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        return handle_query(msg, client_config(context), context)
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        if pid == 1:
-            raise RuntimeError("simulated device crash")
-        out = handle_train(msg, client_config(context), context)
-        if pid == 0:
-            arrays = out.content["arrays"]
-            out.content["arrays"] = ArrayRecord(
-                {k: Array(np.full(a.shape, np.nan, dtype=np.float32)) for k, a in arrays.items()}
-            )
-        return out
-
-    return app
+    if pid == 1:
+        raise RuntimeError("simulated device crash")
+    if pid == 0:
+        arrays = out.content["arrays"]
+        out.content["arrays"] = ArrayRecord({k: Array(np.full(a.shape, np.nan, dtype=np.float32)) for k, a in arrays.items()})
+    return out
 
 
-def test_failures_are_counted_and_resume_continues(tmp_path):
+def test_failures_are_counted_and_resume_continues(tmp_path, tampering_app):
     base = [*TINY, "num_clients=4", "clients_per_round=4", f"hydra.run.dir={tmp_path}"]
-    simulation.run([*base, "rounds=1"], client_app=_faulty_client_app())
+    simulation.run([*base, "rounds=1"], client_app=tampering_app(_tamper))
     first = rows(tmp_path)
     assert first[-1]["failures"] == 2 and first[-1]["clients"] == 4
     assert first[-1]["eval_accuracy"] is not None  # the two honest clients were aggregated

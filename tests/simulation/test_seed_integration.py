@@ -6,12 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
+from flwr.app import Message
 from safetensors.numpy import load_file
 
 import simulation
-from client.app import client_config, handle_query, handle_train
 from strategies import seeds as sd
 
 pytestmark = pytest.mark.integration
@@ -24,33 +22,21 @@ def rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _bad_seed_client_app() -> ClientApp:
+def _tamper(pid: int, out: Message) -> Message:
     """Partition 0 sends a NaN scalar, partition 1 a seed outside the pool."""
-    app = ClientApp()
-
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        return handle_query(msg, client_config(context), context)
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        out = handle_train(msg, client_config(context), context)
-        pairs = out.content[sd.PAIRS]
-        index, scalar = sd.unpack(pairs, "index", "<u2").copy(), sd.unpack(pairs, "scalar", "<f4").copy()
-        if pid == 0:
-            scalar[0] = np.nan
-        if pid == 1:
-            index[0] = 256
-        out.content[sd.PAIRS] = sd.pack(index=index, scalar=scalar)
-        return out
-
-    return app
+    pairs = out.content[sd.PAIRS]
+    index, scalar = sd.unpack(pairs, "index", "<u2").copy(), sd.unpack(pairs, "scalar", "<f4").copy()
+    if pid == 0:
+        scalar[0] = np.nan
+    if pid == 1:
+        index[0] = 256
+    out.content[sd.PAIRS] = sd.pack(index=index, scalar=scalar)
+    return out
 
 
-def test_bad_seed_replies_are_counted_and_the_round_goes_on(tmp_path):
+def test_bad_seed_replies_are_counted_and_the_round_goes_on(tmp_path, tampering_app):
     base = [*TINY, "num_clients=3", "clients_per_round=3", "rounds=1", f"hydra.run.dir={tmp_path}"]
-    simulation.run(base, client_app=_bad_seed_client_app())
+    simulation.run(base, client_app=tampering_app(_tamper))
     last = rows(tmp_path)[-1]
     assert last["failures"] == 2 and last["clients"] == 3 and last["eval_accuracy"] is not None
 
