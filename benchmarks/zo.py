@@ -7,13 +7,15 @@ for LoRA) — and reports the per-call peak RSS the client records in ``metrics.
 ``inference`` is the same model (LoRA-wrapped) and the same batches, forward only.
 Ratios are to that inference peak, measured in the same invocation.
 
-Bytes: the serialized uplink of one client-round (the whole reply: pairs or tensors,
-metrics, records) for FedKSeed with ``--tau`` steps, forward_grad with ``--perturbations``
-perturbations, FwdLLM's dense gradient for those perturbations (one fp32 tensor set, what
-FwdLLM uploads) and LoRA FedAvg's delta.
+Bytes: the serialized uplink of one client-round (the whole reply: its frame or tensors,
+metrics, records) for FedKSeed with ``--tau`` steps and forward_grad with
+``--perturbations`` perturbations at each of ``--bits`` scalar widths, FwdLLM's dense
+gradient for those perturbations (one fp32 tensor set, what FwdLLM uploads) and LoRA
+FedAvg's delta. Seed replies carry their diagnostic metrics only every
+``strategy.diag_every`` rounds; both sizes are shown.
 
 Run: ``anther-bench zo [--model smollm2-135m] [--batch 8] [--seq 128] [--steps 2]
-[--tau 200] [--perturbations 10]``.
+[--tau 200] [--perturbations 10] [--bits 32,8,4]``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _config(model: str, method: str, batch: int, seq: int, steps: int, perturbat
     )
 
 
-def _downlink(method: str, state, steps: int, perturbations: int):
+def _downlink(method: str, state, steps: int, perturbations: int, bits: int = 32):
     """The round-1 train message a real strategy sends this client."""
     from flwr.app import Array, ArrayRecord, ConfigRecord
 
@@ -54,7 +56,9 @@ def _downlink(method: str, state, steps: int, perturbations: int):
     from strategies.registry import build_strategy
 
     strategy = build_strategy(
-        StrategyConfig(name=STRATEGY[method], perturbations=perturbations, eta_l=1e-4), rounds=1, local_steps=steps
+        StrategyConfig(name=STRATEGY[method], perturbations=perturbations, eta_l=1e-4, scalar_bits=bits),
+        rounds=1,
+        local_steps=steps,
     )
 
     class Grid:
@@ -70,7 +74,7 @@ def _downlink(method: str, state, steps: int, perturbations: int):
     return msg
 
 
-def child(case: str, model: str, batch: int, seq: int, steps: int, perturbations: int) -> dict:
+def child(case: str, model: str, batch: int, seq: int, steps: int, perturbations: int, bits: int = 32) -> dict:
     """One real ClientApp call (or forward-only passes for ``inference``)."""
     import torch
 
@@ -96,17 +100,20 @@ def child(case: str, model: str, batch: int, seq: int, steps: int, perturbations
             for _ in range(steps):
                 forward_loss(rt.method.model, next(batches))
         return {**out, "call_peak_mb": memory.peak_rss_mb(), "bytes_up": 0}
-    msg = handle_train(_downlink(case, state, steps, perturbations), cfg, ctx)
+    msg = handle_train(_downlink(case, state, steps, perturbations, bits), cfg, ctx)  # round 1: with diagnostics
     if msg.has_error():
         raise RuntimeError(msg.error.reason)
     m = msg.content[wire.METRICS]
-    return {**out, "call_peak_mb": float(m[wire.PEAK_RSS_MB]), "bytes_up": payload_bytes(msg),
-            "train_s": float(m[wire.TRAIN_SECONDS]), "loss": float(m[wire.TRAIN_LOSS])}
+    full = payload_bytes(msg)
+    if case != "lora":
+        del msg.content.metric_records[wire.METRICS]  # what the rounds without diagnostics send
+    return {**out, "call_peak_mb": float(m[wire.PEAK_RSS_MB]), "bytes_up": payload_bytes(msg), "bytes_up_diag": full,
+            "train_s": float(m[wire.TRAIN_SECONDS])}
 
 
-def _run(args: argparse.Namespace, case: str, model: str, batch: int, steps: int, perturbations: int) -> dict:
+def _run(args: argparse.Namespace, case: str, model: str, batch: int, steps: int, perturbations: int, bits: int = 32) -> dict:
     child_args = [case, "--model", model, "--batch", str(batch), "--seq", str(args.seq), "--steps", str(steps),
-                  "--perturbations", str(perturbations)]
+                  "--perturbations", str(perturbations), "--bits", str(bits)]
     return run_child("benchmarks.zo", child_args, case, {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(args.threads)})
 
 
@@ -119,11 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=2, help="local steps (memory cases)")
     p.add_argument("--tau", type=int, default=200, help="FedKSeed local steps for the bytes case")
     p.add_argument("--perturbations", type=int, default=10, help="forward_grad perturbations per round")
+    p.add_argument("--bits", default="32,8,4", help="scalar widths for the bytes cases (comma-separated)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.model, args.batch, args.seq, args.steps, args.perturbations)))
+        print(json.dumps(child(args.child, args.model, args.batch, args.seq, args.steps, args.perturbations, int(args.bits))))
         return
 
     mem = {c: _run(args, c, args.model, args.batch, args.steps, 2 if "forward" in c else 1) for c in CASES}
@@ -135,19 +143,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{c:14} {r['call_peak_mb']:7.0f} {r['call_peak_mb'] / base:10.2f}x {r['call_peak_mb'] - r['import_mb']:14.0f}")
 
     n = args.perturbations
-    byt = {
-        "lora (FedAvg delta)": _run(args, "lora", args.bytes_model, 1, 1, 1),
-        f"zo_seed (FedKSeed, tau={args.tau})": _run(args, "zo_seed", args.bytes_model, 1, args.tau, 1),
-        f"forward_grad ({n} perturbations)": _run(args, "forward_grad", args.bytes_model, 1, 1, n),
-    }
+    byt = {"lora (FedAvg delta)": _run(args, "lora", args.bytes_model, 1, 1, 1)}
+    for bits in (int(b) for b in args.bits.split(",")):
+        byt[f"zo_seed (FedKSeed, tau={args.tau}) {bits}b"] = _run(args, "zo_seed", args.bytes_model, 1, args.tau, 1, bits)
+        byt[f"forward_grad ({n} perturbations) {bits}b"] = _run(args, "forward_grad", args.bytes_model, 1, 1, n, bits)
     p_train = byt["lora (FedAvg delta)"]["trainable"]
     dense = 4 * p_train + 1024  # FwdLLM: one dense fp32 gradient (+ the same record overhead, generous)
     lora = byt["lora (FedAvg delta)"]["bytes_up"]
     print(f"\nUplink per client-round, {args.bytes_model} ({p_train:,} trainable parameters); bytes")
+    print(f"{'case':40} {'bytes':>9} {'LoRA/this':>10} {'dense/this':>11} {'with diagnostics':>17}")
     for name, r in byt.items():
-        print(f"{name:34} {r['bytes_up']:>10,}   LoRA/this {lora / r['bytes_up']:8.0f}x")
-    fg = byt[f"forward_grad ({n} perturbations)"]["bytes_up"]
-    print(f"{'FwdLLM dense gradient (fp32)':34} {dense:>10,}   dense/forward_grad {dense / fg:8.0f}x")
+        print(f"{name:40} {r['bytes_up']:>9,} {lora / r['bytes_up']:9.0f}x {dense / r['bytes_up']:10.0f}x "
+              f"{r['bytes_up_diag']:>17,}")
+    print(f"{'FwdLLM dense gradient (fp32)':40} {dense:>9,}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 
 from client.methods.base import Update
 from strategies import seeds as sd
@@ -30,8 +30,8 @@ class CatchUpError(RuntimeError):
 def sync_to_base(method: Any, initial_state: dict[str, torch.Tensor], msg: Message, round_cfg: dict) -> dict:
     """Bring ``method``'s parameters to the global state the round trains from.
 
-    Returns the round config completed with the downlink's extra records (Pro
-    probabilities, the previous round's update) for the method.
+    Returns the round config completed with the pool indices the server assigned
+    explicitly (``zo-assigned``), if any.
     """
     content = msg.content
     run = str(msg.metadata.run_id)
@@ -60,29 +60,32 @@ def sync_to_base(method: Any, initial_state: dict[str, torch.Tensor], msg: Messa
                 entry.apply_(params, pool_seed, size, dist, backend)
     method.synced = (run, base)
     out = dict(round_cfg)
-    if sd.PROBS in content.array_records:
-        out[sd.PROBS] = content[sd.PROBS]["p"].numpy()
-    if sd.PREV in content.config_records:
-        out[sd.PREV] = sd.History.from_record(content[sd.PREV], int(round_cfg[sd.POOL_SIZE]))
-    elif round_cfg.get(sd.PREV_IN_HISTORY):
-        out[sd.PREV] = [e for e in entries if e.round == base]
+    if sd.ASSIGNED in content.config_records:
+        out[sd.ASSIGNED] = sd.unpack(content[sd.ASSIGNED], "index", sd.index_dtype(int(round_cfg[sd.POOL_SIZE])))
     return out
 
 
+IN_FRAME = (wire.NUM_EXAMPLES, wire.TRAIN_LOSS)
+
+
 def seed_reply(msg: Message, update: Update, round_cfg: dict, metrics: dict[str, Any]) -> Message:
-    """The (pool index, scalar) reply; it echoes the round, request and base round."""
-    index, scalar = update.pairs
-    size = int(round_cfg.get(sd.POOL_SIZE, int(index.max()) + 1 if len(index) else 1))
-    echo = {
-        wire.SERVER_ROUND: int(round_cfg.get(wire.SERVER_ROUND, 0)),
-        sd.ASK: int(round_cfg.get(sd.ASK, 0)),
-        sd.BASE_ROUND: int(round_cfg.get(sd.BASE_ROUND, -1)),
-    }
-    content = RecordDict(
-        {
-            sd.PAIRS: sd.encode_pairs(np.asarray(index), np.asarray(scalar), size),
-            wire.METRICS: MetricRecord({**metrics, **echo}),
-            wire.WIRE: ConfigRecord({"kind": wire.KIND_SEEDS, "codec": "fp32"}),
-        }
+    """The reply frame: the scalars, in the order of the assigned seeds, at ``zo-bits``
+    bits, behind a header echoing the round, request and base round, with the example
+    count and mean train loss. The other metrics (peak RSS, times, ...) ride along only
+    when the server asks (``zo-diag``)."""
+    _, scalar = update.pairs
+    draw = int(round_cfg.get(sd.DRAW, 0))
+    frame = sd.ReplyFrame(
+        round=int(round_cfg.get(wire.SERVER_ROUND, 0)),
+        base=int(round_cfg.get(sd.BASE_ROUND, -1)),
+        ask=int(round_cfg.get(sd.ASK, 0)),
+        num_examples=int(metrics[wire.NUM_EXAMPLES]),
+        loss=float(metrics.get(wire.TRAIN_LOSS, float("nan"))),
+        scalar=np.asarray(scalar, dtype=np.float64),
+        bits=int(round_cfg.get(sd.BITS, 32)),
     )
+    rng = np.random.default_rng([draw & 0xFFFFFFFF, draw >> 32, 0x51])  # stochastic rounding, reproducible
+    content = RecordDict({sd.FRAME: sd.frame_record(frame, rng)})
+    if round_cfg.get(sd.DIAG):
+        content[wire.METRICS] = MetricRecord({k: v for k, v in metrics.items() if k not in IN_FRAME})
     return Message(content, reply_to=msg)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 from server.config import ServerConfig
@@ -210,8 +210,18 @@ class RoundLoop:
     def _validate_seeds(
         self, rnd: int, replies: list[Message], ident_of: dict[int, int], ask: int
     ) -> tuple[list[Message], int]:
-        """(seed, scalar) replies of request ``ask``: the strategy checks them."""
-        return self._screen(rnd, replies, ident_of, lambda reply: self.strategy.check_reply(rnd, reply, ask)[1])
+        """Seed replies of request ``ask``: the strategy checks them; a valid one is left
+        holding its metrics (from its frame and diagnostics) as a MetricRecord."""
+
+        def check(reply: Message) -> str | None:
+            parsed, reason = self.strategy.check_reply(rnd, reply, ask)
+            if parsed is not None:
+                reply.content[wire.METRICS] = MetricRecord(
+                    {k: v for k, v in parsed.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                )
+            return reason
+
+        return self._screen(rnd, replies, ident_of, check)
 
     @staticmethod
     def _screen(

@@ -30,7 +30,12 @@ class StrategyConfig:
         perturbations while the estimate's variance exceeds the threshold, at most
         ``max_asks`` extra times per round (0 disables).
     candidates: FwdLLM discriminative sampling: candidates drawn per kept perturbation,
-        keeping those best aligned with the previous global update (1 disables).
+        keeping those best aligned with the previous global update (1 disables); the
+        server picks them and sends the chosen pool indices down.
+    scalar_bits: width of each uplink scalar: 32 (fp32, exact) or 16 | 8 | 4 | 2 (integer
+        codes of one fp32 scale per reply, stochastic rounding: unbiased).
+    diag_every: seed clients add their diagnostic metrics (peak RSS, times; ~110 bytes)
+        in round 1 and every this many rounds (0: round 1 only).
     """
 
     name: str = "fedavg"
@@ -52,6 +57,8 @@ class StrategyConfig:
     variance_threshold: float = 0.1
     max_asks: int = 0
     candidates: int = 1
+    scalar_bits: int = 8
+    diag_every: int = 10
 
     def __post_init__(self) -> None:
         from kernels import BACKENDS, DISTS  # light: no backend is imported here
@@ -64,6 +71,8 @@ class StrategyConfig:
         check(self.eta_l > 0, "strategy.eta_l", "a number > 0", self.eta_l)
         check(self.variance_threshold >= 0, "strategy.variance_threshold", "a number >= 0", self.variance_threshold)
         check(self.max_asks >= 0, "strategy.max_asks", "an integer >= 0", self.max_asks)
+        check(self.scalar_bits in (32, 16, 8, 4, 2), "strategy.scalar_bits", "one of 32, 16, 8, 4, 2", self.scalar_bits)
+        check(self.diag_every >= 0, "strategy.diag_every", "an integer >= 0", self.diag_every)
         check(self.candidates >= 1, "strategy.candidates", "an integer >= 1", self.candidates)
         check(self.proximal_mu >= 0, "strategy.proximal_mu", "a number >= 0", self.proximal_mu)
         check(self.eta > 0, "strategy.eta", "a number > 0", self.eta)

@@ -10,13 +10,14 @@ zero weight decay this equals FedAvg of the clients' local deltas exactly.
 FedKSeed-Pro samples seeds non-uniformly: a seed's importance is the mean absolute
 projected gradient it has received so far (scalars clipped to ``PRO_CLIP``); the
 importances are min-max normalised and turned into probabilities by a softmax
-(temperature 1), recomputed every round and sent with the round's downlink.
+(temperature 1), recomputed every round. The server draws each request's seeds from
+them and sends the chosen pool indices down (``zo-assigned``, 2 bytes each) instead of
+the K probabilities.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
 
 from strategies import seeds as sd
 from strategies.seed_strategy import SeedStrategy
@@ -36,6 +37,7 @@ class FedKSeedPro(SeedStrategy):
         k = self.cfg.num_seeds
         self.abs_sum = np.zeros(k, dtype=np.float64)
         self.count = np.zeros(k, dtype=np.int64)
+        self._probs: tuple[int, np.ndarray] | None = None  # (round, probabilities) of the current round
 
     def probabilities(self) -> np.ndarray:
         """Seed sampling probabilities (K,), float32; uniform before any scalar is seen."""
@@ -45,8 +47,12 @@ class FedKSeedPro(SeedStrategy):
         p = np.exp(norm - norm.max())
         return (p / p.sum()).astype(np.float32)
 
-    def extra_records(self, rnd: int, ask: int) -> dict[str, ArrayRecord]:
-        return {sd.PROBS: ArrayRecord({"p": Array(self.probabilities())})}
+    def assign(self, rnd: int, ask: int, draw: int) -> tuple[np.ndarray, bool]:
+        if self._probs is None or self._probs[0] != rnd:
+            p = self.probabilities().astype(np.float64)
+            self._probs = (rnd, p / p.sum())
+        rng = np.random.default_rng(draw)
+        return rng.choice(self.cfg.num_seeds, size=self.max_pairs(), p=self._probs[1]).astype(np.int64), True
 
     def on_round_aggregated(self, rnd: int, replies: list[sd.SeedReply]) -> None:
         for r in replies:

@@ -14,10 +14,12 @@ forward-gradient estimate is ``g_c = sum_j scalar_j z_j``. Per round ``t``:
   client that answered ``A_c`` requests contributes the mean of all its perturbations,
   ``g_c = (1/A_c) sum_asks sum_j scalar_j z_j`` (each request's scalars were already
   divided by that request's ``n``);
-- discriminative sampling: with ``candidates`` C > 1 the previous round's
-  update goes down with the round (``zo-prev``) and the round config carries
-  ``zo-candidates`` = C; clients keep the ``n`` of ``n * C`` candidate directions best
-  aligned with it.
+- discriminative sampling: with ``candidates`` C > 1 the server draws ``n * C``
+  candidate directions per request and keeps the ``n`` whose ``z`` is best aligned
+  (largest ``|cos|``) with the previous round's update; it sends the chosen pool indices
+  down (``zo-assigned``). FwdLLM's clients make this choice themselves; it depends on no
+  client data, so the server makes it once, and clients neither receive the previous
+  update nor spend ``n * C`` perturbation passes on it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from strategies.seed_strategy import SeedStrategy
 
 log = logging.getLogger("anther.server")
 
-CANDIDATES = sd.CANDIDATES
 CLIENT = "fwdllm-node"  # set on parsed replies: the node that sent it
 
 
@@ -72,6 +73,27 @@ def combine_asks(replies: Iterable[sd.SeedReply]) -> list[sd.SeedReply]:
             )
         )
     return out
+
+
+def aligned(
+    candidates: np.ndarray, pool: np.ndarray, direction: list[torch.Tensor], n: int, dist: str, backend: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` candidate pool indices whose ``z`` has the largest ``|cos(z, direction)|``
+    (ties: candidate order) and those cosines. The sign does not matter: ``d z`` is the
+    same estimate for ``z`` and ``-z``."""
+    u = torch.cat([t.reshape(-1).double() for t in direction])
+    u_norm = float(u.norm())
+    z = [torch.zeros_like(t, dtype=torch.float32) for t in direction]
+    cos = np.zeros(len(candidates))
+    for i, k in enumerate(candidates.tolist()):
+        for t in z:
+            t.zero_()
+        accumulate_(z, [int(pool[k])], [1.0], dist=dist, backend=backend)
+        flat = torch.cat([t.reshape(-1).double() for t in z])
+        norm = float(flat.norm())
+        cos[i] = float(flat @ u) / (norm * u_norm) if norm > 0 and u_norm > 0 else 0.0
+    best = np.argsort(-np.abs(cos), kind="stable")[:n]
+    return candidates[best], cos[best]
 
 
 def half_split_variance(
@@ -121,18 +143,30 @@ class FwdLLM(SeedStrategy):
         self.asked: dict[int, int] = {}  # round -> extra requests made
         self.variance: dict[int, float] = {}  # round -> variance of the applied estimate
         self._staged: sd.RoundUpdate | None = None
+        self._direction: tuple[int, list[torch.Tensor]] | None = None  # (round, previous update as tensors)
+        self._cos: list[float] = []  # |cos| of this round's chosen directions
 
     # -- hooks -----------------------------------------------------------------------------
     def pool_round(self, rnd: int) -> int:
         return rnd  # a fresh pool every round
 
-    def round_config(self, rnd: int, ask: int) -> dict[str, Any]:
-        return {**super().round_config(rnd, ask), CANDIDATES: self.cfg.candidates}
+    def max_pairs(self) -> int:
+        return self.cfg.perturbations  # forward_grad averages its batches: n pairs per request
 
-    def extra_records(self, rnd: int, ask: int) -> dict[str, ArrayRecord]:
-        if self.cfg.candidates > 1 and self.prev is not None and self.prev.round == rnd - 1:
-            return {sd.PREV: sd.History.to_record([self.prev], self.cfg.num_seeds)}
-        return {}
+    def assign(self, rnd: int, ask: int, draw: int) -> tuple[np.ndarray, bool]:
+        """Discriminative sampling when the previous round's update is known, else uniform."""
+        n, c = self.max_pairs(), self.cfg.candidates
+        if c <= 1 or self.prev is None or self.prev.round != rnd - 1 or not len(self.prev.index):
+            return sd.draw_indices(draw, n, self.cfg.num_seeds), False
+        if self._direction is None or self._direction[0] != rnd:
+            u = [torch.zeros(np.asarray(self.current[k]).shape, dtype=torch.float32) for k in sorted(self.current)]
+            self.prev.apply_(u, self.pool_seed, self.cfg.num_seeds, self.cfg.dist, self.cfg.kernel_backend)
+            self._direction, self._cos = (rnd, u), []
+        pool = sd.seed_pool(self.pool_seed, self.cfg.num_seeds, self.pool_round(rnd))
+        candidates = sd.draw_indices(draw, n * c, self.cfg.num_seeds)
+        index, cos = aligned(candidates, pool, self._direction[1], n, self.cfg.dist, self.cfg.kernel_backend)
+        self._cos.extend(np.abs(cos).tolist())
+        return index, True
 
     def _parse(self, rnd: int, msg: Message) -> sd.SeedReply | None:
         parsed = super()._parse(rnd, msg)
@@ -190,6 +224,8 @@ class FwdLLM(SeedStrategy):
             metrics["lr"] = float(lr)
             if math.isfinite(var):
                 metrics["grad-variance"] = float(var)
+            if self._cos and self._direction is not None and self._direction[0] == server_round:
+                metrics["abs-cos"] = float(np.mean(self._cos))  # discriminative sampling's alignment
         return arrays, metrics
 
     def summary(self) -> None:

@@ -4,17 +4,19 @@ A :class:`SeedStrategy` is a Flower Message-API ``Strategy`` whose clients never
 tensors. Per round ``t`` it
 
 1. builds each sampled client's downlink: the round config (pool, learning rate,
-   distribution, pair budget) plus what brings the client to the global state after
+   distribution, pair budget, the request's pool draws, scalar width) plus what brings
+   the client to the global state after
    round ``t-1``: the history of aggregated (seed, coefficient) lists since the round
    the client last synced, or the full trainable state when that is smaller or the
    history no longer reaches back far enough;
-2. validates (seed, scalar) replies (:func:`strategies.seeds.check_seed_reply`);
+2. validates seed replies (:func:`strategies.seeds.check_seed_reply`) against the pool
+   indices it assigned to each request;
 3. aggregates them into one (seed, coefficient) list and applies it to the global
    trainable state in one tiled pass (:func:`kernels.accumulate_`), appending it to
    the history.
 
-Subclasses choose the pool per round, the learning rate schedule, extra downlink
-records and whether to ask the same clients again (``configure_followup``).
+Subclasses choose the pool per round, the learning rate schedule, which pool indices a
+request uses (``assign``) and whether to ask the same clients again (``configure_followup``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class SeedStrategy(Strategy):
         self.synced: dict[int, int] = {}  # identity -> global round its state is at
         self.current: dict[str, np.ndarray] = {}
         self._ident: dict[int, int] = {}  # node id -> identity, for this round
+        self.assigned: dict[int, dict[int, np.ndarray]] = {}  # node -> request -> pool indices, this round
 
     # -- hooks for subclasses ------------------------------------------------------------
     def pool_round(self, rnd: int) -> int:
@@ -76,11 +79,15 @@ class SeedStrategy(Strategy):
             sd.MAX_PAIRS: self.max_pairs(),
             sd.BASE_ROUND: rnd - 1,
             sd.ASK: ask,
+            sd.BITS: self.cfg.scalar_bits,
+            sd.DIAG: rnd == 1 or (self.cfg.diag_every > 0 and rnd % self.cfg.diag_every == 0),
         }
 
-    def extra_records(self, rnd: int, ask: int) -> dict[str, ArrayRecord]:
-        """Records added to every downlink of the round (FedKSeed-Pro: probabilities)."""
-        return {}
+    def assign(self, rnd: int, ask: int, draw: int) -> tuple[np.ndarray, bool]:
+        """The ``max_pairs()`` pool indices of one request, in the order the client uses
+        them, and whether they go down explicitly (else the client regenerates them from
+        the draw seed ``zo-draw``). Default: uniform, without repeats while the pool lasts."""
+        return sd.draw_indices(draw, self.max_pairs(), self.cfg.num_seeds), False
 
     def on_round_aggregated(self, rnd: int, replies: list[sd.SeedReply]) -> None:
         """Called after each round's update is applied (statistics for the next round)."""
@@ -96,8 +103,13 @@ class SeedStrategy(Strategy):
     def build_message(self, node: int, rnd: int, ask: int = 0, extra: dict[str, Any] | None = None) -> Message:
         """The downlink for ``node`` in round ``rnd`` (request number ``ask``)."""
         ident = self._ident.get(node, node)
-        config = {**self.round_config(rnd, ask), **(extra or {})}
+        draw = sd.draw_seed(self.pool_seed, rnd, ident, ask)
+        config = {**self.round_config(rnd, ask), sd.DRAW: draw, **(extra or {})}
         content = RecordDict({wire.WIRE: ConfigRecord({"kind": wire.KIND_SEEDS, "codec": "fp32"})})
+        index, explicit = self.assign(rnd, ask, draw)
+        self.assigned.setdefault(node, {})[ask] = index
+        if explicit:
+            content[sd.ASSIGNED] = sd.pack(index=index.astype(sd.index_dtype(self.cfg.num_seeds)))
         base = self.synced.get(ident, 0)
         entries = self.history.since(base, rnd - 1) if base <= rnd - 1 else None
         history_bytes = sum(e.nbytes for e in entries) if entries is not None else None
@@ -110,13 +122,7 @@ class SeedStrategy(Strategy):
             content[wire.ARRAYS] = get_codec("fp32").encode(
                 {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.current.items()}
             )
-        extras = self.extra_records(rnd, ask)
-        if sd.PREV in extras and sd.HISTORY in content.config_records and entries[-1].round == rnd - 1:
-            del extras[sd.PREV]  # the client finds it at the end of its history
-            config[sd.PREV_IN_HISTORY] = True
         content[wire.CONFIG] = ConfigRecord(config)
-        for key, record in extras.items():
-            content[key] = record
         return Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
 
     # -- Flower Strategy API -------------------------------------------------------------
@@ -124,12 +130,14 @@ class SeedStrategy(Strategy):
         self.current = {k: a.numpy() for k, a in arrays.items()}
         nodes = list(grid.get_node_ids())
         self._ident = dict(getattr(grid, "identity_of", {}))
+        self.assigned = {}
         return [self.build_message(n, server_round) for n in nodes]
 
     def check_reply(self, server_round: int, msg: Message, ask: int = 0) -> tuple[sd.SeedReply | None, str | None]:
         """Validate one reply and record whether its client is now in sync."""
-        parsed, reason = sd.check_seed_reply(msg, server_round, ask, self.cfg.num_seeds, self.max_pairs())
-        ident = self._ident.get(msg.metadata.src_node_id, msg.metadata.src_node_id)
+        node = msg.metadata.src_node_id
+        parsed, reason = sd.check_seed_reply(msg, server_round, self.assigned.get(node, {}), ask)
+        ident = self._ident.get(node, node)
         if parsed is None:
             self.synced.pop(ident, None)  # unknown local state: send it the full state next time
         else:
@@ -156,8 +164,7 @@ class SeedStrategy(Strategy):
         return sd.RoundUpdate(rnd, self.pool_round(rnd), index, coeff)
 
     def _parse(self, rnd: int, msg: Message) -> sd.SeedReply | None:
-        ask = int(msg.content[wire.METRICS].get(sd.ASK, 0)) if wire.METRICS in msg.content.metric_records else 0
-        parsed, _ = sd.check_seed_reply(msg, rnd, ask, self.cfg.num_seeds, self.max_pairs())
+        parsed, _ = sd.check_seed_reply(msg, rnd, self.assigned.get(msg.metadata.src_node_id, {}))
         return parsed
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any) -> Iterable[Message]:

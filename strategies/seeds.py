@@ -3,14 +3,20 @@
 Backprop-free clients (zeroth-order MeZO steps, forward gradients) never send tensors.
 Every round has a *pool* of candidate seeds, derived on both sides from
 ``(pool-seed, pool-round, pool-size)`` (FedKSeed keeps one pool for the whole run,
-``pool-round = 0``; FwdLLM draws a fresh pool per round). A client replies with pool
-*indices* and one fp32 scalar per perturbation, and the model change it stands for is
+``pool-round = 0``; FwdLLM draws a fresh pool per round). The *server* decides which pool
+indices each request uses: a draw seed (``zo-draw``, from which the client regenerates
+them with :func:`draw_indices`) or an explicit list (``zo-assigned``: FedKSeed-Pro's
+importance sampling, FwdLLM's discriminative sampling). A client replies one scalar per
+perturbation, in that order, and the model change it stands for is
 
     delta = -lr * sum_j scalar_j * z(pool[index_j])
 
-with ``z`` from :mod:`kernels` (the same on every device). A round's aggregated update
-is a list of (seed, coefficient) pairs applied with :func:`kernels.accumulate_`; a client
-that missed rounds replays the server's history of those lists (see :class:`History`).
+with ``z`` from :mod:`kernels` (the same on every device). Replies name no seeds and
+carry no metric names: a 28-byte header and the scalars, fp32 or stochastically rounded
+integer codes of ``zo-bits`` bits (:class:`ReplyFrame`; 100 perturbations at 4 bits are
+a 94-byte payload). A round's aggregated update is a list of (seed, coefficient) pairs
+applied with :func:`kernels.accumulate_`; a client that missed rounds replays the
+server's history of those lists (see :class:`History`).
 
 Tensors are always visited in sorted-name order (``sorted(state)``), the order the
 element indices of ``z`` refer to on the server and on every client.
@@ -18,6 +24,8 @@ element indices of ``z`` refer to on the server and on every client.
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,15 +48,16 @@ MAX_PAIRS = "zo-max-pairs"
 BASE_ROUND = "zo-base-round"  # the global round the client must train from (t - 1)
 SYNC_FROM = "zo-sync-from"  # history below starts after this round
 ASK = "zo-ask"  # FwdLLM: 0 for the first request in a round, 1, 2, ... for "more"
-CANDIDATES = "zo-candidates"  # FwdLLM discriminative sampling: candidates per kept perturbation
-# Records. Pairs and histories are ConfigRecords of raw little-endian bytes whose dtypes
-# the format fixes (pool indices: index_dtype(K); scalars/coefficients: float32;
-# rounds/counts: int32): no per-array header, so a reply is its pairs plus ~250 bytes.
-PAIRS = "zo-pairs"  # reply {"index": bytes, "scalar": bytes}
+DRAW = "zo-draw"  # per message: the seed of the client's pool draws (draw_indices)
+BITS = "zo-bits"  # scalar width on the uplink: 32 (fp32) or 16/8/4/2 (stochastic rounding)
+DIAG = "zo-diag"  # true: the reply adds its diagnostic metrics (peak RSS, times)
+# Records. Histories and assignments are ConfigRecords of raw little-endian bytes whose
+# dtypes the format fixes (pool indices: index_dtype(K); coefficients: float32;
+# rounds/counts: int32). A reply is one ConfigRecord holding one frame (ReplyFrame).
 HISTORY = "zo-history"  # downlink, see History.to_record
-PROBS = "zo-probs"  # downlink ArrayRecord {"p": float32 (K,)} (FedKSeed-Pro)
-PREV = "zo-prev"  # downlink history record: the last round's update (discriminative sampling)
-PREV_IN_HISTORY = "zo-prev-in-history"  # round config: PREV omitted, it is the history's last entry
+ASSIGNED = "zo-assigned"  # downlink {"index": bytes}: the pool indices to use, in order
+FRAME = "zo"  # reply {"f": bytes}: ReplyFrame header + packed scalars
+SCALAR_BITS = (32, 16, 8, 4, 2)
 
 
 def seed_pool(pool_seed: int, size: int, pool_round: int = 0) -> np.ndarray:
@@ -166,66 +175,212 @@ class History:
         self.entries = self.from_arrays({k: np.asarray(state[f"{prefix}/{k}"]) for k in keys})
 
 
-def encode_pairs(index: np.ndarray, scalar: np.ndarray, pool_size: int) -> ConfigRecord:
-    """A reply's (pool index, scalar) pairs: ``index_dtype(K)`` + float32 bytes per pair."""
-    return pack(index=np.asarray(index).astype(index_dtype(pool_size)), scalar=np.asarray(scalar, dtype="<f4"))
+# -- pool draws ---------------------------------------------------------------------------
+_MASK = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:
+    """splitmix64's finalizer on a Python int (64-bit)."""
+    x &= _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+def _mix_array(x: np.ndarray) -> np.ndarray:
+    """:func:`_mix` elementwise on uint64 (wrapping arithmetic)."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def draw_seed(pool_seed: int, rnd: int, ident: int, ask: int = 0) -> int:
+    """The seed of one request's pool draws (run, round, client, request), in [0, 2**63)."""
+    x = 0x5EED
+    for v in (pool_seed, rnd, ident, ask):
+        x = _mix(x ^ (int(v) & _MASK) + 0x9E3779B97F4A7C15)
+    return x >> 1
+
+
+def draw_indices(draw: int, m: int, pool_size: int) -> np.ndarray:
+    """``m`` pool indices from ``draw``: successive seeded permutations of the pool, so
+    indices repeat only after all ``pool_size`` were used. Integer arithmetic only: the
+    server regenerates exactly the indices a client used, on any machine (int64)."""
+    out: list[np.ndarray] = []
+    block, have = 0, 0
+    while have < m:
+        keys = _mix_array(np.arange(pool_size, dtype=np.uint64) + np.uint64(_mix(draw ^ (block << 40))))
+        perm = np.argsort(keys, kind="stable")[: m - have]
+        out.append(perm)
+        have, block = have + len(perm), block + 1
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+
+# -- the reply frame -----------------------------------------------------------------------
+_HEADER = struct.Struct("<BBIiiHIff")  # version, bits, count, round, base, ask, examples, loss, scale
+FRAME_VERSION = 1
+
+
+def encode_scalars(scalar: np.ndarray, bits: int, rng: np.random.Generator) -> tuple[float, bytes]:
+    """``(scale, payload)``: fp32 bytes for 32 bits, else symmetric integer codes
+    ``c in [-q, q]`` (``q = 2**(bits-1) - 1``, ``scale = max|s| / q``) by stochastic rounding
+    (``E[c * scale] = s``), stored as ``c + q`` little-endian (16, 8) or packed low bits first (4, 2)."""
+    s = np.asarray(scalar, dtype=np.float64)
+    if bits == 32:
+        return 1.0, s.astype("<f4").tobytes()
+    q = (1 << (bits - 1)) - 1
+    amax = float(np.abs(s).max()) if len(s) else 0.0
+    scale = float(np.float32(amax / q))
+    if scale > 0:
+        v = s / scale
+        low = np.floor(v)
+        codes = np.clip(low + (rng.random(len(v)) < v - low), -q, q).astype(np.int64)
+    else:
+        codes = np.zeros(len(s), dtype=np.int64)
+    u = (codes + q).astype(np.uint16)
+    if bits == 16:
+        return scale, u.astype("<u2").tobytes()
+    if bits == 8:
+        return scale, u.astype(np.uint8).tobytes()
+    per = 8 // bits
+    u = np.concatenate([u, np.zeros(-len(u) % per, dtype=np.uint16)]).reshape(-1, per)
+    packed = np.zeros(len(u), dtype=np.uint16)
+    for i in range(per):
+        packed |= u[:, i] << (bits * i)
+    return scale, packed.astype(np.uint8).tobytes()
+
+
+def decode_scalars(payload: bytes, count: int, bits: int, scale: float) -> np.ndarray:
+    """Inverse of :func:`encode_scalars` (float64); ValueError if the payload does not fit."""
+    if bits == 32:
+        if len(payload) != 4 * count:
+            raise ValueError(f"{len(payload)} payload bytes for {count} fp32 scalars")
+        return np.frombuffer(payload, dtype="<f4").astype(np.float64)
+    if bits not in SCALAR_BITS:
+        raise ValueError(f"scalar width {bits} bits; expected one of {SCALAR_BITS}")
+    q = (1 << (bits - 1)) - 1
+    need = 2 * count if bits == 16 else -(-count * bits // 8)
+    if len(payload) != need:
+        raise ValueError(f"{len(payload)} payload bytes for {count} scalars of {bits} bits (expected {need})")
+    if bits == 16:
+        u = np.frombuffer(payload, dtype="<u2").astype(np.int64)
+    elif bits == 8:
+        u = np.frombuffer(payload, dtype=np.uint8).astype(np.int64)
+    else:
+        raw = np.frombuffer(payload, dtype=np.uint8).astype(np.int64)
+        per, mask = 8 // bits, (1 << bits) - 1
+        u = np.stack([(raw >> (bits * i)) & mask for i in range(per)], axis=1).reshape(-1)[:count]
+    if (u > 2 * q).any():
+        raise ValueError(f"scalar code above {2 * q}")
+    return (u - q) * float(scale)
+
+
+@dataclass
+class ReplyFrame:
+    """A seed reply on the wire: a 28-byte little-endian header (version, bits, count,
+    round, base round, request, examples, mean train loss, scale) and the packed scalars.
+    It names no seeds: its ``count`` scalars belong, in order, to the first ``count``
+    pool indices the server assigned to this request (``zo-draw`` or ``zo-assigned``)."""
+
+    round: int
+    base: int
+    ask: int
+    num_examples: int
+    loss: float
+    scalar: np.ndarray  # float64, as the server decodes them
+    bits: int = 32
+
+    def to_bytes(self, rng: np.random.Generator) -> bytes:
+        scale, payload = encode_scalars(self.scalar, self.bits, rng)
+        head = _HEADER.pack(
+            FRAME_VERSION, self.bits, len(self.scalar), self.round, self.base, self.ask, self.num_examples, self.loss, scale
+        )
+        return head + payload
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ReplyFrame:
+        if not isinstance(raw, bytes) or len(raw) < _HEADER.size:
+            raise ValueError(f"a frame needs at least {_HEADER.size} bytes")
+        version, bits, count, rnd, base, ask, n, loss, scale = _HEADER.unpack_from(raw)
+        if version != FRAME_VERSION:
+            raise ValueError(f"frame version {version}, expected {FRAME_VERSION}")
+        if not math.isfinite(scale):
+            raise ValueError("non-finite scale")
+        scalar = decode_scalars(raw[_HEADER.size :], count, bits, scale)
+        return cls(rnd, base, ask, n, float(loss), scalar, bits)
+
+
+def frame_record(frame: ReplyFrame, rng: np.random.Generator) -> ConfigRecord:
+    return ConfigRecord({"f": frame.to_bytes(rng)})
 
 
 @dataclass
 class SeedReply:
     """A validated seed reply."""
 
-    index: np.ndarray  # (N,) int64 pool indices
+    index: np.ndarray  # (N,) int64 pool indices (the request's assigned ones)
     scalar: np.ndarray  # (N,) float64
     weight: int  # num-examples
     metrics: dict
 
 
 def check_seed_reply(
-    msg: Message, rnd: int, ask: int, pool_size: int, max_pairs: int, max_examples: int = 10**9
+    msg: Message, rnd: int, assigned: Mapping[int, np.ndarray], ask: int | None = None, max_examples: int = 10**9
 ) -> tuple[SeedReply | None, str | None]:
-    """Validate a (seed, scalar) reply; ``(SeedReply, None)`` or ``(None, reason)``.
+    """Validate a seed reply; ``(SeedReply, None)`` or ``(None, reason)``.
 
-    Rejected: a Flower error; a reply of another kind or with tensors; a reply for
-    another round or request (stale); a base round other than ``rnd - 1``; missing or
-    malformed pairs; an index outside the round's pool; more than ``max_pairs`` pairs;
-    a non-finite scalar; a bad example count.
+    ``assigned`` maps each request number sent to this client this round to its pool
+    indices; ``ask`` (if given) is the request being answered. Rejected: a Flower error;
+    a reply of another kind or with tensors; a malformed frame; a reply for another
+    round or request (stale), or to a request never sent; a base round other than
+    ``rnd - 1``; no scalars, or more than the request was assigned (steps x
+    perturbations); a non-finite scalar; a bad example count.
     """
     if msg.has_error():
         return None, f"client error: {msg.error.reason.strip().splitlines()[0] if msg.error.reason else msg.error.code}"
     content = msg.content
-    kind = content.config_records.get(wire.WIRE, {}).get("kind")
-    if kind != wire.KIND_SEEDS:
-        return None, f"update kind is {kind!r}, expected '{wire.KIND_SEEDS}'"
+    if FRAME not in content.config_records:
+        kind = content.config_records.get(wire.WIRE, {}).get("kind")
+        return None, f"update kind is {kind!r}, expected '{wire.KIND_SEEDS}' (a '{FRAME}' frame record)"
     if wire.ARRAYS in content.array_records:
         return None, "a seed reply must not carry tensors"
-    if wire.METRICS not in content.metric_records or PAIRS not in content.config_records:
-        return None, f"reply needs '{wire.METRICS}' and '{PAIRS}' records"
-    metrics = dict(content[wire.METRICS])
-    n = metrics.get(wire.NUM_EXAMPLES)
-    if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= max_examples:
-        return None, f"'{wire.NUM_EXAMPLES}' must be an integer in [1, {max_examples}], got {n!r}"
-    got_round, got_ask, base = metrics.get(wire.SERVER_ROUND), metrics.get(ASK, 0), metrics.get(BASE_ROUND)
-    if got_round != rnd or got_ask != ask:
-        return None, f"stale reply: for round {got_round} request {got_ask}, expected round {rnd} request {ask}"
-    if base != rnd - 1:
-        return None, f"stale reply: trained from global round {base}, expected {rnd - 1}"
-    pairs = content[PAIRS]
-    if set(pairs.keys()) != {"index", "scalar"}:
-        return None, f"'{PAIRS}' must hold exactly 'index' and 'scalar', got {sorted(pairs.keys())}"
     try:
-        index, scalar = unpack(pairs, "index", index_dtype(pool_size)), unpack(pairs, "scalar", "<f4")
-    except (ValueError, TypeError) as err:
-        return None, f"malformed pairs: {err}"
-    if scalar.shape != index.shape:
-        return None, f"pairs must have one scalar per index, got {index.shape[0]} indices and {scalar.shape[0]} scalars"
-    if not 0 < len(index) <= max_pairs:
-        return None, f"{len(index)} pairs; expected 1 to {max_pairs} (steps x perturbations)"
-    if int(index.max()) >= pool_size:
-        return None, f"seed index {int(index.max())} is outside the round's pool of {pool_size}"
-    if not np.isfinite(scalar).all():
+        frame = ReplyFrame.from_bytes(content[FRAME].get("f"))
+    except (ValueError, TypeError, struct.error) as err:
+        return None, f"malformed frame: {err}"
+    if not 0 < frame.num_examples <= max_examples:
+        return None, f"'{wire.NUM_EXAMPLES}' must be an integer in [1, {max_examples}], got {frame.num_examples}"
+    want_ask = frame.ask if ask is None else ask
+    if frame.round != rnd or frame.ask != want_ask:
+        return None, f"stale reply: for round {frame.round} request {frame.ask}, expected round {rnd} request {want_ask}"
+    if frame.base != rnd - 1:
+        return None, f"stale reply: trained from global round {frame.base}, expected {rnd - 1}"
+    index = assigned.get(frame.ask)
+    if index is None:
+        return None, f"no request {frame.ask} was sent to this client in round {rnd}"
+    count = len(frame.scalar)
+    if not 0 < count <= len(index):
+        return None, f"{count} pairs; expected 1 to {len(index)} (steps x perturbations)"
+    if not np.isfinite(frame.scalar).all():
         return None, "non-finite scalar in pairs"
-    return SeedReply(index.astype(np.int64), scalar.astype(np.float64), int(n), metrics), None
+    metrics: dict[str, Any] = {}
+    if wire.METRICS in content.metric_records:  # diagnostics, on the rounds the server asks
+        metrics.update(dict(content[wire.METRICS]))
+    metrics.update(
+        {
+            wire.NUM_EXAMPLES: frame.num_examples,
+            wire.TRAIN_LOSS: frame.loss,
+            wire.SERVER_ROUND: frame.round,
+            ASK: frame.ask,
+            BASE_ROUND: frame.base,
+        }
+    )
+    return SeedReply(np.asarray(index[:count], dtype=np.int64), frame.scalar, frame.num_examples, metrics), None
 
 
 def weighted_coefficients(replies: Sequence[SeedReply], scale: float) -> tuple[np.ndarray, np.ndarray]:

@@ -30,12 +30,10 @@ Either way the frozen layers below the perturbed ones (``method.lora_layers``,
 ``jvp`` recomputes them once per vmapped chunk of ``method.jvp_chunk`` tangents (they
 carry no tangent, but the primal forward runs per call).
 
-Discriminative sampling (FwdLLM): when the round config has
-``zo-candidates`` C > 1 and the previous round's aggregated update ``u`` (``zo-prev``),
-the client draws ``n * C`` candidate seeds and keeps the ``n`` whose ``z`` has the
-largest ``|cos(z, u)|``. The sign does not matter: ``d z`` is the same estimate for
-``z`` and ``-z``. A perturbation with a non-finite loss or derivative is skipped (the
-mean is over the kept ones); all skipped raises ``FloatingPointError``.
+Which perturbations: the pool indices the server assigned (uniform draws, or FwdLLM's
+discriminative sampling, which the server does: ``strategies/fwdllm.py``). A perturbation
+with a non-finite loss or derivative is sent as 0 (the mean is over the kept ones); all
+skipped raises ``FloatingPointError``.
 """
 
 from __future__ import annotations
@@ -74,13 +72,6 @@ class _LossOf(torch.nn.Module):
         return forward_loss(self.inner, batch)[0]
 
 
-def draw_unique(rs: RoundSettings, m: int) -> list[int]:
-    """``m`` pool indices, distinct while the pool allows (no wasted duplicate directions)."""
-    if rs.probs is not None or m > len(rs.pool):
-        return rs.draw(m).tolist()
-    return torch.randperm(len(rs.pool))[:m].tolist()
-
-
 @register("forward_grad")
 class ForwardGradMethod(SeededMethod):
     """FwdLLM's client: forward-gradient (seed, directional derivative / n) pairs, no step."""
@@ -103,49 +94,18 @@ class ForwardGradMethod(SeededMethod):
         rs = self.settings(round_config, steps)
         n = max(1, min(rs.perturbations, rs.max_pairs))
         data = [next(batches) for _ in range(max(steps, 1))]
-        index, cos = self.choose(rs, n, round_config)
+        index = rs.take(n)
         seeds = [int(rs.pool[k]) for k in index]
         deriv, loss = self.directional_derivatives(seeds, data, rs)
         ok = np.isfinite(deriv)
         if not ok.any():
-            raise FloatingPointError(f"every one of {n} perturbations gave a non-finite loss or derivative")
+            raise FloatingPointError(f"every one of {len(seeds)} perturbations gave a non-finite loss or derivative")
         kept = int(ok.sum())
-        idx = np.asarray(index, dtype=np.int64)[ok]
-        scalar = (deriv[ok] / kept).astype(np.float32)
+        scalar = np.where(ok, deriv / kept, 0.0).astype(np.float32)
         metrics = {wire.TRAIN_LOSS: loss, wire.TRAIN_SECONDS: time.perf_counter() - t0}
-        if kept < n:
-            metrics["skipped"] = n - kept
-        if cos is not None:
-            metrics["fg-abs-cos"] = float(np.mean(np.abs(cos)[ok]))
-        return Update(kind=wire.KIND_SEEDS, state={}, num_examples=0, metrics=metrics, pairs=(idx, scalar))
-
-    # -- which perturbations ----------------------------------------------------------------
-    def choose(self, rs: RoundSettings, n: int, rc: Mapping[str, Any]) -> tuple[list[int], np.ndarray | None]:
-        """``n`` pool indices (and their cosines with the previous update, if discriminative)."""
-        c = int(rc.get(sd.CANDIDATES, 1))
-        prev: Sequence[sd.RoundUpdate] = rc.get(sd.PREV) or []
-        if c <= 1 or not prev:
-            return draw_unique(rs, n), None
-        params = self.seed_params()
-        g = [torch.zeros_like(p) for p in params]
-        pool_seed = int(rc.get(sd.POOL_SEED, self.cfg.seed))
-        for entry in prev:
-            entry.apply_(g, pool_seed, len(rs.pool), rs.dist, rs.backend)
-        g_norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in g))
-        if not g_norm > 0 or not math.isfinite(g_norm):
-            return draw_unique(rs, n), None
-        candidates = draw_unique(rs, n * c)
-        z = [torch.zeros_like(p) for p in params]
-        cos = np.empty(len(candidates))
-        for i, k in enumerate(candidates):
-            for t in z:
-                t.zero_()
-            perturb_(z, int(rs.pool[k]), 1.0, rs.dist, rs.backend)
-            dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(z, g))
-            norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in z))
-            cos[i] = dot / (norm * g_norm) if norm > 0 else 0.0
-        best = np.argsort(-np.abs(cos), kind="stable")[:n]
-        return [candidates[i] for i in best], cos[best]
+        if kept < len(seeds):
+            metrics["skipped"] = len(seeds) - kept
+        return Update(kind=wire.KIND_SEEDS, state={}, num_examples=0, metrics=metrics, pairs=(index, scalar))
 
     # -- directional derivatives --------------------------------------------------------------
     def directional_derivatives(

@@ -8,8 +8,8 @@ records the output of layer ``k-1`` during the first evaluation of a batch and m
 layers ``0..k-1`` return it for the others, so an evaluation costs the embeddings plus
 layers ``k..L-1`` plus the head. Nothing is kept across batches.
 
-Whether the shortcut is valid is checked once, on the first batch, by the order in which
-modules run: every module that owns a perturbed parameter must run after layer ``k-1``
+Whether the shortcut is valid is checked once, on the first forward pass, by the order in
+which modules run: every module that owns a perturbed parameter must run after layer ``k-1``
 (perturbed embeddings, e.g. ``zo_params=all``, disable it). The model's own forward code
 runs unchanged around the replayed layers, so masks, pooling, heads and losses stay
 those of the architecture.
@@ -40,6 +40,7 @@ class FrozenPrefix:
     """See the module docstring. ``enabled`` is None until the first batch decides."""
 
     def __init__(self, model: torch.nn.Module, perturbed: Sequence[torch.nn.Parameter]) -> None:
+        self.model = model
         self.layers = layer_list(model)
         ids = {id(p) for p in perturbed}
         self.owners = [m for m in model.modules() if any(id(p) in ids for p in m.parameters(recurse=False))]
@@ -53,45 +54,51 @@ class FrozenPrefix:
 
     @contextmanager
     def reuse(self) -> Iterator[None]:
-        """Within the block, every forward pass is on the same batch (and inputs)."""
+        """Within the block, every forward pass is on the same batch (and inputs): the first
+        one runs the whole model (and, the first time ever, decides whether the shortcut is
+        valid); the others replay layer ``k-1``'s output."""
         if self.enabled is False:
             yield
             return
-        if self.enabled is None:
-            with self._probe():
-                yield
-            return
-        last, saved = self.layers[self.k - 1], {}
+        saved: dict[str, object] = {}
+        order: list[str] = []
+        probing = self.enabled is None
 
-        def record(module, args, output):
-            if "out" not in saved:
-                saved["out"] = output
+        def after_prefix(module, args, output):
+            if probing:
+                order.append("prefix")
+            saved.setdefault("out", output)
+
+        def before_owner(module, args):
+            if probing:
+                order.append("owner")
+
+        def after_pass(module, args, output):  # one whole forward pass is done
+            nonlocal probing
+            if probing:
+                probing = False
+                self._decide(order)
+            if self.enabled and "out" in saved:
                 for layer in self.layers[: self.k]:
                     layer.forward = lambda *a, **kw: saved["out"]  # noqa: B023 - same batch
 
-        handle = last.register_forward_hook(record)
+        handles = [self.layers[self.k - 1].register_forward_hook(after_prefix), self.model.register_forward_hook(after_pass)]
+        if probing:
+            handles += [m.register_forward_pre_hook(before_owner) for m in self.owners]
         try:
             yield
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
             for layer in self.layers[: self.k]:
                 layer.__dict__.pop("forward", None)
 
-    @contextmanager
-    def _probe(self) -> Iterator[None]:
-        order: list[str] = []
-        hooks = [self.layers[self.k - 1].register_forward_hook(lambda *a: order.append("prefix"))]
-        hooks += [m.register_forward_pre_hook(lambda *a: order.append("owner")) for m in self.owners]
-        try:
-            yield
-        finally:
-            for h in hooks:
-                h.remove()
-            first = order.index("prefix") if "prefix" in order else len(order)
-            self.enabled = bool(order) and "owner" not in order[:first]
-            log.info(
-                "frozen-prefix reuse %s (perturbed parameters start at layer %d of %d)",
-                "on" if self.enabled else "off",
-                self.k,
-                len(self.layers),
-            )
+    def _decide(self, order: list[str]) -> None:
+        first = order.index("prefix") if "prefix" in order else len(order)
+        self.enabled = bool(order) and "owner" not in order[:first]
+        log.info(
+            "frozen-prefix reuse %s (perturbed parameters start at layer %d of %d)",
+            "on" if self.enabled else "off",
+            self.k,
+            len(self.layers),
+        )

@@ -34,19 +34,20 @@ class RoundSettings:
     """What the round config prescribes (falling back to the client's method config)."""
 
     pool: np.ndarray  # (K,) int64 seeds
-    probs: torch.Tensor | None  # (K,) sampling probabilities (FedKSeed-Pro), else uniform
+    indices: np.ndarray  # (max_pairs,) int64: the pool indices the server assigned, in order
     lr: float
     eps: float
     dist: str
     perturbations: int
     max_pairs: int
     backend: str
+    used: int = 0
 
-    def draw(self, n: int) -> torch.Tensor:
-        """``n`` pool indices from the (forked, per-client-seeded) torch RNG."""
-        if self.probs is not None:
-            return torch.multinomial(self.probs, n, replacement=True)
-        return torch.randint(len(self.pool), (n,))
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` assigned pool indices (fewer when the assignment runs out)."""
+        out = self.indices[self.used : self.used + n]
+        self.used += len(out)
+        return out
 
 
 def _in_head(name: str, heads: tuple[str, ...]) -> bool:
@@ -118,15 +119,19 @@ class SeededMethod:
         size = int(rc.get(sd.POOL_SIZE, DEFAULT_POOL))
         pool = sd.seed_pool(int(rc.get(sd.POOL_SEED, self.cfg.seed)), size, int(rc.get(sd.POOL_ROUND, 0)))
         n = int(rc.get(sd.PERTURBATIONS, m.perturbations))
-        probs = rc.get(sd.PROBS)
+        max_pairs = int(rc.get(sd.MAX_PAIRS, steps * n))
+        indices = rc.get(sd.ASSIGNED)
+        if indices is None:  # the server's draw seed; stand-alone: the (forked, seeded) torch RNG
+            draw = int(rc[sd.DRAW]) if sd.DRAW in rc else int(torch.randint(0, 1 << 62, (1,)))
+            indices = sd.draw_indices(draw, max_pairs, size)
         return RoundSettings(
             pool=pool,
-            probs=torch.as_tensor(np.asarray(probs, dtype=np.float64)) if probs is not None else None,
+            indices=np.asarray(indices, dtype=np.int64),
             lr=float(rc.get(sd.LR, self.cfg.lr)),
             eps=m.zo_eps,
             dist=str(rc.get(sd.DIST, m.dist)),
             perturbations=n,
-            max_pairs=int(rc.get(sd.MAX_PAIRS, steps * n)),
+            max_pairs=max_pairs,
             backend=m.kernel_backend,
         )
 

@@ -1,8 +1,8 @@
 """Zeroth-order local training with seeds: MeZO (Malladi et al., NeurIPS 2023) steps as
 FedKSeed (Qin et al., ICML 2024) runs them on clients.
 
-One step on a batch, for each of ``n`` perturbations with a seed ``s`` from the round's
-pool (uniform, or FedKSeed-Pro's probabilities)::
+One step on a batch, for each of ``n`` perturbations with the next seed ``s`` the server
+assigned from the round's pool (uniform, or FedKSeed-Pro's probabilities)::
 
     w += eps z(s);   L+ = L(w)          # z regenerated from s, never stored
     w -= 2 eps z(s); L- = L(w)
@@ -10,10 +10,10 @@ pool (uniform, or FedKSeed-Pro's probabilities)::
     w += eps z(s)                       # restore
     w -= lr * (g / n) * z(s)            # SGD along z  (for n = 1 fused with the restore)
 
-The reply is only the (pool index, g / n) pairs: the local change is exactly
-``-lr * sum_j (g_j / n) z(s_j)``. Forward passes run without autograd, so memory is the
-model's inference footprint plus one tile of ``z``. A perturbation whose loss is not
-finite is skipped (restored, not sent), as in FedKSeed.
+The reply is only the scalars ``g / n``, one per assigned seed in order: the local change
+is exactly ``-lr * sum_j (g_j / n) z(s_j)``. Forward passes run without autograd, so
+memory is the model's inference footprint plus one tile of ``z``. A perturbation whose
+loss is not finite is skipped (restored, sent as 0), as in FedKSeed.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ZoSeedMethod(SeededMethod):
         steps = min(steps, max(rs.max_pairs // n, 1))
         snap = self.snapshot()
         done: list[tuple[int, float, int, float]] = []  # (pool index, scalar, seed, applied coeff)
-        total, seen = 0.0, 0.0
+        total, seen, skipped = 0.0, 0.0, 0
         t0 = time.perf_counter()
         for _ in range(steps):
             batch = next(batches)
@@ -53,14 +53,17 @@ class ZoSeedMethod(SeededMethod):
             rows = int(batch["input_ids"].shape[0])
             for k, sc, s, coeff, mean_loss in step:
                 done.append((k, sc, s, coeff))
-                total += mean_loss * rows / n
-                seen += rows / n
-        if not done:
-            raise FloatingPointError(f"every one of {steps * n} perturbed losses was non-finite")
+                if math.isfinite(mean_loss):
+                    total += mean_loss * rows / n
+                    seen += rows / n
+                else:
+                    skipped += 1
+        if not seen:
+            raise FloatingPointError(f"every one of {len(done)} perturbed losses was non-finite")
         self.restore(snap, rs, [d[2] for d in done], [d[3] for d in done])
         metrics = {wire.TRAIN_LOSS: total / seen, wire.TRAIN_SECONDS: time.perf_counter() - t0}
-        if len(done) < steps * n:
-            metrics["skipped"] = steps * n - len(done)
+        if skipped:
+            metrics["skipped"] = skipped
         pairs = (np.asarray([d[0] for d in done], dtype=np.int64), np.asarray([d[1] for d in done], dtype=np.float32))
         return Update(kind=wire.KIND_SEEDS, state={}, num_examples=0, metrics=metrics, pairs=pairs)
 
@@ -69,19 +72,20 @@ class ZoSeedMethod(SeededMethod):
         update along them (fused with the restore when ``n == 1``)."""
         params, n, eps = self.seed_params(), rs.perturbations, rs.eps
         out = []
-        for k in rs.draw(n).tolist():
+        for k in rs.take(n).tolist():
             s = int(rs.pool[k])
             perturb_(params, s, eps, rs.dist, rs.backend)
             up = self.loss(batch)
             perturb_(params, s, -2 * eps, rs.dist, rs.backend)
             down = self.loss(batch)
             if not (math.isfinite(up) and math.isfinite(down)):
-                perturb_(params, s, eps, rs.dist, rs.backend)  # restore; the pair is not sent
+                perturb_(params, s, eps, rs.dist, rs.backend)  # restore; its scalar is 0
+                out.append((k, 0.0, s, 0.0, math.nan))
                 continue
             sc = float(np.float32((up - down) / (2 * eps) / n))  # exactly what the server sees
             coeff = -rs.lr * sc
             perturb_(params, s, eps + coeff if n == 1 else eps, rs.dist, rs.backend)
             out.append((k, sc, s, coeff, 0.5 * (up + down)))
         if n > 1 and out:
-            accumulate_(params, [o[2] for o in out], [o[3] for o in out], rs.dist, rs.backend)
+            accumulate_(params, [o[2] for o in out if o[3]], [o[3] for o in out if o[3]], rs.dist, rs.backend)
         return out

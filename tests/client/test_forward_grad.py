@@ -12,7 +12,6 @@ from client.methods import build_method
 from kernels import accumulate_, perturb_
 from strategies import seeds as sd
 from strategies import wire
-from strategies.seeds import CANDIDATES
 from strategies.runconfig import ConfigError
 
 TEXTS = ["the match ended in a draw", "new chip doubles speed", "stocks fell sharply", "talks resume in geneva"] * 4
@@ -124,43 +123,13 @@ def test_pairs_capped_by_budget():
     assert len(update.pairs[0]) == 3
 
 
-def _prev_update(pool_seed=0, size=64):
-    rng = np.random.default_rng(1)
-    idx = rng.choice(size, 4, replace=False).astype(np.int64)
-    return sd.RoundUpdate(1, 1, idx, rng.normal(size=4).astype(np.float32))
-
-
-def test_discriminative_sampling_prefers_aligned_directions():
+def test_uses_the_assigned_indices_in_order():
     _, m, data = _setup()
-    prev = _prev_update()
-    rc = {sd.POOL_SIZE: 64, sd.POOL_ROUND: 2, sd.POOL_SEED: 0, sd.PERTURBATIONS: 4, CANDIDATES: 8, sd.PREV: [prev]}
-    rs = m.settings(rc, 1)
-    torch.manual_seed(0)
-    picked, cos = m.choose(rs, 4, rc)
-    # every candidate's cosine with the previous update, computed independently
-    g = [torch.zeros_like(p) for p in m.seed_params()]
-    prev.apply_(g, 0, 64, rs.dist, "torch")
-    gv = torch.cat([t.flatten() for t in g])
-
-    def cosine(k):
-        z = [torch.zeros_like(p) for p in m.seed_params()]
-        perturb_(z, int(rs.pool[k]), 1.0, rs.dist)
-        return float(torch.nn.functional.cosine_similarity(torch.cat([t.flatten() for t in z]), gv, dim=0))
-
-    np.testing.assert_allclose(cos, [cosine(k) for k in picked], rtol=1e-4, atol=1e-7)
-    everyone = np.abs([cosine(k) for k in range(64)])
-    assert np.abs(cos).min() >= np.median(everyone)
-    assert np.abs(cos).mean() > 1.5 * everyone.mean()
+    update = m.local_train(iter(_batches(data)), 1, {sd.PERTURBATIONS: 3, sd.POOL_SIZE: 64, sd.ASSIGNED: [9, 2, 40, 7]})
+    assert update.pairs[0].tolist() == [9, 2, 40]
+    rc = {sd.PERTURBATIONS: 3, sd.POOL_SIZE: 64, sd.DRAW: 77}
     update = m.local_train(iter(_batches(data)), 1, rc)
-    assert update.metrics["fg-abs-cos"] > everyone.mean()
-
-
-def test_no_discrimination_without_previous_update_or_candidates():
-    _, m, _ = _setup()
-    rc = {sd.POOL_SIZE: 64, sd.PERTURBATIONS: 4}
-    rs = m.settings(rc, 1)
-    assert m.choose(rs, 4, {**rc, CANDIDATES: 8})[1] is None
-    assert m.choose(rs, 4, {**rc, CANDIDATES: 1, sd.PREV: [_prev_update()]})[1] is None
+    assert update.pairs[0].tolist() == sd.draw_indices(77, 3, 64).tolist()  # what the server regenerates
 
 
 def test_non_finite_losses_are_skipped_then_fatal(monkeypatch):
@@ -169,7 +138,9 @@ def test_non_finite_losses_are_skipped_then_fatal(monkeypatch):
     real = m.loss
     monkeypatch.setattr(m, "loss", lambda b: float("nan") if next(calls) < 2 else real(b))
     update = m.local_train(iter(_batches(data)), 1, {sd.PERTURBATIONS: 3})
-    assert len(update.pairs[0]) == 2 and update.metrics["skipped"] == 1
+    index, scalar = update.pairs
+    assert len(index) == 3 and update.metrics["skipped"] == 1  # the skipped one is sent as 0
+    assert scalar[0] == 0 and (scalar[1:] != 0).all()
     monkeypatch.setattr(m, "loss", lambda b: float("nan"))
     with pytest.raises(FloatingPointError):
         m.local_train(iter(_batches(data)), 1, {sd.PERTURBATIONS: 3})

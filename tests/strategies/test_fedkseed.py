@@ -34,21 +34,21 @@ def record(state):
     return ArrayRecord({k: Array(v) for k, v in state.items()})
 
 
-def reply(to: Message, index, scalar, n=10, rnd=1, ask=0, base=None, kind=wire.KIND_SEEDS, extra=None) -> Message:
-    metrics = {wire.NUM_EXAMPLES: n, wire.TRAIN_LOSS: 1.0, wire.SERVER_ROUND: rnd, sd.ASK: ask}
-    metrics[sd.BASE_ROUND] = rnd - 1 if base is None else base
-    content = RecordDict(
-        {
-            sd.PAIRS: ConfigRecord({"index": np.asarray(index).tobytes(), "scalar": np.asarray(scalar).tobytes()}),
-            wire.METRICS: MetricRecord(metrics),
-            wire.WIRE: ConfigRecord({"kind": kind, "codec": "fp32"}),
-        }
-    )
+def reply(to: Message, scalar, n=10, rnd=1, ask=0, base=None, bits=32, kind=None, extra=None, frame=None) -> Message:
+    """A client's reply frame: ``scalar`` belongs to the first assigned seeds of ``to``."""
+    f = sd.ReplyFrame(rnd, rnd - 1 if base is None else base, ask, n, 1.0, np.asarray(scalar, np.float64), bits)
+    content = RecordDict({sd.FRAME: ConfigRecord({"f": f.to_bytes(np.random.default_rng(0)) if frame is None else frame})})
+    if kind is not None:  # a reply of another kind: no frame
+        content = RecordDict({wire.WIRE: ConfigRecord({"kind": kind, "codec": "fp32"})})
     for k, v in (extra or {}).items():
         content[k] = v
     msg = Message(content, reply_to=to)
     msg.metadata.__dict__["_src_node_id"] = to.metadata.dst_node_id
     return msg
+
+
+def assigned(s, msg, ask=0):
+    return s.assigned[msg.metadata.dst_node_id][ask]
 
 
 def strategy(name="fedkseed", **kw):
@@ -61,8 +61,10 @@ def test_aggregation_is_weighted_average_of_local_deltas():
     g0 = state0()
     msgs = s.configure_train(1, record(g0), ConfigRecord(), Grid([11, 12]))
     assert all(m.content[wire.CONFIG][sd.LR] == pytest.approx(0.1) for m in msgs)
-    r1 = reply(msgs[0], np.array([1, 5, 1], np.uint16), np.array([0.5, -2.0, 0.25], np.float32), n=10)
-    r2 = reply(msgs[1], np.array([5, 9], np.uint16), np.array([1.0, 3.0], np.float32), n=30)
+    s.assigned[11][0][:3] = [1, 5, 1]  # a repeated seed and one both clients share
+    s.assigned[12][0][:2] = [5, 9]
+    r1 = reply(msgs[0], [0.5, -2.0, 0.25], n=10)
+    r2 = reply(msgs[1], [1.0, 3.0], n=30)
     for r in (r1, r2):
         assert s.check_reply(1, r)[1] is None
     arrays, metrics = s.aggregate_train(1, [r1, r2])
@@ -87,8 +89,7 @@ def _run_rounds(s, rounds, nodes=(1, 2, 3), start=None, rng=None):
         msgs = s.configure_train(rnd, record(cur), ConfigRecord(), Grid(list(nodes)))
         reps = []
         for m in msgs:
-            idx = rng.integers(0, K, 4).astype(np.uint16)
-            r = reply(m, idx, rng.normal(size=4).astype(np.float32), n=int(rng.integers(1, 50)), rnd=rnd)
+            r = reply(m, rng.normal(size=int(rng.integers(1, 5))), n=int(rng.integers(1, 50)), rnd=rnd)
             assert s.check_reply(rnd, r)[1] is None
             reps.append(r)
         arrays, _ = s.aggregate_train(rnd, reps)
@@ -138,24 +139,32 @@ def test_pro_probabilities_follow_importance():
     s = strategy("fedkseed_pro")
     np.testing.assert_allclose(s.probabilities(), 1.0 / K, rtol=1e-6)
     msgs = s.configure_train(1, record(state0()), ConfigRecord(), Grid([1]))
-    assert msgs[0].content[sd.PROBS]["p"].numpy().shape == (K,)
-    r = reply(msgs[0], np.array([2, 3], np.uint16), np.array([10.0, 0.1], np.float32))
+    sent = sd.unpack(msgs[0].content[sd.ASSIGNED], "index", sd.index_dtype(K))
+    np.testing.assert_array_equal(sent, assigned(s, msgs[0]))  # Pro sends its draws, not K probabilities
+    assert len(sent) == 4 and sd.DRAW in msgs[0].content[wire.CONFIG]
+    s.assigned[1][0][:2] = [2, 3]
+    r = reply(msgs[0], [10.0, 0.1])
     s.aggregate_train(1, [r])
     p = s.probabilities()
     assert p[2] > p[0] > 0 and p[2] > p[3] and p.sum() == pytest.approx(1.0, abs=1e-5)
+    # the next round draws by these probabilities: seed 2 comes up far more often than chance
+    msgs = s.configure_train(2, record(state0()), ConfigRecord(), Grid(list(range(200))))
+    draws = np.concatenate([assigned(s, m) for m in msgs])
+    assert np.mean(draws == 2) > 2.0 / K
 
 
 @pytest.mark.parametrize(
     "change, reason",
     [
-        (dict(scalar=np.array([np.nan], np.float32)), "non-finite"),
-        (dict(index=np.array([K], np.uint16)), "outside the round's pool"),
-        (dict(index=np.zeros(5, np.uint16), scalar=np.zeros(5, np.float32)), "pairs; expected 1 to 4"),
+        (dict(scalar=[np.nan]), "non-finite"),
+        (dict(scalar=np.zeros(5)), "pairs; expected 1 to 4"),
+        (dict(scalar=[]), "pairs; expected 1 to 4"),
         (dict(rnd=0), "stale reply"),
+        (dict(ask=1), "stale reply"),
         (dict(base=-3), "stale reply"),
         (dict(kind=wire.KIND_DELTA), "update kind"),
-        (dict(index=np.array([1], np.uint8)), "malformed pairs"),
-        (dict(index=np.array([1, 2], np.uint16)), "one scalar per index"),
+        (dict(frame=b"\x01\x20short"), "malformed frame"),
+        (dict(frame=b"\x01\x07" + bytes(26)), "malformed frame"),  # 7-bit scalars
         (dict(n=0), "num-examples"),
         (dict(extra={wire.ARRAYS: ArrayRecord({"a": Array(np.zeros(3, np.float32))})}), "must not carry tensors"),
     ],
@@ -163,12 +172,41 @@ def test_pro_probabilities_follow_importance():
 def test_bad_replies_are_rejected_with_a_reason(change, reason):
     s = strategy()
     (msg,) = s.configure_train(1, record(state0()), ConfigRecord(), Grid([4]))
-    args = dict(index=np.array([1], np.uint16), scalar=np.array([0.5], np.float32), n=10, rnd=1)
+    args = dict(scalar=[0.5], n=10, rnd=1)
     args.update(change)
     r = reply(msg, **args)
     parsed, why = s.check_reply(1, r)
     assert parsed is None and reason in why
     assert 4 not in s.synced  # the client gets the full state next time
+
+
+def test_a_reply_to_no_request_is_rejected():
+    s = strategy()
+    (msg,) = s.configure_train(1, record(state0()), ConfigRecord(), Grid([4]))
+    s.assigned.clear()  # e.g. a node that was not sampled this round
+    parsed, why = s.check_reply(1, reply(msg, [0.5]))
+    assert parsed is None and "no request 0 was sent" in why
+
+
+@pytest.mark.parametrize("bits", [32, 16, 8, 4, 2])
+def test_quantized_scalars_are_unbiased(bits):
+    rng = np.random.default_rng(bits)
+    s = rng.normal(size=64) * 3
+    q = (1 << (bits - 1)) - 1
+    runs = [sd.ReplyFrame.from_bytes(sd.ReplyFrame(1, 0, 0, 5, 0.0, s, bits).to_bytes(rng)).scalar for _ in range(4000)]
+    step = np.abs(s).max() / q if bits < 32 else 1e-6
+    assert np.abs(runs[0] - s).max() <= step * 1.0001  # each scalar rounds to a neighbouring code
+    np.testing.assert_allclose(np.mean(runs, axis=0), s, atol=max(4 * step / np.sqrt(4000), 1e-6))
+    payload = len(sd.ReplyFrame(1, 0, 0, 5, 0.0, s, bits).to_bytes(rng)) - 28
+    assert payload == len(s) * bits // 8
+
+
+def test_draws_are_a_permutation_and_reproducible():
+    a = sd.draw_indices(sd.draw_seed(1, 2, 3), 300, K)
+    np.testing.assert_array_equal(a, sd.draw_indices(sd.draw_seed(1, 2, 3), 300, K))
+    assert sorted(a[:K].tolist()) == list(range(K))  # no repeat before the pool is used up
+    assert not np.array_equal(a[:K], a[K : 2 * K])  # the next pass is another permutation
+    assert sd.draw_seed(1, 2, 3) != sd.draw_seed(1, 2, 4) != sd.draw_seed(1, 3, 3)
 
 
 @pytest.mark.parametrize(

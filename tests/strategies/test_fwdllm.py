@@ -9,8 +9,7 @@ from kernels import perturb_
 from strategies import seeds as sd
 from strategies import wire
 from strategies.config import StrategyConfig
-from strategies.seeds import CANDIDATES
-from strategies.fwdllm import CLIENT, FwdLLM, combine_asks, half_split_variance
+from strategies.fwdllm import CLIENT, FwdLLM, aligned, combine_asks, half_split_variance
 from strategies.registry import build_strategy
 
 K = 16
@@ -35,18 +34,14 @@ def start(s, rnd=1, nodes=(1, 2), state=STATE):
     return list(s.configure_train(rnd, record, ConfigRecord(), FakeGrid(nodes)))
 
 
-def reply(node, index, scalar, n, rnd=1, ask=0):
+def reply(s, node, index, scalar, n, rnd=1, ask=0):
+    """Node ``node``'s reply to request ``ask``, as if ``s`` had assigned it ``index``."""
+    s.assigned.setdefault(node, {})[ask] = np.asarray(index, dtype=np.int64)
     req = Message(RecordDict({"x": ConfigRecord({"a": 1})}), dst_node_id=node, message_type="train")
-    content = RecordDict(
-        {
-            sd.PAIRS: sd.encode_pairs(np.asarray(index), np.asarray(scalar, np.float32), K),
-            wire.METRICS: MetricRecord(
-                {wire.NUM_EXAMPLES: n, wire.TRAIN_LOSS: 1.0, wire.SERVER_ROUND: rnd, sd.ASK: ask, sd.BASE_ROUND: rnd - 1}
-            ),
-            wire.WIRE: ConfigRecord({"kind": wire.KIND_SEEDS, "codec": "fp32"}),
-        }
-    )
-    return Message(content, reply_to=req)
+    frame = sd.ReplyFrame(rnd, rnd - 1, ask, n, 1.0, np.asarray(scalar, np.float64), 32)
+    msg = Message(RecordDict({sd.FRAME: sd.frame_record(frame, np.random.default_rng(0))}), reply_to=req)
+    msg.metadata.__dict__["_src_node_id"] = node
+    return msg
 
 
 def z(seed, shapes=((3,), (2, 2))):
@@ -65,14 +60,16 @@ def test_registered_and_fresh_pool_per_round():
     assert isinstance(s, FwdLLM)
     (msg,) = start(s, rnd=1, nodes=[1])
     cfg = msg.content[wire.CONFIG]
-    assert cfg[sd.POOL_ROUND] == 1 and cfg[CANDIDATES] == 1 and cfg[sd.ASK] == 0
+    assert cfg[sd.POOL_ROUND] == 1 and cfg[sd.ASK] == 0 and sd.DRAW in cfg
+    assert sd.ASSIGNED not in msg.content.config_records  # uniform: the client regenerates the draws
+    np.testing.assert_array_equal(s.assigned[1][0], sd.draw_indices(cfg[sd.DRAW], 2, K))
     assert s.pool_round(5) == 5
 
 
 def test_aggregation_by_hand_and_linear_lr():
     s = make(candidates=10)
     start(s)
-    r = [reply(1, [0, 1], [0.5, -1.0], 10), reply(2, [1, 3], [2.0, 0.25], 30)]
+    r = [reply(s, 1, [0, 1], [0.5, -1.0], 10), reply(s, 2, [1, 3], [2.0, 0.25], 30)]
     arrays, metrics = s.aggregate_train(1, r)
     pool = sd.seed_pool(7, K, 1)
     lr = 0.1  # linear: 0.1 * (2 - 1 + 1) / 2
@@ -83,19 +80,20 @@ def test_aggregation_by_hand_and_linear_lr():
     assert s.round_lr(2) == pytest.approx(0.05)
     state2 = {k: arrays[k].numpy() for k in arrays.keys()}
     (msg,) = start(s, rnd=2, nodes=[1], state=state2)
-    (prev,) = sd.History.from_record(msg.content[sd.PREV], K)
-    assert prev.round == 1 and prev.pool_round == 1 and msg.content[wire.CONFIG][CANDIDATES] == 10
-    arrays2, _ = s.aggregate_train(2, [reply(1, [4], [1.0], 5, rnd=2)])
+    sent = sd.unpack(msg.content[sd.ASSIGNED], "index", sd.index_dtype(K))  # discriminative: explicit
+    np.testing.assert_array_equal(sent, s.assigned[1][0])
+    arrays2, metrics2 = s.aggregate_train(2, [reply(s, 1, [4], [1.0], 5, rnd=2)])
     expected = flat(arrays) - 0.05 * z(sd.seed_pool(7, K, 2)[4])
     np.testing.assert_allclose(flat(arrays2), expected, rtol=1e-5, atol=1e-6)
+    assert 0 < metrics2["abs-cos"] <= 1
 
 
 def test_no_previous_update_without_candidates():
     s = make(candidates=1)
     start(s)
-    arrays, _ = s.aggregate_train(1, [reply(1, [0], [1.0], 5)])
+    arrays, _ = s.aggregate_train(1, [reply(s, 1, [0], [1.0], 5)])
     (msg,) = start(s, rnd=2, nodes=[1], state={k: arrays[k].numpy() for k in arrays.keys()})
-    assert sd.PREV not in msg.content.config_records
+    assert sd.ASSIGNED not in msg.content.config_records
 
 
 def test_round_update_combines_requests():
@@ -146,34 +144,32 @@ def test_variance_falls_with_more_perturbations():
 def test_variance_control_asks_again_until_max_asks():
     s = make(variance_threshold=0.0, max_asks=2)
     start(s)
-    valid = [reply(1, [0, 1], [0.5, -1.0], 10), reply(2, [2, 3], [2.0, 0.25], 30)]
+    valid = [reply(s, 1, [0, 1], [0.5, -1.0], 10), reply(s, 2, [2, 3], [2.0, 0.25], 30)]
     for k in (1, 2):
         more = s.configure_followup(1, valid, FakeGrid([1, 2]))
         assert sorted(m.metadata.dst_node_id for m in more) == [1, 2]
         assert all(m.content[wire.CONFIG][sd.ASK] == k for m in more)
         assert all(m.content[wire.CONFIG][sd.POOL_ROUND] == 1 for m in more)
-        valid += [reply(1, [4 + k, 6], [0.1, 0.2], 10, ask=k), reply(2, [8 + k, 12], [0.3, 0.4], 30, ask=k)]
+        valid += [reply(s, 1, [4 + k, 6], [0.1, 0.2], 10, ask=k), reply(s, 2, [8 + k, 12], [0.3, 0.4], 30, ask=k)]
     assert s.configure_followup(1, valid, FakeGrid([1, 2])) == []  # max_asks reached
     _, metrics = s.aggregate_train(1, valid)
     assert metrics["requests"] == 3
 
 
-def test_variance_control_stops_below_threshold_and_when_disabled():
-    valid = [reply(1, [0, 1], [0.5, -1.0], 10), reply(2, [2, 3], [2.0, 0.25], 30)]
-    low = make(variance_threshold=1e9, max_asks=3)
-    start(low)
-    assert low.configure_followup(1, valid, FakeGrid([1, 2])) == []
-    off = make(variance_threshold=0.0, max_asks=0)
-    start(off)
-    assert off.configure_followup(1, valid, FakeGrid([1, 2])) == []
+@pytest.mark.parametrize("kw", [dict(variance_threshold=1e9, max_asks=3), dict(variance_threshold=0.0, max_asks=0)])
+def test_variance_control_stops_below_threshold_and_when_disabled(kw):
+    s = make(**kw)
+    start(s)
+    valid = [reply(s, 1, [0, 1], [0.5, -1.0], 10), reply(s, 2, [2, 3], [2.0, 0.25], 30)]
+    assert s.configure_followup(1, valid, FakeGrid([1, 2])) == []
 
 
 def test_only_clients_that_answered_the_last_request_are_asked():
     s = make(variance_threshold=0.0, max_asks=2)
     start(s)
-    valid = [reply(1, [0, 1], [0.5, -1.0], 10), reply(2, [2, 3], [2.0, 0.25], 30)]
+    valid = [reply(s, 1, [0, 1], [0.5, -1.0], 10), reply(s, 2, [2, 3], [2.0, 0.25], 30)]
     assert len(s.configure_followup(1, valid, FakeGrid([1, 2]))) == 2
-    valid.append(reply(2, [5, 6], [0.5, 0.5], 30, ask=1))  # node 1 did not answer request 1
+    valid.append(reply(s, 2, [5, 6], [0.5, 0.5], 30, ask=1))  # node 1 did not answer request 1
     (msg,) = s.configure_followup(1, valid, FakeGrid([1, 2]))
     assert msg.metadata.dst_node_id == 2 and msg.content[wire.CONFIG][sd.ASK] == 2
 
@@ -181,7 +177,7 @@ def test_only_clients_that_answered_the_last_request_are_asked():
 def test_state_roundtrip_keeps_previous_update():
     a = make()
     start(a)
-    a.aggregate_train(1, [reply(1, [0, 1], [0.5, -1.0], 10)])
+    a.aggregate_train(1, [reply(a, 1, [0, 1], [0.5, -1.0], 10)])
     b = make()
     b.load_state_dict(a.state_dict())
     assert b.prev is not None and b.prev.round == 1
@@ -192,33 +188,13 @@ def test_state_roundtrip_keeps_previous_update():
     assert c.prev is None
 
 
-def test_previous_update_rides_in_the_history_when_history_is_sent():
-    from types import SimpleNamespace
-
-    from client.seed_sync import sync_to_base
-
-    big = {"a": np.zeros(300, np.float32), "b": np.zeros((2, 2), np.float32)}
-    s = make(candidates=10)
-    start(s, nodes=[1], state=big)
-    arrays, _ = s.aggregate_train(1, [reply(1, [0, 5], [1.0, 2.0], 5)])
-    s.synced[1] = 0  # node 1 is behind: the history of round 1 goes down
-    (msg,) = start(s, rnd=2, nodes=[1], state={k: arrays[k].numpy() for k in arrays.keys()})
-    cfg = dict(msg.content[wire.CONFIG])
-    assert sd.PREV not in msg.content.config_records and cfg[sd.PREV_IN_HISTORY]
-    params = {k: torch.zeros(v.shape) for k, v in big.items()}
-
-    class Method(SimpleNamespace):
-        def seed_params(self):
-            return sd.ordered(params)
-
-        def load_trainable_state(self, state):
-            for k, v in state.items():
-                params[k].copy_(v)
-
-    m = Method(synced=None, cfg=SimpleNamespace(method=SimpleNamespace(kernel_backend="torch")))
-    msg.metadata.__dict__["_run_id"] = 3
-    out = sync_to_base(m, {k: torch.zeros(v.shape) for k, v in big.items()}, msg, cfg)
-    (prev,) = out[sd.PREV]
-    assert prev.round == 1 and sorted(prev.index.tolist()) == [0, 5]
-    for k in big:
-        np.testing.assert_allclose(params[k].numpy(), arrays[k].numpy(), rtol=1e-6, atol=1e-7)
+def test_discriminative_sampling_keeps_the_best_aligned_candidates():
+    pool = sd.seed_pool(7, K, 2)
+    u = [torch.zeros(3), torch.zeros(2, 2)]
+    perturb_(u, 1234, 1.0, "gaussian")
+    uf = torch.cat([t.flatten() for t in u]).double().numpy()
+    cands = np.arange(K)
+    index, cos = aligned(cands, pool, u, 3, "gaussian", "torch")
+    brute = [abs(z(pool[k]) @ uf) / (np.linalg.norm(z(pool[k])) * np.linalg.norm(uf)) for k in cands]
+    np.testing.assert_array_equal(index, np.argsort(-np.asarray(brute), kind="stable")[:3])
+    np.testing.assert_allclose(np.abs(cos), np.sort(brute)[::-1][:3], rtol=1e-5)
