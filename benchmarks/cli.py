@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     z.add_argument("--model", default="smollm2-135m")
     z.add_argument("--tau", type=int, default=200)
     z.add_argument("--perturbations", type=int, default=10)
+    z.add_argument("--bits", default="32,8,4", help="scalar widths for the bytes cases")
+    z.add_argument("--only", choices=("memory", "bytes"))
     args = parser.parse_args(argv)
     if args.suite == "overhead":
         from benchmarks.overhead import run
@@ -40,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.suite == "zo":
         from benchmarks.zo import main as zo_main
 
-        zo_main(["--model", args.model, "--tau", str(args.tau), "--perturbations", str(args.perturbations)])
+        only = ["--only", args.only] if args.only else []
+        zo_main(["--model", args.model, "--tau", str(args.tau), "--perturbations", str(args.perturbations),
+                 "--bits", args.bits, *only])
     elif args.suite == "memory":
         from benchmarks.memory import main as memory_main
 

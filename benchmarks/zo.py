@@ -15,7 +15,7 @@ FedAvg's delta. Seed replies carry their diagnostic metrics only every
 ``strategy.diag_every`` rounds; both sizes are shown.
 
 Run: ``anther-bench zo [--model smollm2-135m] [--batch 8] [--seq 128] [--steps 2]
-[--tau 200] [--perturbations 10] [--bits 32,8,4]``.
+[--tau 200] [--perturbations 10] [--bits 32,8,4] [--only memory|bytes]``.
 """
 
 from __future__ import annotations
@@ -128,12 +128,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--perturbations", type=int, default=10, help="forward_grad perturbations per round")
     p.add_argument("--bits", default="32,8,4", help="scalar widths for the bytes cases (comma-separated)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", choices=("memory", "bytes"), help="run one half of the suite")
     p.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.model, args.batch, args.seq, args.steps, args.perturbations, int(args.bits))))
         return
 
+    if args.only != "bytes":
+        _memory(args)
+    if args.only != "memory":
+        _bytes(args)
+
+
+def _memory(args: argparse.Namespace) -> None:
     mem = {c: _run(args, c, args.model, args.batch, args.steps, 2 if "forward" in c else 1) for c in CASES}
     base = mem["inference"]["call_peak_mb"]
     print(f"\nMemory: {args.model}, batch {args.batch}, max_length {args.seq}, {args.steps} local steps; "
@@ -142,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     for c, r in mem.items():
         print(f"{c:14} {r['call_peak_mb']:7.0f} {r['call_peak_mb'] / base:10.2f}x {r['call_peak_mb'] - r['import_mb']:14.0f}")
 
+
+def _bytes(args: argparse.Namespace) -> None:
     n = args.perturbations
     byt = {"lora (FedAvg delta)": _run(args, "lora", args.bytes_model, 1, 1, 1)}
     for bits in (int(b) for b in args.bits.split(",")):
@@ -153,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nUplink per client-round, {args.bytes_model} ({p_train:,} trainable parameters); bytes")
     print(f"{'case':40} {'bytes':>9} {'LoRA/this':>10} {'dense/this':>11} {'with diagnostics':>17}")
     for name, r in byt.items():
-        print(f"{name:40} {r['bytes_up']:>9,} {lora / r['bytes_up']:9.0f}x {dense / r['bytes_up']:10.0f}x "
-              f"{r['bytes_up_diag']:>17,}")
+        vs_dense = f"{dense / r['bytes_up']:10.0f}x" if name.startswith("forward_grad") else f"{'-':>11}"
+        print(f"{name:40} {r['bytes_up']:>9,} {lora / r['bytes_up']:9.0f}x {vs_dense} {r['bytes_up_diag']:>17,}")
     print(f"{'FwdLLM dense gradient (fp32)':40} {dense:>9,}")
 
 

@@ -68,7 +68,7 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     round_cfg = dict(msg.content[wire.CONFIG]) if wire.CONFIG in msg.content.config_records else {}
     seeds = getattr(rt.method, "kind", wire.KIND_DELTA) == wire.KIND_SEEDS
     if seeds:
-        round_cfg = sync_to_base(rt.method, rt.initial_state, msg, round_cfg)
+        round_cfg = sync_to_base(rt.method, lambda: rt.initial_state, msg, round_cfg)
     else:
         codec_in = get_codec(str(msg.content.config_records.get(wire.WIRE, {}).get("codec", "fp32")))
         rt.method.load_trainable_state(codec_in.decode(msg.content[wire.ARRAYS]))

@@ -4,12 +4,18 @@ A simulation worker (or a SuperNode process) serves many messages; the backbone 
 loaded and wrapped once per (model, quant, method, seed, labels) and reused: every
 message overwrites all trainable tensors from the global state, so reuse is exact.
 ``ANTHER_NO_BACKBONE_CACHE=1`` disables the cache (benchmarks measure the difference).
+
+The run's initial trainable state (what seed-based clients catch up from) is kept when
+it is small (adapters, heads). When it is the whole model (``zo_params=all``) it is not
+copied: an untouched model is its own initial state, and a model that has moved is
+reloaded from its checkpoint on the rare occasion the initial state is needed again.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
 import torch
 
 from client.backbones import Backbone, load_backbone
@@ -23,7 +29,19 @@ _CACHE: dict[tuple, "Runtime"] = {}
 class Runtime:
     backbone: Backbone
     method: LocalMethod
-    initial_state: dict[str, torch.Tensor]
+    cfg: ClientConfig
+    num_labels: int
+    kept: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # the initial state, when small
+
+    @property
+    def initial_state(self) -> dict[str, torch.Tensor]:
+        """The trainable state every client of the run starts from (deterministic)."""
+        if self.kept is not None:
+            return self.kept
+        if getattr(self.method, "pristine", False):  # untouched: the parameters themselves (no copy)
+            return {n: p.detach() for n, p in self.method.trainable_parameters()}
+        fresh = build_method(self.cfg.method.name, load_backbone(self.cfg.model, self.cfg.quant, self.num_labels), self.cfg)
+        return {n: p.detach() for n, p in fresh.trainable_parameters()}
 
 
 def cache_enabled() -> bool:
@@ -38,7 +56,8 @@ def get_runtime(cfg: ClientConfig, num_labels: int) -> Runtime:
     _CACHE.clear()  # one backbone per process: never hold two
     backbone = load_backbone(cfg.model, cfg.quant, num_labels)  # seeds its own head init
     method = build_method(cfg.method.name, backbone, cfg)
-    rt = Runtime(backbone, method, method.trainable_state())
+    small = getattr(method, "exact_restore", True)  # False: the trainable state is the whole model
+    rt = Runtime(backbone, method, cfg, num_labels, method.trainable_state() if small else None)
     if cache_enabled():
         _CACHE[key] = rt
     return rt

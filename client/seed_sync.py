@@ -11,6 +11,7 @@ a clear reason and the server sends the full state next time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,12 @@ class CatchUpError(RuntimeError):
     """The local state is too old for the history the server sent."""
 
 
-def sync_to_base(method: Any, initial_state: dict[str, torch.Tensor], msg: Message, round_cfg: dict) -> dict:
+def sync_to_base(
+    method: Any, initial_state: Callable[[], dict[str, torch.Tensor]] | dict[str, torch.Tensor], msg: Message, round_cfg: dict
+) -> dict:
     """Bring ``method``'s parameters to the global state the round trains from.
+    ``initial_state`` (or a function returning it) is only used when the parameters
+    must restart from round 0 and have been touched since they were loaded.
 
     Returns the round config completed with the pool indices the server assigned
     explicitly (``zo-assigned``), if any.
@@ -50,7 +55,8 @@ def sync_to_base(method: Any, initial_state: dict[str, torch.Tensor], msg: Messa
                 raise CatchUpError(
                     f"cannot catch up: local state is at round {have}, the history starts after round {sync_from}"
                 )
-            method.load_trainable_state(initial_state)
+            if not getattr(method, "pristine", False):
+                method.load_trainable_state(initial_state() if callable(initial_state) else initial_state)
             have = 0
         params = method.seed_params()
         pool_seed = int(round_cfg[sd.POOL_SEED])
@@ -59,6 +65,7 @@ def sync_to_base(method: Any, initial_state: dict[str, torch.Tensor], msg: Messa
             if entry.round > have:
                 entry.apply_(params, pool_seed, size, dist, backend)
     method.synced = (run, base)
+    method.pristine = False
     out = dict(round_cfg)
     if sd.ASSIGNED in content.config_records:
         out[sd.ASSIGNED] = sd.unpack(content[sd.ASSIGNED], "index", sd.index_dtype(int(round_cfg[sd.POOL_SIZE])))

@@ -92,6 +92,7 @@ class SeededMethod:
         self.model.eval()
         self.prefix = FrozenPrefix(self.model, [p for _, p in self.trainable_parameters()])
         self.synced: tuple[str, int] | None = None  # (run id, global round) the parameters hold
+        self.pristine = True  # the parameters are still the loaded initial state
 
     # -- state ------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -103,6 +104,7 @@ class SeededMethod:
     def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
         load_named(dict(self.trainable_parameters()), state)
         self.synced = None
+        self.pristine = False
 
     def seed_params(self) -> list[torch.Tensor]:
         """The perturbed tensors in the canonical order."""
@@ -115,6 +117,7 @@ class SeededMethod:
 
     # -- per round ----------------------------------------------------------------------------
     def settings(self, rc: Mapping[str, Any], steps: int) -> RoundSettings:
+        self.pristine = False  # local steps follow (restored up to fp32 rounding at most)
         m = self.cfg.method
         size = int(rc.get(sd.POOL_SIZE, DEFAULT_POOL))
         pool = sd.seed_pool(int(rc.get(sd.POOL_SEED, self.cfg.seed)), size, int(rc.get(sd.POOL_ROUND, 0)))

@@ -201,3 +201,22 @@ def test_frozen_prefix_is_off_when_embeddings_are_perturbed():
     with m.prefix.reuse():
         m.loss(batch)
     assert m.prefix.enabled is False
+
+
+def test_full_parameter_runtime_keeps_no_copy_of_the_initial_state():
+    from client.runtime import clear_cache, get_runtime
+
+    cfg = ClientConfig(model=ModelConfig(name="tiny-bert", max_length=160), method=MethodConfig(name="zo_seed", zo_params="all"),
+                       lr=1e-2, batch_size=4)
+    clear_cache()
+    rt = get_runtime(cfg, 4)
+    try:
+        assert rt.kept is None and rt.method.pristine
+        first = {k: v.clone() for k, v in rt.initial_state.items()}  # untouched: the parameters themselves
+        data = encode(rt.backbone.task, rt.backbone.tokenizer, TEXTS, [0, 1, 2, 3] * 4, NAMES, 160)
+        rt.method.local_train(batch_iterator(data, 4, torch.Generator().manual_seed(0)), 2, {sd.LR: 10.0})
+        assert not rt.method.pristine
+        again = rt.initial_state  # moved: reloaded from the checkpoint, bitwise the same
+        assert set(again) == set(first) and all(torch.equal(again[k], first[k]) for k in first)
+    finally:
+        clear_cache()
