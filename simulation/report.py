@@ -37,13 +37,20 @@ def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = ""
         ("eval_loss", "round", "loss (solid: test, dashed: train)", "round"),
         ("eval_loss", "bytes", "test loss", "cumulative uploaded MiB"),
     ]
+    totals = [sum(r.get("bytes_up", 0) for r in rows) for rows in runs.values()]
+    log_bytes = min(totals, default=0) > 0 and max(totals) / min(totals) > 100  # e.g. seeds vs LoRA deltas
     for ax, (key, x, ylabel, xlabel) in zip(axes.flat, panels):
         for label, rows in runs.items():
             xs, ys = _series(rows, key, x)
+            if x == "bytes" and log_bytes:  # round 0 (nothing uploaded) has no place on a log axis
+                xs, ys = zip(*[(a, b) for a, b in zip(xs, ys) if a > 0]) if any(a > 0 for a in xs) else ([], [])
             (line,) = ax.plot(xs, ys, marker="o", ms=3, label=label)
             if key == "eval_loss" and x == "round":
                 txs, tys = _series(rows, "train_loss", x)
                 ax.plot(txs, tys, ls="--", color=line.get_color(), alpha=0.7)
+        if x == "bytes" and log_bytes:
+            ax.set_xscale("log")
+            xlabel += " (log scale)"
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
