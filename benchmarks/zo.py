@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.model, args.batch, args.seq, args.steps, args.perturbations, int(args.bits))))
+        print(json.dumps(child(args.child, args.model, args.batch, args.seq, args.steps, args.perturbations, int(args.bits.split(",")[0]))))
         return
 
     if args.only != "bytes":
