@@ -28,12 +28,10 @@ class CatchUpError(RuntimeError):
     """The local state is too old for the history the server sent."""
 
 
-def sync_to_base(
-    method: Any, initial_state: Callable[[], dict[str, torch.Tensor]] | dict[str, torch.Tensor], msg: Message, round_cfg: dict
-) -> dict:
+def sync_to_base(method: Any, initial_state: Callable[[], dict[str, torch.Tensor]], msg: Message, round_cfg: dict) -> dict:
     """Bring ``method``'s parameters to the global state the round trains from.
-    ``initial_state`` (or a function returning it) is only used when the parameters
-    must restart from round 0 and have been touched since they were loaded.
+    ``initial_state()`` is only called when the parameters must restart from round 0
+    and have been touched since they were loaded.
 
     Returns the round config completed with the pool indices the server assigned
     explicitly (``zo-assigned``), if any.
@@ -56,7 +54,7 @@ def sync_to_base(
                     f"cannot catch up: local state is at round {have}, the history starts after round {sync_from}"
                 )
             if not getattr(method, "pristine", False):
-                method.load_trainable_state(initial_state() if callable(initial_state) else initial_state)
+                method.load_trainable_state(initial_state())
             have = 0
         params = method.seed_params()
         pool_seed = int(round_cfg[sd.POOL_SEED])

@@ -52,6 +52,7 @@ class SeedStrategy(Strategy):
         self.current: dict[str, np.ndarray] = {}
         self._ident: dict[int, int] = {}  # node id -> identity, for this round
         self.assigned: dict[int, dict[int, np.ndarray]] = {}  # node -> request -> pool indices, this round
+        self._accepted: dict[int, tuple[Message, sd.SeedReply]] = {}  # id(reply) -> (reply, parsed), this round
 
     # -- hooks for subclasses ------------------------------------------------------------
     def pool_round(self, rnd: int) -> int:
@@ -130,7 +131,7 @@ class SeedStrategy(Strategy):
         self.current = {k: a.numpy() for k, a in arrays.items()}
         nodes = list(grid.get_node_ids())
         self._ident = dict(getattr(grid, "identity_of", {}))
-        self.assigned = {}
+        self.assigned, self._accepted = {}, {}
         return [self.build_message(n, server_round) for n in nodes]
 
     def check_reply(self, server_round: int, msg: Message, ask: int = 0) -> tuple[sd.SeedReply | None, str | None]:
@@ -142,6 +143,7 @@ class SeedStrategy(Strategy):
             self.synced.pop(ident, None)  # unknown local state: send it the full state next time
         else:
             self.synced[ident] = server_round - 1
+            self._accepted[id(msg)] = (msg, parsed)
         return parsed, reason
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -164,6 +166,10 @@ class SeedStrategy(Strategy):
         return sd.RoundUpdate(rnd, self.pool_round(rnd), index, coeff)
 
     def _parse(self, rnd: int, msg: Message) -> sd.SeedReply | None:
+        """The reply as :meth:`check_reply` accepted it (decoded once), else checked now."""
+        kept = self._accepted.get(id(msg))
+        if kept is not None and kept[0] is msg:
+            return kept[1]
         parsed, _ = sd.check_seed_reply(msg, rnd, self.assigned.get(msg.metadata.src_node_id, {}))
         return parsed
 

@@ -179,16 +179,8 @@ class History:
 _MASK = (1 << 64) - 1
 
 
-def _mix(x: int) -> int:
-    """splitmix64's finalizer on a Python int (64-bit)."""
-    x &= _MASK
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-    return x ^ (x >> 31)
-
-
 def _mix_array(x: np.ndarray) -> np.ndarray:
-    """:func:`_mix` elementwise on uint64 (wrapping arithmetic)."""
+    """splitmix64's finalizer, elementwise on uint64 (wrapping arithmetic)."""
     x = x.astype(np.uint64, copy=True)
     with np.errstate(over="ignore"):
         x ^= x >> np.uint64(30)
@@ -197,6 +189,10 @@ def _mix_array(x: np.ndarray) -> np.ndarray:
         x *= np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
     return x
+
+
+def _mix(x: int) -> int:
+    return int(_mix_array(np.asarray([x & _MASK], dtype=np.uint64))[0])
 
 
 def draw_seed(pool_seed: int, rnd: int, ident: int, ask: int = 0) -> int:

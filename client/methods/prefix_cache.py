@@ -78,7 +78,7 @@ class FrozenPrefix:
             if probing:
                 probing = False
                 self._decide(order)
-            if self.enabled and "out" in saved:
+            if self.enabled and "out" in saved and "forward" not in self.layers[0].__dict__:
                 for layer in self.layers[: self.k]:
                     layer.forward = lambda *a, **kw: saved["out"]  # noqa: B023 - same batch
 

@@ -158,7 +158,7 @@ def test_client_catches_up_to_the_server_state():
     for rnd in range(1, 4):
         (msg,) = s.configure_train(rnd, ArrayRecord({k: Array(v) for k, v in state.items()}), ConfigRecord(), _Grid([1]))
         msg = _as_received(msg)
-        rc = sync_to_base(m, initial, msg, dict(msg.content[wire.CONFIG]))
+        rc = sync_to_base(m, lambda: initial, msg, dict(msg.content[wire.CONFIG]))
         for k, v in m.trainable_state().items():  # the client trains from exactly the global state
             assert np.array_equal(v.numpy(), state[k]), (rnd, k)
         update = m.local_train(batch_iterator(data, 4, torch.Generator().manual_seed(rnd)), 3, rc)
@@ -173,7 +173,7 @@ def test_client_catches_up_to_the_server_state():
     s.synced[1] = 2
     (msg,) = s.configure_train(4, ArrayRecord({k: Array(v) for k, v in state.items()}), ConfigRecord(), _Grid([1]))
     with pytest.raises(CatchUpError, match="cannot catch up"):
-        sync_to_base(m, initial, _as_received(msg, run_id=6), dict(msg.content[wire.CONFIG]))
+        sync_to_base(m, lambda: initial, _as_received(msg, run_id=6), dict(msg.content[wire.CONFIG]))
 
 
 @pytest.mark.parametrize("model, kw", [("tiny-bert", dict(zo_params="head")), ("tiny-llama", dict(lora_layers=1))])
