@@ -83,20 +83,24 @@ def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2) 
     from flwr.app import ConfigRecord, Message, RecordDict
 
     from client.app import handle_train
-    from client.config import ClientConfig, MethodConfig, ModelConfig, PartitionConfig, QuantConfig
+    from client.config import ClientConfig, ModelConfig, QuantConfig
+    from client.methods.lora import LoraConfig
+    from client.partitioners import IidConfig
     from strategies import wire
     from strategies.codecs import get_codec
+    from strategies.kinds.base import wire_record
 
     import_mb = _peak_mb()
     cfg = ClientConfig(
         model=ModelConfig(name="smollm2-135m", task="causal_lm", max_length=seq),
         quant=QuantConfig(mode=mode),
         data=bench_data(),
-        partition=PartitionConfig(name="iid"),
-        method=MethodConfig(gradient_checkpointing=checkpointing),
+        partition=IidConfig(),
+        method=LoraConfig(gradient_checkpointing=checkpointing),
         num_clients=10,
         local_steps=steps,
         batch_size=batch,
+        lr=1e-3,
     )
     ctx = client_context()
     t0 = time.perf_counter()
@@ -104,7 +108,7 @@ def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2) 
     load_s = time.perf_counter() - t0
     msg = Message(
         RecordDict({wire.ARRAYS: state, wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 1}),
-                    wire.WIRE: ConfigRecord({"kind": wire.KIND_DELTA, "codec": "fp32"})}),
+                    wire.WIRE: wire_record(wire.KIND_DELTA, "fp32")}),
         dst_node_id=1, message_type="train",
     )
     reply = handle_train(msg, cfg, ctx)

@@ -14,14 +14,16 @@ import statistics
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message
 
 from client.app import handle_train
-from client.config import ClientConfig, DataConfig, ModelConfig, PartitionConfig
+from client.config import ClientConfig, DataConfig, ModelConfig
+from client.partitioners import IidConfig
 from client.data_source import label_names
 from client.runtime import clear_cache, get_runtime
 from strategies import wire
 from strategies.codecs import get_codec
+from strategies.kinds.delta import state_content
 
 
 @dataclass
@@ -52,13 +54,8 @@ def _message(cfg: ClientConfig, state, rnd: int) -> Message:
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    content = RecordDict(
-        {
-            wire.ARRAYS: get_codec("fp32").encode(state),
-            wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: rnd}),
-            wire.WIRE: ConfigRecord({"kind": wire.KIND_DELTA, "codec": "fp32"}),
-        }
-    )
+    content = state_content(state, get_codec("fp32"))
+    content[wire.CONFIG] = ConfigRecord({wire.SERVER_ROUND: rnd})
     return Message(content, dst_node_id=1, message_type="train")
 
 
@@ -88,10 +85,11 @@ def run(model: str = "minilm", local_steps: int = 10, calls: int = 6, threads: i
     cfg = ClientConfig(
         model=ModelConfig(name=model),
         data=DataConfig(),
-        partition=PartitionConfig(name="iid"),
+        partition=IidConfig(),
         num_clients=10,
         local_steps=local_steps,
         batch_size=16,
+        lr=1e-3,
     )
     results = [measure(cfg, calls, cached=True), measure(cfg, max(2, calls // 2), cached=False)]
     print(f"suite overhead: model={model} local_steps={local_steps} batch=16 threads={threads} (median of calls)")

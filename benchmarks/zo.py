@@ -30,20 +30,27 @@ STRATEGY = {"lora": "fedavg", "zo_seed": "fedkseed", "forward_grad": "fwdllm", "
 
 
 def _config(model: str, method: str, batch: int, seq: int, steps: int, perturbations: int):
-    from client.config import ClientConfig, MethodConfig, ModelConfig, PartitionConfig
+    from client.config import ClientConfig, ModelConfig
+    from client.methods.forward_grad import ForwardGradConfig
+    from client.methods.lora import LoraConfig
+    from client.methods.zo_seed import ZoSeedConfig
+    from client.partitioners import IidConfig
 
+    if method in ("inference", "lora"):
+        method_cfg = LoraConfig()
+    elif method == "zo_seed":
+        method_cfg = ZoSeedConfig(zo_eps=1e-3)
+    else:  # the strategy sends the perturbations
+        method_cfg = ForwardGradConfig(zo_eps=1e-3, fg_mode="fd" if method == "forward_grad_fd" else "jvp")
     return ClientConfig(
         model=ModelConfig(name=model, max_length=seq),
         data=bench_data(),
-        partition=PartitionConfig(name="iid"),
-        method=MethodConfig(
-            name={"inference": "lora", "forward_grad_fd": "forward_grad"}.get(method, method),
-            perturbations=perturbations,
-            fg_mode="fd" if method == "forward_grad_fd" else "jvp",
-        ),
+        partition=IidConfig(),
+        method=method_cfg,
         num_clients=10,
         local_steps=steps,
         batch_size=batch,
+        lr=1e-3,
     )
 
 
@@ -52,14 +59,13 @@ def _downlink(method: str, state, steps: int, perturbations: int, bits: int = 32
     from flwr.app import Array, ArrayRecord, ConfigRecord
 
     from strategies import wire
-    from strategies.config import StrategyConfig
-    from strategies.registry import build_strategy
+    from strategies.kinds.base import wire_record
+    from strategies.registry import STRATEGIES, build_strategy
 
-    strategy = build_strategy(
-        StrategyConfig(name=STRATEGY[method], perturbations=perturbations, eta_l=1e-4, scalar_bits=bits),
-        rounds=1,
-        local_steps=steps,
-    )
+    name = STRATEGY[method]
+    config = STRATEGIES[name].config
+    kw = {"perturbations": perturbations, "lr": 1e-4, "scalar_bits": bits} if name != "fedavg" else {}
+    strategy = build_strategy(config(name=name, **kw), rounds=1, local_steps=steps)
 
     class Grid:
         identity_of = {1: 0}
@@ -70,7 +76,7 @@ def _downlink(method: str, state, steps: int, perturbations: int, bits: int = 32
     arrays = ArrayRecord({k: Array(a.numpy()) for k, a in state.items()})
     (msg,) = strategy.configure_train(1, arrays, ConfigRecord(), Grid())
     if method == "lora":
-        msg.content[wire.WIRE] = ConfigRecord({"kind": wire.KIND_DELTA, "codec": "fp32"})
+        msg.content[wire.WIRE] = wire_record(wire.KIND_DELTA, "fp32")
     return msg
 
 

@@ -2,10 +2,14 @@
 
 query  "hello": reply with this node's identity (partition id) — used for seeded sampling.
 query  "init":  reply with the initial trainable state (deterministic from the seed).
-train:          load the global trainable state, run the method's local steps on the local
-                data, reply with the encoded update and metrics (examples, loss, times,
-                peak RSS). A failure becomes a Flower error reply naming the client and
-                the reason; the server counts it and aggregates the rest.
+train:          the method's update kind brings it to the global state, the method runs its
+                local steps on the local data, and the kind encodes the reply with the
+                metrics (examples, loss, times, peak RSS). A failure becomes a Flower error
+                reply naming the client and the reason; the server counts it and
+                aggregates the rest.
+
+:func:`with_anther_queries` completes a user's ClientApp that only trains (the README's
+custom-client example) with Anther's query handler.
 """
 
 from __future__ import annotations
@@ -18,19 +22,20 @@ import traceback
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client import memory
 from client.batches import batch_iterator
 from client.config import ClientConfig
-from client.data_source import encoded_partition, label_names, local_dataset
+from client.data_source import encoded_partition, label_names
 from client.runtime import get_runtime
-from client.seed_sync import seed_reply, sync_to_base
 from strategies import wire
 from strategies.codecs import get_codec
-from strategies.seeds import ASK
+from strategies.kinds import get_kind
+from strategies.kinds.delta import state_content
 from strategies.runconfig import unflatten
+from strategies.seeds import ASK
 
 log = logging.getLogger("anther.client")
 CLIENT_ERROR = 1  # Flower Error code for a failed local step
@@ -38,50 +43,46 @@ RUN_CONFIG_ENV = "ANTHER_RUN_CONFIG"  # set by the simulator for custom ClientAp
 
 
 def _identity(context: Context) -> int:
-    return int(context.node_config.get("partition-id", context.node_id))
+    return int(context.node_config.get(wire.PARTITION_ID, context.node_id))
 
 
 def _partition_key(context: Context) -> tuple:
-    keep = ("partition-id", "data-path")
+    keep = (wire.PARTITION_ID, "data-path")
     return tuple(sorted((k, v) for k, v in context.node_config.items() if k in keep))
-
-
-def _wire_record(codec: str) -> ConfigRecord:
-    return ConfigRecord({"kind": wire.KIND_DELTA, "codec": codec})
 
 
 def handle_query(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     op = msg.content[wire.CONFIG]["op"] if wire.CONFIG in msg.content.config_records else "hello"
-    metrics = MetricRecord({wire.PARTITION_ID: _identity(context)})
-    content = RecordDict({wire.METRICS: metrics})
+    content = RecordDict()
     if op == "init":
         rt = get_runtime(cfg, len(label_names(cfg)))
-        content[wire.ARRAYS] = get_codec("fp32").encode(rt.initial_state)
-        content[wire.WIRE] = _wire_record("fp32")
+        content = state_content(rt.initial_state, get_codec("fp32"))
+    content[wire.METRICS] = MetricRecord({wire.PARTITION_ID: _identity(context)})
     return Message(content, reply_to=msg)
 
 
+def _round_seed(seed: int, rnd: int, ident: int, ask: int = 0) -> int:
+    """The torch seed of one client call: batch order (per round and client, the same
+    for every request of a round) and dropout (per request)."""
+    return hash((seed, rnd, ident) if not ask else (seed, rnd, ident, ask)) & 0x7FFFFFFF
+
+
 def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
+    """One train message: reach the global state, train locally, reply (see the module docstring)."""
     t0 = time.perf_counter()
     memory.reset_peak()
     rt = get_runtime(cfg, len(label_names(cfg)))
+    kind = get_kind(rt.method.kind)
     round_cfg = dict(msg.content[wire.CONFIG]) if wire.CONFIG in msg.content.config_records else {}
-    seeds = getattr(rt.method, "kind", wire.KIND_DELTA) == wire.KIND_SEEDS
-    if seeds:
-        round_cfg = sync_to_base(rt.method, lambda: rt.initial_state, msg, round_cfg)
-    else:
-        codec_in = get_codec(str(msg.content.config_records.get(wire.WIRE, {}).get("codec", "fp32")))
-        rt.method.load_trainable_state(codec_in.decode(msg.content[wire.ARRAYS]))
+    round_cfg = kind.prepare(rt.method, lambda: rt.initial_state, msg, round_cfg)
     rnd = int(round_cfg.get(wire.SERVER_ROUND, 0))
     ask = int(round_cfg.get(ASK, 0))
     ident = _identity(context)
     data = encoded_partition(cfg, _partition_key(context), rt.backbone.task, rt.backbone.tokenizer)
-    gen = torch.Generator().manual_seed(hash((cfg.seed, rnd, ident)) & 0x7FFFFFFF)  # batches: same for every ask
-    steps = cfg.local_steps
-    if cfg.method.local_epochs > 0:
-        steps = cfg.method.local_epochs * -(-len(data) // cfg.batch_size)
-    with torch.random.fork_rng():  # dropout and seed draws: per (seed, round, client[, ask])
-        torch.manual_seed(gen.initial_seed() if not ask else hash((cfg.seed, rnd, ident, ask)) & 0x7FFFFFFF)
+    gen = torch.Generator().manual_seed(_round_seed(cfg.seed, rnd, ident))
+    steps = cfg.method.steps(cfg.local_steps, len(data), cfg.batch_size)
+    with torch.random.fork_rng():  # dropout: per (seed, round, client[, request]); never the caller's RNG
+        torch.manual_seed(_round_seed(cfg.seed, rnd, ident, ask))
         update = rt.method.local_train(batch_iterator(data, cfg.batch_size, gen), steps, round_cfg)
     metrics = {
         wire.NUM_EXAMPLES: len(data),
@@ -90,17 +91,7 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
         wire.PEAK_RSS_MB: memory.peak_rss_mb(),
         wire.CALL_SECONDS: time.perf_counter() - t0,
     }
-    if seeds:
-        return seed_reply(msg, update, round_cfg, metrics)
-    codec_out = get_codec(cfg.codec)
-    content = RecordDict(
-        {
-            wire.ARRAYS: codec_out.encode(update.state),
-            wire.METRICS: MetricRecord(metrics),
-            wire.WIRE: _wire_record(codec_out.name),
-        }
-    )
-    return Message(content, reply_to=msg)
+    return kind.reply(msg, update, round_cfg, metrics, get_codec(cfg.codec.name))
 
 
 def _env_run_config() -> dict[str, Any]:
@@ -138,6 +129,31 @@ def build_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     return app
 
 
+class _WithQueries(ClientApp):
+    """A user's ClientApp that registers no query handler, answering Anther's queries
+    (identity, initial state) with Anther's handler; every other message goes to it."""
+
+    def __init__(self, inner: ClientApp, queries: ClientApp) -> None:
+        super().__init__()
+        self._inner, self._queries = inner, queries
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        category = message.metadata.message_type.split(".", 1)[0]
+        return (self._queries if category == "query" else self._inner)(message=message, context=context)
+
+
+def with_anther_queries(user_app: ClientApp, run_config: dict[str, Any] | None = None) -> ClientApp:
+    """``user_app`` as it is when it handles queries itself, else completed with Anther's
+    query handler (the server asks every node for its identity and one for the initial
+    state before round 1)."""
+    registered = getattr(user_app, "_registered_funcs", None)  # Flower 1.42: "<category>.<action>" -> handler
+    if not isinstance(user_app, ClientApp) or registered is None or any(k.startswith("query.") for k in registered):
+        return user_app
+    if getattr(user_app, "_call", None) is not None:  # a legacy client_fn app answers queries through its client
+        return user_app
+    return _WithQueries(user_app, build_client_app(run_config))
+
+
 app = build_client_app()
 
-__all__ = ["app", "build_client_app", "client_config", "handle_train", "handle_query"]
+__all__ = ["app", "build_client_app", "client_config", "handle_train", "handle_query", "with_anther_queries"]

@@ -8,7 +8,10 @@ config, or by the ClientApp from Flower's flat ``run_config`` (see
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+from strategies.codecs import CodecConfig
+from strategies.plugins import import_string
 from strategies.runconfig import check, check_choice
 
 QUANT_MODES = ("none", "int8", "nf4", "fp4")
@@ -27,7 +30,7 @@ class ModelConfig:
     max_length: tokens per example after truncation.
     """
 
-    name: str = "tiny-bert"
+    name: str = "minilm"
     path: str | None = None
     task: str = "auto"
     max_length: int = 64
@@ -88,106 +91,33 @@ class DataConfig:
         check(self.num_classes >= 2, "data.num_classes", "an integer >= 2", self.num_classes)
 
 
-PARTITIONERS = ("iid", "dirichlet", "dirichlet_clients", "pathological", "shard", "size")
-
-
 @dataclass(frozen=True)
 class PartitionConfig:
-    """How the training split is divided among ``num_clients`` (flwr-datasets).
+    """How the training split is divided among ``num_clients``; ``name`` picks the
+    scheme, whose own config class (``client/partitioners.py``) holds its settings."""
 
-    iid; dirichlet (alpha: each client's label mix ~ Dir(alpha), equal sizes);
-    dirichlet_clients (alpha, min_partition_size, self_balancing: each class spread
-    over clients ~ Dir(alpha), sizes vary); pathological
-    (classes_per_client); shard (shards_per_client, shard_size); size
-    (size_distribution: linear | square | exponential).
-    """
+    name: str = "dirichlet"
+    hint: ClassVar[str] = "change the partition settings"
 
-    name: str = "iid"
-    alpha: float = 0.5
-    min_partition_size: int = 1
-    self_balancing: bool = False
-    classes_per_client: int = 2
-    shards_per_client: int = 2
-    shard_size: int | None = None
-    size_distribution: str = "linear"
-
-    def __post_init__(self) -> None:
-        check_choice("partition.name", self.name, PARTITIONERS)
-        check(self.alpha > 0, "partition.alpha", "a number > 0", self.alpha)
-        check(self.classes_per_client >= 1, "partition.classes_per_client", "an integer >= 1", self.classes_per_client)
-        check(self.shards_per_client >= 1, "partition.shards_per_client", "an integer >= 1", self.shards_per_client)
-        check(self.min_partition_size >= 0, "partition.min_partition_size", "an integer >= 0", self.min_partition_size)
-        check_choice("partition.size_distribution", self.size_distribution, ("linear", "square", "exponential"))
+    def build(self, num_clients: int, seed: int, num_examples: int) -> Any:
+        """The flwr-datasets partitioner (no dataset attached)."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Local training method and its optimizer.
-
-    name: registry key of ``client.methods`` (lora, ...).
-    r, lora_alpha, dropout, target_modules: LoRA hyper-parameters; empty target_modules
-        picks the architecture's defaults.
-    optimizer: adamw | sgd; momentum and weight_decay apply as in torch.optim.
-    grad_clip: max global grad-norm (0 disables).
-    local_epochs: if > 0, train this many passes over the local data instead of
-        ``local_steps`` steps.
-    gradient_checkpointing: recompute activations in backward (less memory, ~30% more
-        compute); for memory-bound devices.
-
-    Backprop-free methods (zo_seed, forward_grad); a seed strategy's round config
-    (learning rate, dist, perturbations, seed pool) overrides the defaults here:
-    zo_eps: perturbation scale of the central difference (L(w+eps z) - L(w-eps z)) / 2eps.
-    zo_params: "peft" (LoRA + head, any backbone incl. nf4/int8), "head" (the task head
-        only: a zeroth-order linear probe) or "all" (every parameter of an unquantized
-        backbone, as in MeZO/FedKSeed).
-    lora_layers: LoRA on the top ``lora_layers`` transformer layers only (0 = all).
-        Seed methods then reuse the frozen lower layers' output across the perturbed
-        evaluations of a batch (``client/methods/prefix_cache.py``).
-    perturbations: perturbations per step (zo_seed) or per batch (forward_grad).
-    dist: gaussian | rademacher. kernel_backend: auto | torch | numba.
-    fg_mode: forward_grad's directional derivative: "jvp" (exact, torch.func.jvp) or
-        "fd" (central finite difference, as FwdLLM's code does). jvp needs quant=none.
-    jvp_chunk: tangents evaluated together by one vmapped jvp: 1 keeps memory at
-        inference level (+ one tangent); larger is ~2x faster on CPU but holds that many
-        tangent activations at once.
-    """
+    """The local training method; ``name`` picks it (``client.methods.METHODS``), and
+    its own config class (in its file under ``client/methods/``) holds its settings."""
 
     name: str = "lora"
-    r: int = 8
-    lora_alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ()
-    optimizer: str = "adamw"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    local_epochs: int = 0
-    gradient_checkpointing: bool = False
-    lora_layers: int = 0
-    zo_eps: float = 1e-3
-    zo_params: str = "peft"
-    perturbations: int = 1
-    dist: str = "gaussian"
-    kernel_backend: str = "auto"
-    fg_mode: str = "fd"
-    jvp_chunk: int = 1
 
-    def __post_init__(self) -> None:
-        from kernels import BACKENDS, DISTS
+    def steps(self, local_steps: int, num_examples: int, batch_size: int) -> int:
+        """Local steps of one round on ``num_examples`` examples (default: ``local_steps``)."""
+        return local_steps
 
-        check(self.zo_eps > 0, "method.zo_eps", "a number > 0", self.zo_eps)
-        check_choice("method.zo_params", self.zo_params, ("peft", "head", "all"))
-        check(self.lora_layers >= 0, "method.lora_layers", "an integer >= 0 (0 = every layer)", self.lora_layers)
-        check(self.perturbations >= 1, "method.perturbations", "an integer >= 1", self.perturbations)
-        check_choice("method.dist", self.dist, DISTS)
-        check_choice("method.kernel_backend", self.kernel_backend, ("auto", *BACKENDS))
-        check_choice("method.fg_mode", self.fg_mode, ("jvp", "fd"))
-        check(self.jvp_chunk >= 1, "method.jvp_chunk", "an integer >= 1", self.jvp_chunk)
-        check(self.r >= 1, "method.r", "an integer >= 1", self.r)
-        check(0.0 <= self.dropout < 1.0, "method.dropout", "a number in [0, 1)", self.dropout)
-        check_choice("method.optimizer", self.optimizer, ("adamw", "sgd"))
-        check(self.grad_clip >= 0, "method.grad_clip", "a number >= 0", self.grad_clip)
-        check(self.local_epochs >= 0, "method.local_epochs", "an integer >= 0", self.local_epochs)
+
+def _default(path: str) -> Any:
+    return lambda: import_string(path)()
 
 
 @dataclass(frozen=True)
@@ -197,13 +127,17 @@ class ClientConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    partition: PartitionConfig = field(default_factory=PartitionConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    codec: str = "fp32"
+    partition: PartitionConfig = field(
+        default_factory=_default("client.partitioners:DirichletConfig"), metadata={"registry": "client.partitioners:PARTITIONERS"}
+    )
+    method: MethodConfig = field(
+        default_factory=_default("client.methods.lora:LoraConfig"), metadata={"registry": "client.methods:METHODS"}
+    )
+    codec: CodecConfig = field(default_factory=CodecConfig, metadata={"registry": "strategies.codecs:CODECS"})
     num_clients: int = 10
     local_steps: int = 10
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
     seed: int = 0
 
     def __post_init__(self) -> None:

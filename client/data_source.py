@@ -16,6 +16,7 @@ from typing import Any
 from client.batches import Encoded, encode
 from client.config import ClientConfig
 from client.data import load_splits
+from strategies import wire
 from strategies.plugins import import_string
 from strategies.runconfig import ConfigError
 
@@ -35,8 +36,8 @@ def local_dataset(cfg: ClientConfig, node_config: dict[str, Any]):
         own = dataclasses.replace(cfg.data, source="file", path=str(node_config["data-path"]), test_size=1)
         splits = load_splits(own)
         return splits.train
-    if "partition-id" in node_config:
-        return import_string(PARTITION_FN)(cfg, int(node_config["partition-id"]))
+    if wire.PARTITION_ID in node_config:
+        return import_string(PARTITION_FN)(cfg, int(node_config[wire.PARTITION_ID]))
     raise ConfigError("node_config has neither 'partition-id' (simulation) nor 'data-path' (deployment)")
 
 

@@ -38,7 +38,7 @@ class Runtime:
         """The trainable state every client of the run starts from (deterministic)."""
         if self.kept is not None:
             return self.kept
-        if getattr(self.method, "pristine", False):  # untouched: the parameters themselves (no copy)
+        if self.method.pristine:  # untouched: the parameters themselves (no copy)
             return {n: p.detach() for n, p in self.method.trainable_parameters()}
         fresh = build_method(self.cfg.method.name, load_backbone(self.cfg.model, self.cfg.quant, self.num_labels), self.cfg)
         return {n: p.detach() for n, p in fresh.trainable_parameters()}
@@ -56,8 +56,8 @@ def get_runtime(cfg: ClientConfig, num_labels: int) -> Runtime:
     _CACHE.clear()  # one backbone per process: never hold two
     backbone = load_backbone(cfg.model, cfg.quant, num_labels)  # seeds its own head init
     method = build_method(cfg.method.name, backbone, cfg)
-    small = getattr(method, "exact_restore", True)  # False: the trainable state is the whole model
-    rt = Runtime(backbone, method, cfg, num_labels, method.trainable_state() if small else None)
+    kept = method.trainable_state() if method.exact_restore else None  # False: the state is the whole model
+    rt = Runtime(backbone, method, cfg, num_labels, kept)
     if cache_enabled():
         _CACHE[key] = rt
     return rt

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from strategies.config import StrategyConfig
+from strategies.codecs import CodecConfig
+from strategies.config import FedAvgConfig, StrategyConfig
 from strategies.runconfig import check
 
 
@@ -18,14 +19,14 @@ class ServerConfig:
     resume: continue from ``run_dir/checkpoints/latest`` if present.
     """
 
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    strategy: StrategyConfig = field(default_factory=FedAvgConfig, metadata={"registry": "strategies.registry:STRATEGIES"})
+    codec: CodecConfig = field(default_factory=CodecConfig, metadata={"registry": "strategies.codecs:CODECS"})
     num_clients: int = 10
     clients_per_round: int = 5
-    rounds: int = 3
+    rounds: int = 5
     local_steps: int = 10  # the clients' steps per round (seed strategies bound pairs by it)
     eval_every: int = 1
     seed: int = 0
-    codec: str = "fp32"
     resume: bool = False
     run_dir: str = "outputs/flwr-run"
     evaluator: str = "client.evaluate:make_central_evaluate"

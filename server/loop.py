@@ -1,11 +1,14 @@
 """The round loop, written once for every strategy and update kind.
 
 Per round: sample client identities (seeded) -> ``strategy.configure_train`` on a grid
-that shows only them -> encode the downlink with the run's codec -> send and receive
-through Flower -> validate and decode every reply (rejections are logged with the
-client and reason, and counted as failures) -> ``strategy.aggregate_train`` on the
-valid ones -> central evaluation every ``eval_every`` rounds -> atomic checkpoint of the
-whole :class:`~server.state.ServerState` -> one ``metrics.jsonl`` row.
+that shows only them -> the update kind completes the downlink (e.g. the state encoded
+with the run's codec) -> send and receive through Flower -> the kind screens and decodes
+every reply (rejections are logged with the client and reason, and counted as
+failures) -> the kind's follow-up requests, if any, the same way -> ``strategy.aggregate_train``
+on the valid ones -> central evaluation every ``eval_every`` rounds -> atomic checkpoint
+of the whole :class:`~server.state.ServerState` -> one ``metrics.jsonl`` row. Bytes are
+counted both ways for every message of the round. The loop never branches on the kind
+(:mod:`strategies.kinds`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 from server.config import ServerConfig
@@ -29,8 +31,10 @@ from server.sampling import ClientSampler, SampledGrid
 from server.state import ServerState, load_checkpoint, save_checkpoint
 from strategies import wire
 from strategies.codecs import get_codec
+from strategies.kinds import RoundExchange, get_kind
+from strategies.kinds.delta import decode_state
+from strategies.registry import update_kind
 from strategies.state import get_strategy_state, set_strategy_state
-from strategies.validate import check_reply
 
 log = logging.getLogger("anther.server")
 
@@ -75,13 +79,20 @@ def discover(grid: Any, cfg: ServerConfig) -> Federation:
         log.info("waiting for clients: %d of %d connected", len(node_ids), cfg.num_clients)
         time.sleep(1.0)
     fed = Federation()
+    unnamed = []
     for reply in _query(grid, node_ids, "hello", cfg.timeout_s):
         node = reply.metadata.src_node_id
-        if reply.has_error():
-            log.warning("client node %d did not answer hello: %s", node, reply.error.reason)
+        if reply.has_error() or wire.METRICS not in reply.content.metric_records:
+            unnamed.append(node)
             continue
         ident = reply.content[wire.METRICS].get(wire.PARTITION_ID, node)
         fed.node_of[int(ident)] = node
+    if unnamed:  # e.g. a ClientApp without Anther's query handler: its node id is its identity
+        log.warning(
+            "%d client node(s) did not tell their identity (no answer to the 'hello' query); sampling them by "
+            "node id, which Flower draws at random per run, so their sampling is not reproducible", len(unnamed),
+        )
+        fed.node_of.update({n: n for n in unnamed if n not in fed.node_of})
     if not fed.node_of:
         raise RuntimeError("no client answered the hello query; check the ClientApp logs")
     return fed
@@ -91,9 +102,11 @@ def initial_state(grid: Any, fed: Federation, cfg: ServerConfig) -> dict[str, np
     """Ask one client for the initial trainable state (deterministic from the run seed)."""
     for ident in fed.identities:
         (reply,) = _query(grid, [fed.node_of[ident]], "init", cfg.timeout_s)
+        if not reply.has_error() and wire.ARRAYS in reply.content.array_records:
+            return {k: v.numpy() for k, v in decode_state(reply).items()}
         if not reply.has_error():
-            codec = get_codec(str(reply.content[wire.WIRE]["codec"]))
-            return {k: v.numpy() for k, v in codec.decode(reply.content[wire.ARRAYS]).items()}
+            log.warning("client %d answered the init query without a state", ident)
+            continue
         log.warning("client %d could not provide the initial state: %s", ident, reply.error.reason)
     raise RuntimeError("no client could provide the initial trainable state")
 
@@ -106,7 +119,8 @@ class RoundLoop:
     ) -> None:
         self.grid, self.strategy, self.cfg, self.evaluate_fn = grid, strategy, cfg, evaluate_fn
         self.extras = {"strategy": cfg.strategy.target or cfg.strategy.name, "num_clients": cfg.num_clients, **(extras or {})}
-        self.codec = get_codec(cfg.codec)
+        self.codec = get_codec(cfg.codec.name)
+        self.kind = get_kind(update_kind(strategy))
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
@@ -122,7 +136,7 @@ class RoundLoop:
             self.metrics.truncate_after(ckpt.round)
             return ckpt
         self.metrics.reset()
-        return ServerState(round=0, global_state=initial_state(self.grid, fed, self.cfg), client_ids=fed.identities)
+        return ServerState(round=0, global_state=initial_state(self.grid, fed, self.cfg))
 
     def run(self) -> dict[str, Any]:
         """Run the remaining rounds; return the summary dict (also in summary.json)."""
@@ -140,44 +154,32 @@ class RoundLoop:
 
     # -- one round --------------------------------------------------------------------
     def _round(self, rnd: int, state: ServerState, fed: Federation) -> dict[str, Any]:
+        """Sample, exchange through the strategy's update kind, aggregate, evaluate,
+        checkpoint, and write the metrics row; the same for every kind."""
         t0 = time.perf_counter()
         idents = self.sampler.sample(fed.identities, self.cfg.clients_per_round)
         ident_of = {fed.node_of[i]: i for i in idents}
         grid = SampledGrid(self.grid, ident_of)
+        ex = RoundExchange(rnd, self.strategy, grid, state.global_state, self.codec, self.cfg.max_examples_per_client)
         messages = list(self.strategy.configure_train(rnd, _to_record(state.global_state), ConfigRecord(), grid))
-        seeds = getattr(self.strategy, "update_kind", wire.KIND_DELTA) == wire.KIND_SEEDS
-        if not seeds:  # delta strategies get the global state from the loop, encoded once
-            encoded = self.codec.encode(
-                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.global_state.items()}
-            )
-            for msg in messages:
-                msg.content[wire.ARRAYS] = encoded
-                msg.content[wire.WIRE] = ConfigRecord({"kind": wire.KIND_DELTA, "codec": self.codec.name})
-        bytes_down = sum(payload_bytes(m) for m in messages)
-        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.timeout_s))
-        bytes_up = sum(payload_bytes(r) for r in replies)
-        failures = max(0, len(messages) - len(replies))
-        if seeds:
-            valid, failed = self._validate_seeds(rnd, replies, ident_of, 0)
-            failures += failed
-            ask = 0
-            while valid and (more := list(self.strategy.configure_followup(rnd, valid, grid))):
-                ask += 1  # FwdLLM variance control: the same clients, more perturbations
-                bytes_down += sum(payload_bytes(m) for m in more)
-                extra = list(self.grid.send_and_receive(more, timeout=self.cfg.timeout_s))
-                bytes_up += sum(payload_bytes(r) for r in extra)
-                got, failed = self._validate_seeds(rnd, extra, ident_of, ask)
-                valid, failures = valid + got, failures + failed + max(0, len(more) - len(extra))
-        else:
-            valid, failed = self._validate(rnd, replies, ident_of, state)
-            failures += failed
+        self.kind.complete_downlink(ex, messages)
+        sent, valid = len(messages), []
+        bytes_up = bytes_down = failures = 0
+        ask = 0
+        while messages:  # the round's first request, then the kind's follow-ups
+            bytes_down += sum(payload_bytes(m) for m in messages)
+            replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.timeout_s))
+            bytes_up += sum(payload_bytes(r) for r in replies)
+            got, rejected = self._screen(rnd, replies, ident_of, lambda r, a=ask: self.kind.screen(ex, r, a))
+            valid, failures = valid + got, failures + rejected + max(0, len(messages) - len(replies))
+            messages = self.kind.followups(ex, valid) if valid else []
+            ask += 1
         strategy_metrics: dict[str, Any] = {}
         if valid:
             arrays, agg_metrics = self.strategy.aggregate_train(rnd, valid)
             if arrays is not None:
                 state.global_state = _from_record(arrays)
-            if agg_metrics is not None and seeds:  # e.g. FwdLLM's grad-variance, requests
-                strategy_metrics = {k.replace("-", "_"): v for k, v in dict(agg_metrics).items()}
+            strategy_metrics = self.kind.row_metrics(agg_metrics)
         else:
             log.warning("round %d: no valid replies; the global state is unchanged", rnd)
         state.round = rnd
@@ -185,43 +187,11 @@ class RoundLoop:
         state.strategy_state = get_strategy_state(self.strategy)
         state.sampler_state = self.sampler.state()
         save_checkpoint(state, self.ckpt_dir)
-        row = self._row(rnd, ev, time.perf_counter() - t0, valid, bytes_up, bytes_down, len(messages), failures)
+        row = self._row(rnd, ev, time.perf_counter() - t0, valid, bytes_up, bytes_down, sent, failures)
         row.update({k: v for k, v in strategy_metrics.items() if k not in row})
         self.metrics.append(row)
         write_json(self.run_dir / "summary.json", self.metrics.summary(**self.extras))
         return row
-
-    def _validate(
-        self, rnd: int, replies: list[Message], ident_of: dict[int, int], state: ServerState
-    ) -> tuple[list[Message], int]:
-        """Delta replies: checked, decoded once, and left holding the fp32 tensors."""
-        shapes = {k: tuple(v.shape) for k, v in state.global_state.items()}
-
-        def check(reply: Message) -> str | None:
-            decoded, reason = check_reply(reply, shapes, self.cfg.max_examples_per_client)
-            if reason is None:
-                reply.content[wire.ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in decoded.items()})
-                if wire.WIRE in reply.content.config_records:
-                    del reply.content.config_records[wire.WIRE]
-            return reason
-
-        return self._screen(rnd, replies, ident_of, check)
-
-    def _validate_seeds(
-        self, rnd: int, replies: list[Message], ident_of: dict[int, int], ask: int
-    ) -> tuple[list[Message], int]:
-        """Seed replies of request ``ask``: the strategy checks them; a valid one is left
-        holding its metrics (from its frame and diagnostics) as a MetricRecord."""
-
-        def check(reply: Message) -> str | None:
-            parsed, reason = self.strategy.check_reply(rnd, reply, ask)
-            if parsed is not None:
-                reply.content[wire.METRICS] = MetricRecord(
-                    {k: v for k, v in parsed.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                )
-            return reason
-
-        return self._screen(rnd, replies, ident_of, check)
 
     @staticmethod
     def _screen(

@@ -1,15 +1,14 @@
 """The whole server-side state of a run, and its atomic checkpoints.
 
 ``ServerState`` is the one serializable place for everything needed to continue a run
-exactly: the global trainable state, the strategy's own state (optimizer moments...),
-the last completed round, the client sampler's RNG state and the client identities.
-New update kinds (seeds, activations) add fields here, not new files elsewhere.
+exactly: the global trainable state, the strategy's own state (optimizer moments, seed
+histories, ...), the last completed round and the client sampler's RNG state.
 
 Layout under ``<run_dir>/checkpoints/``::
 
     round-0003/global.safetensors     # trainable state after round 3 (fp32)
     round-0003/strategy.safetensors   # strategy state (may be empty)
-    round-0003/state.json             # round, sampler RNG, client ids, extras
+    round-0003/state.json             # round, sampler RNG
     latest.json                       # {"round": 3, "dir": "round-0003"} (atomic)
 """
 
@@ -35,8 +34,6 @@ class ServerState:
     global_state: dict[str, np.ndarray]
     strategy_state: dict[str, np.ndarray] = field(default_factory=dict)
     sampler_state: dict[str, Any] = field(default_factory=dict)
-    client_ids: list[int] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
@@ -50,12 +47,7 @@ def save_checkpoint(state: ServerState, ckpt_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=ckpt_dir))
     _save_arrays(state.global_state, tmp / "global.safetensors")
     _save_arrays(state.strategy_state, tmp / "strategy.safetensors")
-    meta = {
-        "round": state.round,
-        "sampler_state": state.sampler_state,
-        "client_ids": state.client_ids,
-        "extras": state.extras,
-    }
+    meta = {"round": state.round, "sampler_state": state.sampler_state}
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     final = ckpt_dir / name
     if final.exists():
@@ -79,6 +71,4 @@ def load_checkpoint(ckpt_dir: Path) -> ServerState | None:
         global_state=load_file(str(folder / "global.safetensors")),
         strategy_state=load_file(str(folder / "strategy.safetensors")),
         sampler_state=meta["sampler_state"],
-        client_ids=[int(i) for i in meta["client_ids"]],
-        extras=meta.get("extras", {}),
     )

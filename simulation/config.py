@@ -1,7 +1,11 @@
 """Hydra config -> typed, validated dataclasses and Flower's flat run_config.
 
-This is the only place that sees a ``DictConfig``. Every group is turned into its
-frozen dataclass; all problems found are reported together in one ``ConfigError``.
+This is the only place that sees a ``DictConfig``. Every group becomes its frozen
+dataclass (a plug-in group the config class of the chosen plug-in) through
+:func:`strategies.runconfig.build`: an unknown or misplaced key, a value of the wrong
+type or a missing required value names its key, and all problems found arrive together
+in one ``ConfigError``. Then the method's update kind must be the one the strategy
+aggregates.
 """
 
 from __future__ import annotations
@@ -13,15 +17,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from client.config import ClientConfig, DataConfig, MethodConfig, ModelConfig, PartitionConfig, QuantConfig
+from client.config import ClientConfig, DataConfig
 from server.config import ServerConfig
-from strategies.config import StrategyConfig
-from strategies.runconfig import ConfigError, check, flatten
+from strategies.runconfig import ConfigError, build, check, flatten
 
 TOP_LEVEL_KEYS = (
     "model quant data partition method strategy codec device num_clients clients_per_round "
     "rounds local_steps batch_size lr seed eval_every resume"
 ).split()
+CLIENT_KEYS = ("model", "quant", "data", "partition", "method", "codec", "num_clients", "local_steps", "batch_size", "lr", "seed")
+SERVER_KEYS = ("strategy", "codec", "num_clients", "clients_per_round", "rounds", "local_steps", "eval_every", "seed", "resume")
 
 
 @dataclass(frozen=True)
@@ -51,28 +56,18 @@ class SimConfig:
         return {**flatten(self.client), **flatten(self.server)}
 
 
-def _make(cls: type, node: Any, key: str, errors: list[str], rename: dict[str, str] | None = None) -> Any:
-    raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-    for src, dst in (rename or {}).items():
-        if src in raw:
-            raw[dst] = raw.pop(src)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        errors.append(f"{key}: unknown field(s) {unknown}; valid fields: {', '.join(sorted(fields))}")
-        raw = {k: v for k, v in raw.items() if k in fields}
-    for k, v in raw.items():
-        if isinstance(v, list):
-            raw[k] = tuple(v)
-    try:
-        return cls(**raw)
-    except (ConfigError, TypeError, ValueError) as err:
-        errors.append(str(err))
-        return None
+def raw_values(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config as plain values; a value left ``???`` stays as that mark, so
+    the typed build names its key. Hydra's ``strategy._target_`` becomes ``target``."""
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    raw.pop("hydra", None)
+    if isinstance(raw.get("strategy"), dict) and "_target_" in raw["strategy"]:
+        raw["strategy"]["target"] = raw["strategy"].pop("_target_")
+    return raw
 
 
-def _absolute_data_path(data: DataConfig | None) -> DataConfig | None:
-    if data is None or not data.path:
+def _absolute_data_path(data: DataConfig) -> DataConfig:
+    if not data.path:
         return data
     return dataclasses.replace(data, path=str(Path(data.path).expanduser().resolve()))
 
@@ -80,75 +75,36 @@ def _absolute_data_path(data: DataConfig | None) -> DataConfig | None:
 def build_sim_config(cfg: DictConfig, run_dir: Path) -> SimConfig:
     """Validate the composed config; raise one ConfigError listing every problem."""
     errors: list[str] = []
-    unknown = sorted(set(cfg.keys()) - set(TOP_LEVEL_KEYS) - {"hydra", "experiment"})
+    raw = raw_values(cfg)
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS) - {"experiment"})
     if unknown:
         errors.append(f"unknown top-level key(s) {unknown}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
-    model = _make(ModelConfig, cfg.model, "model", errors)
-    quant = _make(QuantConfig, cfg.quant, "quant", errors)
-    data = _absolute_data_path(_make(DataConfig, cfg.data, "data", errors))
-    partition = _make(PartitionConfig, cfg.partition, "partition", errors)
-    method = _make(MethodConfig, cfg.method, "method", errors)
-    strategy = _make(StrategyConfig, cfg.strategy, "strategy", errors, rename={"_target_": "target"})
-    device = _make(DeviceProfile, cfg.device, "device", errors)
-    codec = str(cfg.codec.name) if isinstance(cfg.codec, DictConfig) else str(cfg.codec)
-    scalars = {k: cfg[k] for k in ("num_clients", "local_steps", "batch_size", "lr", "seed")}
-    client = server = None
-    if not errors:
-        try:
-            client = ClientConfig(model=model, quant=quant, data=data, partition=partition, method=method, codec=codec, **scalars)
-        except (ConfigError, TypeError) as err:
-            errors.append(str(err))
-        try:
-            server = ServerConfig(
-                strategy=strategy,
-                num_clients=int(cfg.num_clients),
-                clients_per_round=int(cfg.clients_per_round),
-                rounds=int(cfg.rounds),
-                local_steps=int(cfg.local_steps),
-                eval_every=int(cfg.eval_every),
-                seed=int(cfg.seed),
-                codec=codec,
-                resume=bool(cfg.resume),
-                run_dir=str(run_dir.resolve()),
-            )
-        except (ConfigError, TypeError) as err:
-            errors.append(str(err))
+    client = build(ClientConfig, {k: raw[k] for k in CLIENT_KEYS if k in raw}, errors=errors)
+    server_raw = {k: raw[k] for k in SERVER_KEYS if k in raw}
+    server = build(ServerConfig, {**server_raw, "run_dir": str(run_dir.resolve())}, errors=errors)
+    device = build(DeviceProfile, raw.get("device", {}), "device.", errors=errors)
     if errors:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
-    _check_choices(client, server)
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(dict.fromkeys(errors)))
+    client = dataclasses.replace(client, data=_absolute_data_path(client.data))
+    check_kinds(client, server)
     return SimConfig(client=client, server=server, device=device)
 
 
-def _check_choices(client: ClientConfig, server: ServerConfig) -> None:
-    """Registry names that only the plug-in registries know."""
+def check_kinds(client: ClientConfig, server: ServerConfig) -> None:
+    """The method's update kind must be the one the strategy aggregates; the model a
+    registered backbone."""
     from client.backbones import BACKBONES
     from client.methods import METHODS
-    from strategies.codecs import CODECS
-    from strategies.registry import STRATEGIES
+    from strategies.registry import STRATEGIES, strategy_kind
     from strategies.runconfig import check_choice
 
     check_choice("model", client.model.name, BACKBONES)
-    check_choice("method", client.method.name, METHODS)
-    check_choice("codec", client.codec, CODECS)
-    if not server.strategy.target:
-        check_choice("strategy", server.strategy.name, STRATEGIES)
-        check_kinds(client.method.name, server.strategy.name)
-
-
-def check_kinds(method: str, strategy: str) -> None:
-    """A method's update kind must be what the strategy aggregates."""
-    from client.methods import METHODS
-    from strategies.registry import SEED_STRATEGIES
-    from strategies.runconfig import ConfigError
-
-    seeds_method = getattr(METHODS[method], "kind", "delta") == "seeds"
-    if seeds_method and strategy not in SEED_STRATEGIES:
+    method = METHODS[client.method.name]
+    strategy = server.strategy.target or server.strategy.name
+    kind = strategy_kind(server.strategy)
+    if method.kind != kind:
         raise ConfigError(
-            f"method={method} sends (seed, scalar) pairs, which strategy={strategy} cannot aggregate; "
-            f"use strategy={' | '.join(SEED_STRATEGIES)}"
-        )
-    if not seeds_method and strategy in SEED_STRATEGIES:
-        raise ConfigError(
-            f"strategy={strategy} aggregates (seed, scalar) pairs, but method={method} sends tensors; "
-            "use method=zo_seed or method=forward_grad"
+            f"method={method.name} sends {method.kind} updates, but strategy={strategy} aggregates {kind} updates; "
+            f"strategies for {method.kind}: {' | '.join(STRATEGIES.names(method.kind)) or '(none)'}; "
+            f"methods for {kind}: {' | '.join(METHODS.names(kind)) or '(none)'}"
         )

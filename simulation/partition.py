@@ -1,25 +1,10 @@
 """Divide the training split among simulated clients with flwr-datasets partitioners.
 
-``PARTITIONERS`` maps ``partition.name`` to a builder ``(cfg, num_clients, seed) ->
-Partitioner``; adding a scheme is one builder and one registry line. The partitioning of
-a config is computed once per process (every Ray worker computes the same one: all
-randomness comes from ``seed``) and every client reads its part from that cache.
-
-Schemes (flwr-datasets classes):
-
-- iid: ``IidPartitioner``, equal contiguous shards of the shuffled split;
-- dirichlet: ``InnerDirichletPartitioner``, equal-size clients whose label mix is
-  ``q_i ~ Dir(alpha * 1_C)`` (Hsu et al. 2019, "Measuring the Effects of Non-Identical
-  Data Distribution"); small alpha -> one or two dominant classes per client; always
-  feasible, also for 100 clients at alpha=0.1;
-- dirichlet_clients: ``DirichletPartitioner``, per class ``p_k ~ Dir(alpha * 1_K)`` over
-  the K clients (Yurochkin et al. 2019); skews sizes too, and needs every client to
-  reach ``min_partition_size`` (small alpha with many clients may be infeasible);
-- pathological: ``PathologicalPartitioner``, each client holds ``classes_per_client``
-  classes (the first ``client_id mod C``, the rest drawn with ``seed``);
-- shard: ``ShardPartitioner``, sort by label, cut shards, deal ``shards_per_client``
-  shards to each client (McMahan et al. 2017, FedAvg);
-- size: ``Linear/Square/ExponentialPartitioner``, client i gets a share ~ f(i + 1).
+The schemes and their settings are the config classes of ``client/partitioners.py``
+(each builds its flwr-datasets partitioner); this module attaches the data, checks that
+every client gets examples, and caches the partitions. The partitioning of a config is
+computed once per process (every Ray worker computes the same one: all randomness comes
+from ``seed``) and every client reads its part from that cache.
 """
 
 from __future__ import annotations
@@ -32,81 +17,27 @@ from typing import Callable, Sequence
 
 import datasets
 import numpy as np
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    ExponentialPartitioner,
-    IidPartitioner,
-    InnerDirichletPartitioner,
-    LinearPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-    ShardPartitioner,
-    SquarePartitioner,
-)
 from rich.console import Console
 from rich.table import Table
 
 from client.config import ClientConfig, DataConfig, PartitionConfig
 from client.data import load_splits
+from client.partitioners import LABEL
 from strategies.runconfig import ConfigError
 
 log = logging.getLogger(__name__)
 
-LABEL = "label"
-PartitionerBuilder = Callable[[PartitionConfig, int, int, int], Partitioner]  # cfg, clients, seed, examples
 
-_SIZE_PARTITIONERS = {"linear": LinearPartitioner, "square": SquarePartitioner, "exponential": ExponentialPartitioner}
-
-PARTITIONERS: dict[str, PartitionerBuilder] = {
-    "iid": lambda cfg, n, seed, m: IidPartitioner(num_partitions=n),
-    "dirichlet": lambda cfg, n, seed, m: InnerDirichletPartitioner(
-        partition_sizes=_equal_sizes(m, n), partition_by=LABEL, alpha=cfg.alpha, seed=seed,
-    ),
-    "dirichlet_clients": lambda cfg, n, seed, m: DirichletPartitioner(
-        num_partitions=n, partition_by=LABEL, alpha=cfg.alpha, min_partition_size=cfg.min_partition_size,
-        self_balancing=cfg.self_balancing, seed=seed,
-    ),
-    "pathological": lambda cfg, n, seed, m: PathologicalPartitioner(
-        num_partitions=n, partition_by=LABEL, num_classes_per_partition=cfg.classes_per_client,
-        class_assignment_mode="first-deterministic", seed=seed,
-    ),
-    "shard": lambda cfg, n, seed, m: ShardPartitioner(
-        num_partitions=n, partition_by=LABEL, num_shards_per_partition=cfg.shards_per_client,
-        shard_size=cfg.shard_size, seed=seed,
-    ),
-    "size": lambda cfg, n, seed, m: _SIZE_PARTITIONERS[cfg.size_distribution](num_partitions=n),
-}
-
-# What to change when a scheme cannot split the data (shown in the ConfigError).
-_HINTS = {
-    "iid": "use fewer clients (num_clients)",
-    "dirichlet": "use a larger partition.alpha (now {alpha}) or fewer clients",
-    "dirichlet_clients": "use a larger partition.alpha (now {alpha}), a smaller partition.min_partition_size "
-    "(now {min_partition_size}) or fewer clients",
-    "pathological": "use a smaller partition.classes_per_client (now {classes_per_client}) or fewer clients",
-    "shard": "use a smaller partition.shard_size (now {shard_size}), fewer partition.shards_per_client "
-    "(now {shards_per_client}) or fewer clients",
-    "size": "use fewer clients or partition.size_distribution=linear (now {size_distribution})",
-}
-
-
-def _equal_sizes(num_examples: int, num_clients: int) -> list[int]:
-    base, extra = divmod(num_examples, num_clients)
-    return [base + (1 if i < extra else 0) for i in range(num_clients)]
-
-
-def build_partitioner(cfg: PartitionConfig, num_clients: int, seed: int, num_examples: int = 0) -> Partitioner:
-    """Build the flwr-datasets partitioner named by ``cfg.name`` (no dataset attached).
+def build_partitioner(cfg: PartitionConfig, num_clients: int, seed: int, num_examples: int = 0):
+    """The flwr-datasets partitioner of ``cfg`` (no dataset attached).
 
     Raises
     ------
     ConfigError
-        Unknown name (lists the registered ones) or arguments the partitioner rejects.
+        Arguments the partitioner rejects, with what to change.
     """
-    if cfg.name not in PARTITIONERS:
-        raise ConfigError(f"partition.name={cfg.name!r} is not known; valid choices: {', '.join(sorted(PARTITIONERS))}")
     try:
-        return PARTITIONERS[cfg.name](cfg, num_clients, seed, num_examples)
+        return cfg.build(num_clients, seed, num_examples)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"partition.name={cfg.name}: {err}; {_hint(cfg)}") from err
 
@@ -175,7 +106,7 @@ def _partitions(data: DataConfig, cfg: PartitionConfig, num_clients: int, seed: 
 
 
 def _hint(cfg: PartitionConfig) -> str:
-    return _HINTS.get(cfg.name, "change the partition settings").format(**vars(cfg))
+    return cfg.hint.format(**vars(cfg))
 
 
 # --- statistics and reports ------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from client.app import build_client_app
+from client.app import build_client_app, with_anther_queries
 from client.data_source import label_names
 from client.runtime import get_runtime
 from server.app import build_server_app
@@ -113,7 +113,7 @@ def run_federation(cfg: DictConfig, run_dir: Path, client_app: Any = None, conso
     )
     run_simulation(
         server_app=build_server_app(flat),
-        client_app=client_app or build_client_app(flat),
+        client_app=with_anther_queries(client_app, flat) if client_app is not None else build_client_app(flat),
         num_supernodes=sim.server.num_clients,
         backend_config=backend_config(sim),
         verbose_logging=False,

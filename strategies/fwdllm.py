@@ -141,7 +141,6 @@ class FwdLLM(SeedStrategy):
         super().__init__(*args, **kwargs)
         self.prev: sd.RoundUpdate | None = None  # the last applied round update
         self.asked: dict[int, int] = {}  # round -> extra requests made
-        self.variance: dict[int, float] = {}  # round -> variance of the applied estimate
         self._staged: sd.RoundUpdate | None = None
         self._direction: tuple[int, list[torch.Tensor]] | None = None  # (round, previous update as tensors)
         self._cos: list[float] = []  # |cos| of this round's chosen directions
@@ -216,7 +215,6 @@ class FwdLLM(SeedStrategy):
             return arrays, metrics
         self.prev = self._staged
         asks = 1 + self.asked.get(server_round, 0)
-        self.variance = {server_round: var}
         lr = self.round_lr(server_round)
         log.info("round %d: FwdLLM variance %.4g after %d request(s), lr %.4g", server_round, var, asks, lr)
         if metrics is not None:
@@ -232,7 +230,7 @@ class FwdLLM(SeedStrategy):
         log.info(
             "FwdLLM: K=%d fresh seeds per round, n=%d, C=%d candidates, variance threshold %g, <= %d extra requests, lr=%g (%s)",
             self.cfg.num_seeds, self.cfg.perturbations, self.cfg.candidates, self.cfg.variance_threshold,
-            self.cfg.max_asks, self.cfg.eta_l, self.cfg.lr_schedule,
+            self.cfg.max_asks, self.cfg.lr, self.cfg.lr_schedule,
         )
 
     # -- checkpoint ------------------------------------------------------------------------

@@ -7,20 +7,28 @@ which hands each strategy a grid that exposes only the sampled nodes, so every
 strategy is built to take all nodes it sees (``fraction_train=1``) and to skip
 federated evaluation (central evaluation runs on the server).
 
-Adding a strategy is one builder and one line in ``STRATEGIES``; a user's own class
-plugs in through ``StrategyConfig.target`` (Hydra: ``strategy._target_=pkg.Class``).
+Adding a strategy is one config class (``strategies/config.py``), one builder and one
+``STRATEGIES.add`` line. A user's own class plugs in through ``StrategyConfig.target``
+(Hydra: ``strategy._target_=pkg.Class``): a :class:`~strategies.seed_strategy.SeedStrategy`
+subclass is built like the registered seed strategies (with the named strategy's
+config), any other Flower ``Strategy`` with the sampling keywords and ``strategy.kwargs``.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
 
-from strategies.config import StrategyConfig
-from strategies.plugins import import_string
-from strategies.runconfig import ConfigError, check_choice
+from strategies import wire
+from strategies.config import (
+    FedAdagradConfig, FedAvgConfig, FedAvgMConfig, FedOptConfig, FedProxConfig, FwdLLMConfig, SeedConfig,
+    StrategyConfig,
+)
+from strategies.plugins import Registry, import_string
+from strategies.runconfig import ConfigError
 
 # Sampling is the server's job; strategies aggregate whatever the sampled grid shows.
 SAMPLING_KWARGS: dict[str, Any] = {
@@ -32,33 +40,55 @@ SAMPLING_KWARGS: dict[str, Any] = {
 }
 
 
-def _fedopt_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
-    return {"eta": cfg.eta, "eta_l": cfg.eta_l, "beta_1": cfg.beta_1, "beta_2": cfg.beta_2, "tau": cfg.tau}
+@dataclass(frozen=True)
+class RunInfo:
+    """What seed strategies derive their pool, lr schedule and pair budget from."""
+
+    seed: int = 0
+    rounds: int = 1
+    local_steps: int = 1
 
 
-def _seed_strategy(cls_path: str) -> Callable[[StrategyConfig, dict[str, int]], Strategy]:
-    """Seed strategies (FedKSeed, FwdLLM) also need the run's seed, rounds and local steps."""
-    return lambda cfg, run: import_string(cls_path)(cfg, **run)
+def _fedopt(cls: type) -> Any:
+    return lambda cfg, run: cls(
+        eta=cfg.eta, eta_l=cfg.eta_l, beta_1=cfg.beta_1, beta_2=cfg.beta_2, tau=cfg.tau, **SAMPLING_KWARGS
+    )
 
 
-STRATEGIES: dict[str, Callable[[StrategyConfig, dict[str, int]], Strategy]] = {
-    "fedavg": lambda cfg, run: FedAvg(**SAMPLING_KWARGS),
-    "fedprox": lambda cfg, run: FedProx(proximal_mu=cfg.proximal_mu, **SAMPLING_KWARGS),
-    "fedadam": lambda cfg, run: FedAdam(**_fedopt_kwargs(cfg), **SAMPLING_KWARGS),
-    "fedyogi": lambda cfg, run: FedYogi(**_fedopt_kwargs(cfg), **SAMPLING_KWARGS),
-    "fedadagrad": lambda cfg, run: FedAdagrad(
-        eta=cfg.eta, eta_l=cfg.eta_l, tau=cfg.tau, **SAMPLING_KWARGS
-    ),
-    "fedavgm": lambda cfg, run: FedAvgM(
-        server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum, **SAMPLING_KWARGS
-    ),
-    "fedkseed": _seed_strategy("strategies.fedkseed:FedKSeed"),
-    "fedkseed_pro": _seed_strategy("strategies.fedkseed:FedKSeedPro"),
-    "fwdllm": _seed_strategy("strategies.fwdllm:FwdLLM"),
-}
+def _seed(cls_path: str) -> Any:
+    return lambda cfg, run: import_string(cls_path)(cfg, seed=run.seed, rounds=run.rounds, local_steps=run.local_steps)
 
 
-SEED_STRATEGIES = ("fedkseed", "fedkseed_pro", "fwdllm")  # aggregate (seed, scalar) replies
+STRATEGIES = Registry("strategy", StrategyConfig)
+DELTA, SEEDS = wire.KIND_DELTA, wire.KIND_SEEDS
+STRATEGIES.add("fedavg", FedAvgConfig, lambda cfg, run: FedAvg(**SAMPLING_KWARGS), DELTA)
+STRATEGIES.add("fedprox", FedProxConfig, lambda cfg, run: FedProx(proximal_mu=cfg.proximal_mu, **SAMPLING_KWARGS), DELTA)
+STRATEGIES.add("fedadam", FedOptConfig, _fedopt(FedAdam), DELTA)
+STRATEGIES.add("fedyogi", FedOptConfig, _fedopt(FedYogi), DELTA)
+STRATEGIES.add(
+    "fedadagrad", FedAdagradConfig, lambda cfg, run: FedAdagrad(eta=cfg.eta, eta_l=cfg.eta_l, tau=cfg.tau, **SAMPLING_KWARGS),
+    DELTA,
+)
+STRATEGIES.add(
+    "fedavgm", FedAvgMConfig,
+    lambda cfg, run: FedAvgM(server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum, **SAMPLING_KWARGS),
+    DELTA,
+)
+STRATEGIES.add("fedkseed", SeedConfig, _seed("strategies.fedkseed:FedKSeed"), SEEDS)
+STRATEGIES.add("fedkseed_pro", SeedConfig, _seed("strategies.fedkseed:FedKSeedPro"), SEEDS)
+STRATEGIES.add("fwdllm", FwdLLMConfig, _seed("strategies.fwdllm:FwdLLM"), SEEDS)
+
+
+def update_kind(strategy: Any) -> str:
+    """The update kind a strategy (object or class) aggregates; Flower's own: delta."""
+    return str(getattr(strategy, "update_kind", wire.KIND_DELTA))
+
+
+def strategy_kind(cfg: StrategyConfig) -> str:
+    """The update kind the configured strategy aggregates (imports ``cfg.target``)."""
+    if cfg.target:
+        return update_kind(user_strategy_class(cfg.target))
+    return STRATEGIES[cfg.name].kind
 
 
 def build_strategy(cfg: StrategyConfig, seed: int = 0, rounds: int = 1, local_steps: int = 1) -> Strategy:
@@ -67,23 +97,40 @@ def build_strategy(cfg: StrategyConfig, seed: int = 0, rounds: int = 1, local_st
     ``seed``, ``rounds`` and ``local_steps`` are the run's; seed strategies derive their
     seed pool, learning-rate schedule and pair budget from them.
     """
+    run = RunInfo(seed, rounds, local_steps)
     if cfg.target:
-        return _build_user_strategy(cfg)
-    check_choice("strategy.name", cfg.name, STRATEGIES)
-    return STRATEGIES[cfg.name](cfg, {"seed": seed, "rounds": rounds, "local_steps": local_steps})
+        return _build_user_strategy(cfg, run)
+    return STRATEGIES[cfg.name].target(cfg, run)
 
 
-def _build_user_strategy(cfg: StrategyConfig) -> Strategy:
-    cls = import_string(cfg.target)
+def user_strategy_class(target: str) -> type:
+    cls = import_string(target)
     if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
-        raise ConfigError(
-            f"strategy._target_={cfg.target} is not a subclass of flwr.serverapp.strategy.Strategy"
-        )
+        raise ConfigError(f"strategy._target_={target} is not a subclass of flwr.serverapp.strategy.Strategy")
+    return cls
+
+
+def _build_user_strategy(cfg: StrategyConfig, run: RunInfo) -> Strategy:
+    cls = user_strategy_class(cfg.target)
+    from strategies.seed_strategy import SeedStrategy  # lazy: torch, kernels
+
+    if issubclass(cls, SeedStrategy):
+        if not isinstance(cfg, SeedConfig):
+            raise ConfigError(
+                f"strategy._target_={cfg.target} is a seed strategy; pick the config it extends with "
+                f"strategy={' | '.join(STRATEGIES.names(SEEDS))}"
+            )
+        args: dict[str, Any] = {"seed": run.seed, "rounds": run.rounds, "local_steps": run.local_steps, **cfg.kwargs}
+        return _construct(cls, cfg.target, args, cfg)
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in SAMPLING_KWARGS.items() if takes_any or k in params}
     kwargs.update(cfg.kwargs)
+    return _construct(cls, cfg.target, kwargs)
+
+
+def _construct(cls: type, target: str, kwargs: dict[str, Any], *args: Any) -> Strategy:
     try:
-        return cls(**kwargs)
+        return cls(*args, **kwargs)
     except TypeError as err:
-        raise ConfigError(f"cannot construct {cfg.target}({kwargs}): {err}") from err
+        raise ConfigError(f"cannot construct {target}({kwargs}): {err}") from err

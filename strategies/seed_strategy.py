@@ -17,6 +17,16 @@ tensors. Per round ``t`` it
 
 Subclasses choose the pool per round, the learning rate schedule, which pool indices a
 request uses (``assign``) and whether to ask the same clients again (``configure_followup``).
+A subclass from outside the project plugs in with ``strategy=fedkseed
+strategy._target_=pkg.MyStrategy`` (it gets that strategy's config).
+
+Used in Anther's ServerApp, the round loop (``server/loop.py``) adds seeded sampling,
+screening of every reply with the rejections logged and counted, the follow-up requests
+(:meth:`configure_followup`), byte accounting, checkpoints and metrics rows. Used under
+Flower's own ``Strategy.start`` instead, a seed strategy still screens every reply in
+:meth:`aggregate_train` (rejections logged, not counted) and keeps clients in sync, but it
+trains every node the grid shows, and it sends no follow-ups: FwdLLM's variance control
+is off (one request per round).
 """
 
 from __future__ import annotations
@@ -33,7 +43,8 @@ from flwr.serverapp.strategy import Strategy
 from strategies import seeds as sd
 from strategies import wire
 from strategies.codecs import get_codec
-from strategies.config import StrategyConfig
+from strategies.kinds.base import wire_record
+from strategies.config import SeedConfig
 
 log = logging.getLogger("anther.server")
 
@@ -43,7 +54,7 @@ class SeedStrategy(Strategy):
 
     update_kind = wire.KIND_SEEDS
 
-    def __init__(self, cfg: StrategyConfig, seed: int = 0, rounds: int = 1, local_steps: int = 1) -> None:
+    def __init__(self, cfg: SeedConfig, seed: int = 0, rounds: int = 1, local_steps: int = 1) -> None:
         self.cfg = cfg
         self.pool_seed = int(seed)
         self.rounds, self.local_steps = int(rounds), int(local_steps)
@@ -62,8 +73,8 @@ class SeedStrategy(Strategy):
     def round_lr(self, rnd: int) -> float:
         """Client and server learning rate of round ``rnd`` (constant or linear decay)."""
         if self.cfg.lr_schedule == "linear":
-            return self.cfg.eta_l * max(self.rounds - rnd + 1, 1) / self.rounds
-        return self.cfg.eta_l
+            return self.cfg.lr * max(self.rounds - rnd + 1, 1) / self.rounds
+        return self.cfg.lr
 
     def max_pairs(self) -> int:
         return self.local_steps * self.cfg.perturbations
@@ -82,6 +93,7 @@ class SeedStrategy(Strategy):
             sd.ASK: ask,
             sd.BITS: self.cfg.scalar_bits,
             sd.DIAG: rnd == 1 or (self.cfg.diag_every > 0 and rnd % self.cfg.diag_every == 0),
+            **({sd.BACKEND: self.cfg.kernel_backend} if self.cfg.kernel_backend != "auto" else {}),
         }
 
     def assign(self, rnd: int, ask: int, draw: int) -> tuple[np.ndarray, bool]:
@@ -106,7 +118,7 @@ class SeedStrategy(Strategy):
         ident = self._ident.get(node, node)
         draw = sd.draw_seed(self.pool_seed, rnd, ident, ask)
         config = {**self.round_config(rnd, ask), sd.DRAW: draw, **(extra or {})}
-        content = RecordDict({wire.WIRE: ConfigRecord({"kind": wire.KIND_SEEDS, "codec": "fp32"})})
+        content = RecordDict({wire.WIRE: wire_record(wire.KIND_SEEDS, "fp32")})
         index, explicit = self.assign(rnd, ask, draw)
         self.assigned.setdefault(node, {})[ask] = index
         if explicit:
@@ -166,11 +178,15 @@ class SeedStrategy(Strategy):
         return sd.RoundUpdate(rnd, self.pool_round(rnd), index, coeff)
 
     def _parse(self, rnd: int, msg: Message) -> sd.SeedReply | None:
-        """The reply as :meth:`check_reply` accepted it (decoded once), else checked now."""
+        """The reply as :meth:`check_reply` accepted it (decoded once), else checked now
+        (under Flower's own ``Strategy.start``), a rejection logged once."""
         kept = self._accepted.get(id(msg))
         if kept is not None and kept[0] is msg:
             return kept[1]
-        parsed, _ = sd.check_seed_reply(msg, rnd, self.assigned.get(msg.metadata.src_node_id, {}))
+        parsed, reason = self.check_reply(rnd, msg)
+        if parsed is None:
+            log.warning("round %d: rejected node %s: %s", rnd, msg.metadata.src_node_id, reason)
+            self._accepted[id(msg)] = (msg, None)
         return parsed
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any) -> Iterable[Message]:
@@ -180,7 +196,7 @@ class SeedStrategy(Strategy):
         return None
 
     def summary(self) -> None:
-        log.info("%s: K=%d seeds, dist=%s, lr=%g", type(self).__name__, self.cfg.num_seeds, self.cfg.dist, self.cfg.eta_l)
+        log.info("%s: K=%d seeds, dist=%s, lr=%g", type(self).__name__, self.cfg.num_seeds, self.cfg.dist, self.cfg.lr)
 
     # -- checkpoint ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ perturbation, in that order, and the model change it stands for is
 with ``z`` from :mod:`kernels` (the same on every device). Replies name no seeds and
 carry no metric names: a 28-byte header and the scalars, fp32 or stochastically rounded
 integer codes of ``zo-bits`` bits (:class:`ReplyFrame`; 100 perturbations at 4 bits are
-a 94-byte payload). A round's aggregated update is a list of (seed, coefficient) pairs
+a 78-byte frame). A round's aggregated update is a list of (seed, coefficient) pairs
 applied with :func:`kernels.accumulate_`; a client that missed rounds replays the
 server's history of those lists (see :class:`History`).
 
@@ -51,6 +51,7 @@ ASK = "zo-ask"  # FwdLLM: 0 for the first request in a round, 1, 2, ... for "mor
 DRAW = "zo-draw"  # per message: the seed of the client's pool draws (draw_indices)
 BITS = "zo-bits"  # scalar width on the uplink: 32 (fp32) or 16/8/4/2 (stochastic rounding)
 DIAG = "zo-diag"  # true: the reply adds its diagnostic metrics (peak RSS, times)
+BACKEND = "zo-backend"  # kernels backend, sent only when the strategy sets one (default: auto)
 # Records. Histories and assignments are ConfigRecords of raw little-endian bytes whose
 # dtypes the format fixes (pool indices: index_dtype(K); coefficients: float32;
 # rounds/counts: int32). A reply is one ConfigRecord holding one frame (ReplyFrame).

@@ -8,7 +8,9 @@ strategy, and adds a ``"wire"`` ConfigRecord naming the update kind and codec.
 ARRAYS = "arrays"  # ArrayRecord: global state down, update up
 CONFIG = "config"  # ConfigRecord: round config down (server-round, proximal-mu, ...)
 METRICS = "metrics"  # MetricRecord: reply metrics
-WIRE = "wire"  # ConfigRecord: {"kind": "delta"|"seeds"|"activations", "codec": name}
+WIRE = "wire"  # ConfigRecord: {KIND_KEY: "delta"|"seeds"|"activations", CODEC_KEY: codec name}
+KIND_KEY = "kind"
+CODEC_KEY = "codec"
 
 NUM_EXAMPLES = "num-examples"  # weighting key (examples, never batches)
 SERVER_ROUND = "server-round"
@@ -21,6 +23,6 @@ CALL_SECONDS = "call-s"  # whole handler time (load state, train, encode)
 PEAK_RSS_MB = "peak-rss-mb"  # client process peak RSS during this call
 PARTITION_ID = "partition-id"
 
+# Update kinds (each is one exchange in strategies/kinds/).
 KIND_DELTA = "delta"
 KIND_SEEDS = "seeds"
-KIND_ACTIVATIONS = "activations"

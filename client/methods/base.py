@@ -3,8 +3,8 @@
 A method wraps a frozen backbone with its trainable parts (LoRA, prompts, adapters,
 ...), exposes that trainable state by name, and runs local training on batches. The
 ClientApp, central evaluation and the conformance test only talk to this Protocol, so
-a new method (zeroth-order seeds, forward gradients, split training) is one new file
-plus one ``register`` line.
+a new method is one new file (its config dataclass, the method, one ``register`` line)
+plus its ``configs/method/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -16,33 +16,42 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from strategies.runconfig import check_choice
+from client.config import MethodConfig
+from strategies.plugins import Registry
 
 
 @dataclass
 class Update:
-    """What a client produced in one round, before encoding.
+    """What a client produced in one round, before its update kind encodes it.
 
-    kind: wire update kind (``"delta"`` for PEFT tensors, ``"seeds"`` for (seed, scalar)).
-    state: trainable state after local training (``kind == "delta"``).
-    pairs: (pool indices, scalars) for ``kind == "seeds"``; the local change they stand
-        for is ``-lr * sum_j scalar_j * z(pool[index_j])``.
-    num_examples: local training-set size, the aggregation weight.
+    state: trainable state after local training (``delta`` methods).
+    pairs: (pool indices, scalars) (``seeds`` methods); the local change they stand for
+        is ``-lr * sum_j scalar_j * z(pool[index_j])``.
     metrics: scalars for the reply (train-loss, train-s, ...).
     """
 
-    kind: str
-    state: dict[str, torch.Tensor]
-    num_examples: int
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     pairs: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class LocalMethod(Protocol):
-    """What every registered method provides."""
+    """What every registered method provides, and all that its callers use.
+
+    kind: the update kind it sends (``strategies.kinds``): ``"delta"`` or ``"seeds"``.
+    exact_restore: True when its trainable state is small enough that the runtime keeps
+        a copy of the initial state (adapters, heads); False for whole models.
+    pristine: the trainable parameters still hold the loaded initial state.
+    """
 
     name: str
+    kind: str
     model: torch.nn.Module
+    exact_restore: bool
+    pristine: bool
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The trainable parameters by stable name (live, not copies)."""
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Current trainable tensors by stable name (detached copies)."""
@@ -53,19 +62,30 @@ class LocalMethod(Protocol):
     def local_train(
         self, batches: Iterator[dict[str, torch.Tensor]], steps: int, round_config: Mapping[str, Any]
     ) -> Update:
-        """Run ``steps`` local steps and return the update (``num_examples`` set by caller)."""
+        """Run ``steps`` local steps and return the update."""
+
+
+class SeedMethod(LocalMethod, Protocol):
+    """A ``seeds`` method, as the seeds kind's client half uses it.
+
+    synced: ``(run id, global round)`` its parameters hold, or None when unknown.
+    """
+
+    synced: tuple[str, int] | None
+
+    def seed_params(self) -> list[torch.Tensor]:
+        """The perturbed tensors in the canonical (sorted-name) order."""
 
 
 MethodFactory = Callable[..., LocalMethod]
-METHODS: dict[str, MethodFactory] = {}
+METHODS = Registry("method", MethodConfig)
 
 
-def register(name: str) -> Callable[[MethodFactory], MethodFactory]:
-    """Class decorator adding a method to :data:`METHODS`."""
+def register(name: str, config: type[MethodConfig]) -> Callable[[MethodFactory], MethodFactory]:
+    """Class decorator adding a method, its config class and its update kind to :data:`METHODS`."""
 
     def deco(factory: MethodFactory) -> MethodFactory:
-        assert name not in METHODS, f"method '{name}' registered twice"
-        METHODS[name] = factory
+        METHODS.add(name, config, factory, kind=factory.kind)
         return factory
 
     return deco
@@ -73,8 +93,7 @@ def register(name: str) -> Callable[[MethodFactory], MethodFactory]:
 
 def build_method(name: str, backbone: Any, cfg: Any) -> LocalMethod:
     """Instantiate registered method ``name`` on ``backbone`` with the client config."""
-    check_choice("method", name, METHODS)
-    return METHODS[name](backbone, cfg)
+    return METHODS[name].target(backbone, cfg)
 
 
 def load_named(params: Mapping[str, torch.nn.Parameter], state: Mapping[str, torch.Tensor]) -> None:

@@ -42,6 +42,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,11 +51,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from client.batches import forward_loss
 from client.methods.base import Update, register
-from client.methods.seeded import RoundSettings, SeededMethod
+from client.methods.seeded import RoundSettings, SeededConfig, SeededMethod
 from kernels import perturb_
-from strategies import seeds as sd
 from strategies import wire
-from strategies.runconfig import ConfigError
+from strategies.runconfig import ConfigError, check, check_choice
 
 log = logging.getLogger("anther.client")
 
@@ -72,7 +72,29 @@ class _LossOf(torch.nn.Module):
         return forward_loss(self.inner, batch)[0]
 
 
-@register("forward_grad")
+@dataclass(frozen=True)
+class ForwardGradConfig(SeededConfig):
+    """Forward gradients (see :class:`~client.methods.seeded.SeededConfig`).
+
+    zo_eps: the central difference's scale in ``fd`` mode (FwdLLM's h).
+    fg_mode: "jvp" (exact, torch.func.jvp; quant=none) or "fd" (central difference).
+    jvp_chunk: tangents evaluated together by one vmapped jvp: 1 keeps memory at
+        inference level (+ one tangent); larger is ~2x faster on CPU but holds that many
+        tangent activations at once.
+    """
+
+    name: str = "forward_grad"
+    zo_eps: float = 1e-2
+    fg_mode: str = "fd"
+    jvp_chunk: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("method.fg_mode", self.fg_mode, ("jvp", "fd"))
+        check(self.jvp_chunk >= 1, "method.jvp_chunk", "an integer >= 1", self.jvp_chunk)
+
+
+@register("forward_grad", ForwardGradConfig)
 class ForwardGradMethod(SeededMethod):
     """FwdLLM's client: forward-gradient (seed, directional derivative / n) pairs, no step."""
 
@@ -105,7 +127,7 @@ class ForwardGradMethod(SeededMethod):
         metrics = {wire.TRAIN_LOSS: loss, wire.TRAIN_SECONDS: time.perf_counter() - t0}
         if kept < len(seeds):
             metrics["skipped"] = len(seeds) - kept
-        return Update(kind=wire.KIND_SEEDS, state={}, num_examples=0, metrics=metrics, pairs=(index, scalar))
+        return Update(metrics=metrics, pairs=(index, scalar))
 
     # -- directional derivatives --------------------------------------------------------------
     def directional_derivatives(

@@ -19,14 +19,37 @@ import torch
 
 from client.batches import forward_loss
 from client.methods.base import load_named
-from client.methods.lora import peft_model
+from client.methods.lora import LoraFields, peft_model
 from client.methods.prefix_cache import FrozenPrefix
 from kernels import accumulate_
 from strategies import seeds as sd
 from strategies import wire
-from strategies.runconfig import ConfigError
+from strategies.runconfig import ConfigError, check, check_choice
 
-DEFAULT_POOL = 4096  # pool size when no strategy sends one (stand-alone use, tests)
+# Used only when no seed strategy sends the round's settings (stand-alone use, tests).
+DEFAULT_POOL, DEFAULT_PERTURBATIONS, DEFAULT_DIST = 4096, 1, "gaussian"
+
+
+@dataclass(frozen=True)
+class SeededConfig(LoraFields):
+    """What backprop-free methods perturb, and how far. The round's shared settings
+    (learning rate, perturbations, dist, seed pool, kernels backend) belong to the seed
+    strategy, which sends them every round.
+
+    zo_eps: perturbation scale of the central difference (L(w+eps z) - L(w-eps z)) / 2eps.
+    zo_params: "peft" (LoRA + head, any backbone incl. nf4/int8), "head" (the task head
+        only: a zeroth-order linear probe) or "all" (every parameter of an unquantized
+        backbone, as in MeZO/FedKSeed). With ``lora_layers`` the frozen lower layers' output
+        is reused across the perturbed evaluations of a batch (``prefix_cache.py``).
+    """
+
+    zo_eps: float = 1e-3
+    zo_params: str = "peft"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.zo_eps > 0, "method.zo_eps", "a number > 0", self.zo_eps)
+        check_choice("method.zo_params", self.zo_params, ("peft", "head", "all"))
 
 
 @dataclass
@@ -62,11 +85,6 @@ class SeededMethod:
     def __init__(self, backbone: Any, cfg: Any) -> None:
         self.cfg = cfg
         m = cfg.method
-        if m.weight_decay:
-            raise ConfigError(
-                f"method.weight_decay={m.weight_decay}: seed-based updates carry only (seed, scalar) pairs; "
-                "weight decay is not expressible in them, set it to 0"
-            )
         if m.zo_params == "all":
             if cfg.quant.mode != "none":
                 raise ConfigError(
@@ -121,21 +139,21 @@ class SeededMethod:
         m = self.cfg.method
         size = int(rc.get(sd.POOL_SIZE, DEFAULT_POOL))
         pool = sd.seed_pool(int(rc.get(sd.POOL_SEED, self.cfg.seed)), size, int(rc.get(sd.POOL_ROUND, 0)))
-        n = int(rc.get(sd.PERTURBATIONS, m.perturbations))
+        n = int(rc.get(sd.PERTURBATIONS, DEFAULT_PERTURBATIONS))
         max_pairs = int(rc.get(sd.MAX_PAIRS, steps * n))
         indices = rc.get(sd.ASSIGNED)
-        if indices is None:  # the server's draw seed; stand-alone: the (forked, seeded) torch RNG
-            draw = int(rc[sd.DRAW]) if sd.DRAW in rc else int(torch.randint(0, 1 << 62, (1,)))
+        if indices is None:  # the server's draw seed; stand-alone: one derived from the run seed and round
+            draw = int(rc.get(sd.DRAW, sd.draw_seed(self.cfg.seed, int(rc.get(wire.SERVER_ROUND, 0)), 0)))
             indices = sd.draw_indices(draw, max_pairs, size)
         return RoundSettings(
             pool=pool,
             indices=np.asarray(indices, dtype=np.int64),
             lr=float(rc.get(sd.LR, self.cfg.lr)),
             eps=m.zo_eps,
-            dist=str(rc.get(sd.DIST, m.dist)),
+            dist=str(rc.get(sd.DIST, DEFAULT_DIST)),
             perturbations=n,
             max_pairs=max_pairs,
-            backend=m.kernel_backend,
+            backend=str(rc.get(sd.BACKEND, "auto")),
         )
 
     def loss(self, batch: dict[str, torch.Tensor]) -> float:

@@ -21,18 +21,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from client.methods.base import Update, register
-from client.methods.seeded import RoundSettings, SeededMethod
+from client.methods.seeded import RoundSettings, SeededConfig, SeededMethod
 from kernels import accumulate_, perturb_
 from strategies import wire
 
 
-@register("zo_seed")
+@dataclass(frozen=True)
+class ZoSeedConfig(SeededConfig):
+    """MeZO steps (see :class:`~client.methods.seeded.SeededConfig`)."""
+
+    name: str = "zo_seed"
+
+
+@register("zo_seed", ZoSeedConfig)
 class ZoSeedMethod(SeededMethod):
     """MeZO/SPSA steps over the PEFT (or all) parameters; replies (seed, scalar) pairs."""
 
@@ -65,7 +73,7 @@ class ZoSeedMethod(SeededMethod):
         if skipped:
             metrics["skipped"] = skipped
         pairs = (np.asarray([d[0] for d in done], dtype=np.int64), np.asarray([d[1] for d in done], dtype=np.float32))
-        return Update(kind=wire.KIND_SEEDS, state={}, num_examples=0, metrics=metrics, pairs=pairs)
+        return Update(metrics=metrics, pairs=pairs)
 
     def _step(self, batch: dict[str, torch.Tensor], rs: RoundSettings) -> list[tuple[int, float, int, float, float]]:
         """One step: central differences for ``n`` pool draws on ``batch``, then the SGD

@@ -1,0 +1,107 @@
+"""The ``delta`` kind: PEFT tensors both ways, through the run's codec.
+
+Down: the global trainable state, encoded once per round with the run's codec (the
+strategy's own ``arrays`` are replaced). Up: the client's trainable state after local
+training, encoded with its codec, plus its metrics. Screening (a malformed or hostile
+update must never reach the aggregate): a Flower error, the expected records, a known
+codec, a plausible example count, the exact set of tensor names, their shapes and wire
+dtype, finiteness. A valid reply is left holding the decoded fp32 tensors, so any
+Flower strategy aggregates it as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+from strategies import wire
+from strategies.codecs import CODECS, Codec
+from strategies.kinds.base import RoundExchange, UpdateKind, error_reason, wire_codec, wire_codec_name, wire_record
+
+
+def state_content(state: Mapping[str, torch.Tensor], codec: Codec) -> RecordDict:
+    """A trainable state as ``arrays`` + ``wire`` records."""
+    return RecordDict({wire.ARRAYS: codec.encode(state), wire.WIRE: wire_record(wire.KIND_DELTA, codec.name)})
+
+
+def decode_state(msg: Message) -> dict[str, torch.Tensor]:
+    """The fp32 tensors of a message built by :func:`state_content`."""
+    return wire_codec(msg).decode(msg.content[wire.ARRAYS])
+
+
+def check_reply(
+    msg: Message, expected: Mapping[str, tuple[int, ...]], max_examples: int = 10**9
+) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """Validate a delta reply; return ``(decoded fp32 tensors, None)`` or ``(None, reason)``.
+
+    Parameters
+    ----------
+    msg : Message
+        A train reply.
+    expected : Mapping[str, tuple[int, ...]]
+        Tensor name -> shape of the global trainable state.
+    max_examples : int
+        Largest plausible ``num-examples`` (guards the weighting against inflation).
+    """
+    if msg.has_error():
+        return None, error_reason(msg)
+    content = msg.content
+    for key, kind in ((wire.ARRAYS, "array_records"), (wire.METRICS, "metric_records")):
+        if key not in getattr(content, kind):
+            return None, f"reply has no '{key}' record"
+    codec_name = wire_codec_name(msg)
+    if codec_name not in CODECS:
+        return None, f"unknown codec '{codec_name}'"
+    codec = CODECS[codec_name].target
+    n = content[wire.METRICS].get(wire.NUM_EXAMPLES)
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= max_examples:
+        return None, f"'{wire.NUM_EXAMPLES}' must be an integer in [1, {max_examples}], got {n!r}"
+    arrays = content[wire.ARRAYS]
+    got = set(arrays.keys())
+    if got != set(expected):
+        missing, extra = sorted(set(expected) - got), sorted(got - set(expected))
+        return None, f"tensor names differ from the global state (missing {missing[:3]}, unexpected {extra[:3]})"
+    for key, arr in arrays.items():
+        if tuple(arr.shape) != tuple(expected[key]):
+            return None, f"tensor '{key}' has shape {tuple(arr.shape)}, expected {tuple(expected[key])}"
+        if np.dtype(arr.dtype) != codec.wire_dtype:
+            return None, f"tensor '{key}' has dtype {arr.dtype}, expected {codec.wire_dtype} for codec {codec.name}"
+    decoded = codec.decode(arrays)
+    for key, t in decoded.items():
+        if not bool(t.isfinite().all()):
+            return None, f"tensor '{key}' has non-finite values"
+    return decoded, None
+
+
+class DeltaKind(UpdateKind):
+    """PEFT deltas (LoRA, ...): paired with Flower's delta strategies."""
+
+    name = wire.KIND_DELTA
+
+    def complete_downlink(self, ex: RoundExchange, messages: list[Message]) -> None:
+        content = state_content({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ex.global_state.items()}, ex.codec)
+        for msg in messages:
+            msg.content[wire.ARRAYS] = content[wire.ARRAYS]
+            msg.content[wire.WIRE] = content[wire.WIRE]
+
+    def screen(self, ex: RoundExchange, reply: Message, ask: int) -> str | None:
+        shapes = {k: tuple(v.shape) for k, v in ex.global_state.items()}
+        decoded, reason = check_reply(reply, shapes, ex.max_examples)
+        if reason is None:
+            reply.content[wire.ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in decoded.items()})
+            if wire.WIRE in reply.content.config_records:
+                del reply.content.config_records[wire.WIRE]
+        return reason
+
+    def prepare(self, method: Any, initial_state: Callable[[], dict], msg: Message, round_cfg: dict) -> dict:
+        method.load_trainable_state(decode_state(msg))
+        return round_cfg
+
+    def reply(self, msg: Message, update: Any, round_cfg: Mapping[str, Any], metrics: dict[str, Any], codec: Codec) -> Message:
+        content = state_content(update.state, codec)
+        content[wire.METRICS] = MetricRecord(metrics)
+        return Message(content, reply_to=msg)
