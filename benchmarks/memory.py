@@ -46,8 +46,10 @@ def client_context():
     from flwr.app import Context, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
+    from strategies import wire
+
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    return Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    return Context(run_id=1, node_id=1, node_config={wire.PARTITION_ID: 0}, state=RecordDict(), run_config={})
 
 
 def init_state(cfg, ctx):

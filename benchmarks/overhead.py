@@ -67,7 +67,7 @@ def measure(cfg: ClientConfig, calls: int, cached: bool) -> OverheadResult:
     with _cache(cached):
         clear_cache()
         for i in range(calls):
-            ctx = Context(run_id=1, node_id=1, node_config={"partition-id": i % cfg.num_clients}, state=RecordDict(), run_config={})
+            ctx = Context(run_id=1, node_id=1, node_config={wire.PARTITION_ID: i % cfg.num_clients}, state=RecordDict(), run_config={})
             reply = handle_train(_message(cfg, state, i + 1), cfg, ctx)
             m = reply.content[wire.METRICS]
             calls_s.append(float(m[wire.CALL_SECONDS]))

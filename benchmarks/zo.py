@@ -99,7 +99,7 @@ def child(case: str, model: str, batch: int, seq: int, steps: int, perturbations
     out = {"case": case, "import_mb": import_mb, "trainable": int(sum(a.numpy().size for a in state.values()))}
     if case == "inference":
         rt = get_runtime(cfg, len(label_names(cfg)))
-        data = encoded_partition(cfg, (("partition-id", 0),), rt.backbone.task, rt.backbone.tokenizer)
+        data = encoded_partition(cfg, ((wire.PARTITION_ID, 0),), rt.backbone.task, rt.backbone.tokenizer)
         batches = batch_iterator(data, batch, torch.Generator().manual_seed(0))
         memory.reset_peak()
         with torch.no_grad():

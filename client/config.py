@@ -16,6 +16,7 @@ from strategies.runconfig import check, check_choice
 
 QUANT_MODES = ("none", "int8", "nf4", "fp4")
 TASKS = ("auto", "classification", "causal_lm")
+DATA_SOURCES = ("generated", "file", "hf")  # loaders: client/data.py
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_choice("data.source", self.source, ("generated", "file", "hf"))
+        check_choice("data.source", self.source, DATA_SOURCES)
         if self.source == "file":
             check(bool(self.path), "data.path", "a CSV/JSONL/Parquet file path when data.source=file", self.path)
         if self.source == "hf":

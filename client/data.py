@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from client import data_generated
-from client.config import DataConfig
+from client.config import DATA_SOURCES, DataConfig
 from strategies.runconfig import ConfigError
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ def _load_hf(cfg: DataConfig) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
 
 
 _SOURCES = {"generated": _load_generated, "file": _load_file, "hf": _load_hf}
+assert tuple(_SOURCES) == DATA_SOURCES, "a data source needs a loader here and a name in client.config"
 
 
 # --- column mapping --------------------------------------------------------------------

@@ -379,23 +379,6 @@ def _libc() -> Any:
         return None
 
 
-def cap_heap_retention(threshold: int = 64 << 10) -> bool:
-    """Opt-in, process-wide: serve every allocation >= ``threshold`` bytes with its own mmap.
-
-    glibc raises its mmap threshold dynamically (up to 32 MiB) once large blocks are
-    freed; from then on activation-sized tensors live in the heap and their pages stay
-    resident after ``free``. On SmolLM2-135M this held ~0.4 GB more at the peak of a
-    LoRA step. Fixing the threshold (``mallopt(M_MMAP_THRESHOLD)``, the same as the
-    environment variable ``MALLOC_MMAP_THRESHOLD_``) returns freed tensors to the OS at
-    once, at the cost of fresh page faults per allocation. Call it at process start in
-    memory-bound clients; libraries should not. Returns False where glibc is absent.
-    """
-    libc = _libc()
-    if libc is None:
-        return False
-    return bool(libc.mallopt(-3, int(threshold)))  # -3 = M_MMAP_THRESHOLD
-
-
 def release_memory(collect: bool = True) -> None:
     """Hand freed heap pages back to the OS (glibc ``malloc_trim``), after a GC if ``collect``."""
     if collect:

@@ -42,12 +42,12 @@ def test_default_is_offline_pretrained_and_generated_data():
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (["method=zo_seed"], "cannot aggregate"),
-        (["strategy=fwdllm"], "sends tensors"),
+        (["method=zo_seed"], "method=zo_seed sends seeds updates, but strategy=fedavg aggregates delta"),
+        (["strategy=fwdllm"], "strategies for delta: fedadagrad"),
         (["method=zo_seed", "strategy=fedkseed", "strategy.num_seeds=0"], "num_seeds"),
         (["method=zo_seed", "strategy=fedkseed", "method.zo_eps=0"], "zo_eps"),
         (["method=zo_seed", "strategy=fedkseed", "strategy.dist=uniform"], "dist"),
-        (["method=zo_seed", "strategy=fedkseed", "method.kernel_backend=cuda"], "kernel_backend"),
+        (["method=zo_seed", "strategy=fedkseed", "strategy.kernel_backend=cuda"], "kernel_backend"),
     ],
 )
 def test_seed_method_and_strategy_errors(overrides, match):
@@ -72,6 +72,16 @@ def test_experiment_overrides_root_values():
         (["partition.alpha=-1"], "partition.alpha"),
         (["clients_per_round=50"], "clients_per_round"),
         (["model.bogus=1"], "bogus"),
+        (["lr=abc"], "lr: expected a number, got 'abc'"),
+        (["rounds=abc"], "rounds: expected an integer, got 'abc'"),
+        (["method.r=2.5"], "method.r: expected an integer, got 2.5"),
+        (["quant.double_quant=maybe"], "quant.double_quant: expected true or false"),
+        (["data=file"], r"data.path: a value is required \(set data.path=...\)"),
+        (["+method.zo_eps=1"], r"method=lora: unknown key\(s\) method.zo_eps; valid keys: .*lora_alpha"),
+        (["+strategy.proximal_mu=0.3"], r"strategy=fedavg: unknown key\(s\) strategy.proximal_mu"),
+        (["+partition.classes_per_client=3"], r"partition=dirichlet: unknown key\(s\) partition.classes_per_client"),
+        (["method=zo_seed", "strategy=fedkseed", "+method.perturbations=4"], r"unknown key\(s\) method.perturbations"),
+        (["strategy._target_=strategies.fedkseed.FedKSeed"], "sends delta updates, but strategy=strategies.fedkseed.FedKSeed aggregates seeds"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides, match):
@@ -95,23 +105,63 @@ def test_config_dir_has_every_group():
     assert {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()} == set(GROUPS)
 
 
-def test_flower_app_run_config_matches_the_dataclasses():
-    """`flwr run .` only accepts overrides of keys listed in pyproject's run config."""
+def _pyproject_run_config():
     import tomllib
 
+    app = tomllib.loads((CONFIG_DIR.parent / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}
+    return app["config"]
+
+
+def test_flower_app_run_config_is_generated_from_configs():
+    """`flwr run .` only accepts overrides of keys listed in pyproject's run config; they
+    must be the configs/ defaults, names and values (regenerate: python -m simulation.appconfig)."""
+    from simulation.appconfig import app_run_config
+
+    declared = _pyproject_run_config()
+    generated = app_run_config()
+    assert list(declared) == list(generated)
+    assert declared == generated
+
+
+def test_dataclass_defaults_equal_the_yaml_defaults():
+    """One source of defaults: every config class's defaults are its YAML's values."""
+    import dataclasses
+
+    from client.config import ClientConfig
+    from client.methods import METHODS
+    from client.partitioners import PARTITIONERS
+    from server.config import ServerConfig
+    from simulation.config import DeviceProfile
+    from strategies.codecs import CODECS
+    from strategies.registry import STRATEGIES
+
+    sim = _validate([])
+    assert sim.client == ClientConfig()
+    assert dataclasses.replace(sim.server, run_dir=ServerConfig().run_dir) == ServerConfig()
+    assert sim.device == DeviceProfile()
+    for group, registry in (("method", METHODS), ("strategy", STRATEGIES), ("codec", CODECS), ("partition", PARTITIONERS)):
+        assert set(group_choices(group)) == set(registry), group  # a YAML per plug-in, a plug-in per YAML
+        for name in registry:
+            sim = _validate([f"{group}={name}", *REQUIRED.get((group, name), [])])
+            got = getattr(sim.server if group == "strategy" else sim.client, group)
+            assert got == registry[name].config(name=name), (group, name)
+
+
+def test_run_config_round_trip_and_misplaced_keys():
     from client.config import ClientConfig
     from server.config import ServerConfig
-    from strategies.runconfig import flatten
+    from strategies.runconfig import flatten, unflatten
 
-    root = CONFIG_DIR.parent
-    app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    assert app["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}
-
-    def keys(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                yield from keys(v, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}"
-
-    assert set(keys(app["config"])) == set(flatten(ClientConfig())) | set(flatten(ServerConfig()))
+    sim = _validate(["method=zo_seed", "strategy=fedkseed", "partition=shard", "codec=bf16", "method.zo_eps=0.01"])
+    flat = sim.run_config()
+    assert flat["method.zo_seed.zo_eps"] == 0.01 and flat["strategy.name"] == "fedkseed"
+    assert unflatten(ClientConfig, flat) == sim.client and unflatten(ServerConfig, flat) == sim.server
+    app = _pyproject_run_config()
+    assert unflatten(ClientConfig, {**app, "method.name": "forward_grad"}).method.zo_eps == 0.01  # other plug-ins' keys: fine
+    with pytest.raises(ConfigError, match="'method.zo_eps' is not a setting of method=lora"):
+        unflatten(ClientConfig, {**flatten(ClientConfig()), "method.zo_eps": 1.0})
+    with pytest.raises(ConfigError, match="run_config key 'method.lora.bogus'"):
+        unflatten(ClientConfig, {**flatten(ClientConfig()), "method.lora.bogus": 1})
+    with pytest.raises(ConfigError, match="rounds: expected an integer, got 'abc'"):
+        unflatten(ServerConfig, {"rounds": "abc"})

@@ -1,0 +1,189 @@
+"""``flwr run . local-simulation`` from a fresh HOME, as the README tells a user to run it.
+
+From an empty ``HOME`` and ``FLWR_HOME`` the test runs ``python -m simulation.flwr_setup
+--num-supernodes 2`` (which writes the ``local-simulation`` connection into
+``$FLWR_HOME/config.toml``), then ``flwr run <copy of the App> local-simulation --stream``,
+which waits until the run has finished, and checks the run directory.
+
+Flower 1.42 serves a ``":local:"`` connection by starting a *detached* local SuperLink
+(``flower-superlink --simulation``, own session) that outlives ``flwr run``, with a
+SuperExec (own session) under it that starts ``flwr-simulation`` and Ray. Its ports are
+fixed unless ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` / ``FLWR_LOCAL_CONTROL_API_PORT`` are
+set, and ``flwr run`` reuses any local SuperLink already listening there, so the test
+picks free ones. Every process it caused is found by a marker in its environment and
+stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+ROUNDS, NODES = 2, 2
+RUN_TIMEOUT_S = 150.0
+RUN_CONFIG = (
+    'model.name="tiny-bert" data.num_examples=120 data.test_size=30 local_steps=2 batch_size=8 '
+    f"num_clients={NODES} clients_per_round={NODES} rounds={ROUNDS}"
+)
+# As in test_loopback.py: only what the App needs.
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", ".pytest_cache", "__pycache__", "*.egg-info", "outputs", "multirun", ".anther-cache",
+    "tests", "docs", ".ci",
+)
+MARKER = "ANTHER_TEST_FLWR_RUN"  # set in every process this test causes (inherited by all)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    text = path.read_text(errors="replace") if path.exists() else "(no log)"
+    return f"----- {path} (last lines) -----\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _read_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written
+            break
+    return rows
+
+
+def _summary_rounds(run_dir: Path) -> int | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("rounds")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _marked(token: str) -> list[psutil.Process]:
+    """Processes whose environment carries this test's marker (orphans included)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(MARKER) == token:
+                found.append(proc)
+        except psutil.Error:  # gone, zombie, or not ours to read
+            pass
+    return found
+
+
+def _stop(flwr: subprocess.Popen | None, token: str) -> None:
+    """Stop ``flwr run`` and the local SuperLink, SuperExec, simulation and Ray it started."""
+    if flwr is not None and flwr.poll() is None:
+        try:
+            os.killpg(flwr.pid, signal.SIGTERM)  # pgid == pid: start_new_session
+        except ProcessLookupError:
+            pass
+    for _ in range(2):  # a dying parent may still spawn a child
+        victims = _marked(token)
+        for proc in victims:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(victims, timeout=10)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+    if flwr is not None:
+        try:
+            flwr.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(flwr.pid, signal.SIGKILL)
+            flwr.wait(timeout=5)
+
+
+def test_flwr_run_local_simulation_from_fresh_home(tmp_path):
+    home, flwr_home, run_dir = tmp_path / "home", tmp_path / "flwr-home", tmp_path / "run"
+    home.mkdir()
+    app_dir = tmp_path / "app"  # a copy: flwr run may migrate pyproject.toml; the repo stays untouched
+    shutil.copytree(REPO, app_dir, ignore=COPY_IGNORE)
+    token = uuid.uuid4().hex
+    env = dict(os.environ)
+    env.pop("ANTHER_RUN_CONFIG", None)  # the simulator's side channel; flwr run uses Flower's run_config
+    env.update(
+        {
+            "HOME": str(home),
+            "FLWR_HOME": str(flwr_home),
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # flower-superlink, flower-superexec, ...
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # reuse this venv, no per-run uv env
+            "HF_HUB_OFFLINE": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            MARKER: token,
+        }
+    )
+
+    setup = subprocess.run(
+        [sys.executable, "-m", "simulation.flwr_setup", "--num-supernodes", str(NODES)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    config = tomllib.loads((flwr_home / "config.toml").read_text())
+    conn = config["superlink"]["local-simulation"]
+    assert conn["address"] == ":local:" and conn["options"]["num-supernodes"] == NODES, config
+    assert "local" in config["superlink"], config  # Flower's own default connections are kept
+
+    out_path = tmp_path / "flwr-run.log"
+    flwr = None
+    try:
+        with out_path.open("wb") as out:
+            flwr = subprocess.Popen(
+                [str(BIN / "flwr"), "run", str(app_dir), "local-simulation", "--stream",
+                 "--run-config", f'{RUN_CONFIG} run_dir="{run_dir}"'],
+                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+        def logs() -> str:
+            return f"{_tail(out_path)}\n{_tail(flwr_home / 'local-superlink' / 'superlink.log')}"
+
+        try:
+            returncode = flwr.wait(timeout=RUN_TIMEOUT_S)  # --stream returns when the run has finished
+        except subprocess.TimeoutExpired:
+            rows = [r.get("round") for r in _read_rows(run_dir / "metrics.jsonl")]
+            pytest.fail(f"flwr run --stream did not return in {RUN_TIMEOUT_S:.0f} s (rounds: {rows})\n{logs()}")
+        deadline = time.monotonic() + 10  # the ServerApp's last file writes may trail the stream's end
+        while _summary_rounds(run_dir) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+        # flwr run exits 0 even when the run fails (the App's traceback is in the stream): check the files
+        assert returncode == 0 and "Successfully started run" in out_path.read_text(errors="replace"), logs()
+        rows = _read_rows(run_dir / "metrics.jsonl")
+        assert [r.get("round") for r in rows] == list(range(ROUNDS + 1)), f"{rows}\n{logs()}"
+        for r in rows[1:]:
+            assert r["clients"] == NODES and r["failures"] == 0, r
+        assert _summary_rounds(run_dir) == ROUNDS, logs()
+    finally:
+        _stop(flwr, token)
+    assert not _marked(token), "processes left running"
