@@ -14,7 +14,7 @@ import statistics
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client.app import handle_train
 from client.config import ClientConfig, DataConfig, ModelConfig

@@ -153,7 +153,7 @@ def _answer_loglik(model, data: Encoded, idx: torch.Tensor, answers: list[list[i
     scores = []
     for ans in answers:
         a = torch.tensor(ans)
-        rows, masks = [], []
+        rows = []
         for i in idx.tolist():
             rows.append(torch.cat([data.input_ids[i, int(data.prompt_start[i]) : int(data.answer_pos[i]) + 1], a]))
         t = max(len(r) for r in rows)

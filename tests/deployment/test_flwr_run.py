@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,43 +29,22 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.deployment.flower_env import BIN, REPO, copy_app, flower_env, free_port, read_rows
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 ROUNDS, NODES = 2, 2
 RUN_TIMEOUT_S = 150.0
 RUN_CONFIG = (
     'model.name="tiny-bert" data.num_examples=120 data.test_size=30 local_steps=2 batch_size=8 '
     f"num_clients={NODES} clients_per_round={NODES} rounds={ROUNDS}"
 )
-# As in test_loopback.py: only what the App needs.
-COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", ".pytest_cache", "__pycache__", "*.egg-info", "outputs", "multirun", ".anther-cache",
-    "tests", "docs", ".ci",
-)
 MARKER = "ANTHER_TEST_FLWR_RUN"  # set in every process this test causes (inherited by all)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(path: Path, lines: int = 60) -> str:
     text = path.read_text(errors="replace") if path.exists() else "(no log)"
     return f"----- {path} (last lines) -----\n" + "\n".join(text.splitlines()[-lines:])
-
-
-def _read_rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written
-            break
-    return rows
 
 
 def _summary_rounds(run_dir: Path) -> int | None:
@@ -121,27 +98,14 @@ def _stop(flwr: subprocess.Popen | None, token: str) -> None:
 def test_flwr_run_local_simulation_from_fresh_home(tmp_path):
     home, flwr_home, run_dir = tmp_path / "home", tmp_path / "flwr-home", tmp_path / "run"
     home.mkdir()
-    app_dir = tmp_path / "app"  # a copy: flwr run may migrate pyproject.toml; the repo stays untouched
-    shutil.copytree(REPO, app_dir, ignore=COPY_IGNORE)
+    app_dir = copy_app(tmp_path / "app")
     token = uuid.uuid4().hex
-    env = dict(os.environ)
-    env.pop("ANTHER_RUN_CONFIG", None)  # the simulator's side channel; flwr run uses Flower's run_config
-    env.update(
-        {
-            "HOME": str(home),
-            "FLWR_HOME": str(flwr_home),
-            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # flower-superlink, flower-superexec, ...
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # reuse this venv, no per-run uv env
-            "HF_HUB_OFFLINE": "1",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-            "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-            "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-            MARKER: token,
-        }
+    env = flower_env(
+        HOME=str(home),
+        FLWR_HOME=str(flwr_home),
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+        FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
+        **{MARKER: token},
     )
 
     setup = subprocess.run(
@@ -171,7 +135,7 @@ def test_flwr_run_local_simulation_from_fresh_home(tmp_path):
         try:
             returncode = flwr.wait(timeout=RUN_TIMEOUT_S)  # --stream returns when the run has finished
         except subprocess.TimeoutExpired:
-            rows = [r.get("round") for r in _read_rows(run_dir / "metrics.jsonl")]
+            rows = [r.get("round") for r in read_rows(run_dir / "metrics.jsonl")]
             pytest.fail(f"flwr run --stream did not return in {RUN_TIMEOUT_S:.0f} s (rounds: {rows})\n{logs()}")
         deadline = time.monotonic() + 10  # the ServerApp's last file writes may trail the stream's end
         while _summary_rounds(run_dir) is None and time.monotonic() < deadline:
@@ -179,7 +143,7 @@ def test_flwr_run_local_simulation_from_fresh_home(tmp_path):
 
         # flwr run exits 0 even when the run fails (the App's traceback is in the stream): check the files
         assert returncode == 0 and "Successfully started run" in out_path.read_text(errors="replace"), logs()
-        rows = _read_rows(run_dir / "metrics.jsonl")
+        rows = read_rows(run_dir / "metrics.jsonl")
         assert [r.get("round") for r in rows] == list(range(ROUNDS + 1)), f"{rows}\n{logs()}"
         for r in rows[1:]:
             assert r["clients"] == NODES and r["failures"] == 0, r

@@ -15,21 +15,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.deployment.flower_env import BIN, copy_app, flower_env, free_port, read_rows
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 ROUNDS, NODES = 2, 2
 STARTUP_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 150.0
@@ -37,19 +35,6 @@ RUN_CONFIG = (
     'model.name="tiny-bert" data.num_examples=120 data.test_size=30 local_steps=2 batch_size=8 '
     f"num_clients={NODES} clients_per_round={NODES} rounds={ROUNDS} timeout_s=60.0"
 )
-# Only what the App needs; not the venv, git data, caches or outputs.
-COPY_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", ".pytest_cache", "__pycache__", "*.egg-info", "outputs", "multirun", ".anther-cache",
-    "tests", "docs", ".ci",
-)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -155,22 +140,7 @@ class Processes:
 
 def _env(home: Path) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.update(
-        {
-            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # flower-superexec, flwr-serverapp, flwr-clientapp
-            "FLWR_HOME": str(home),  # per process: Flower config, installed FABs, caches
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # reuse this venv, no per-run uv env
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": "1",  # three torch processes share a small machine
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.pop("ANTHER_RUN_CONFIG", None)  # the simulator's side channel; deployment uses Flower's run_config
-    return env
+    return flower_env(FLWR_HOME=str(home))  # per process: Flower config, installed FABs, caches
 
 
 def _server_logs(cli_out: str, env: dict[str, str]) -> str:
@@ -190,18 +160,8 @@ def _server_logs(cli_out: str, env: dict[str, str]) -> str:
     )
 
 
-def _read_rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written
-            break
-    return rows
-
-
 def _finished(run_dir: Path) -> bool:
-    rows = _read_rows(run_dir / "metrics.jsonl")
+    rows = read_rows(run_dir / "metrics.jsonl")
     if not any(r.get("round") == ROUNDS for r in rows):
         return False
     try:
@@ -211,13 +171,12 @@ def _finished(run_dir: Path) -> bool:
 
 
 def test_two_rounds_on_superlink_and_two_supernodes(tmp_path):
-    app_dir = tmp_path / "app"  # a copy: flwr run may migrate pyproject.toml; the repo stays untouched
-    shutil.copytree(REPO, app_dir, ignore=COPY_IGNORE)
+    app_dir = copy_app(tmp_path / "app")
     run_dir = tmp_path / "run"
     log_dir = tmp_path / "logs"
     log_dir.mkdir()
-    link_port = _free_port()
-    node_ports = [_free_port() for _ in range(NODES)]
+    link_port = free_port()
+    node_ports = [free_port() for _ in range(NODES)]
     assert len({link_port, *node_ports}) == NODES + 1
 
     cli_env = _env(tmp_path / "home" / "cli")
@@ -276,14 +235,14 @@ def test_two_rounds_on_superlink_and_two_supernodes(tmp_path):
             elif time.monotonic() > deadline:
                 problem = f"no summary of round {ROUNDS} after {RUN_TIMEOUT_S:.0f} s"
             if problem:
-                rows = _read_rows(run_dir / "metrics.jsonl")
+                rows = read_rows(run_dir / "metrics.jsonl")
                 pytest.fail(
                     f"{problem} (rounds written: {[r.get('round') for r in rows]})\n{cli_out}\n"
                     f"{procs.logs()}\n{_server_logs(cli_out, cli_env)}"
                 )
             time.sleep(1.0)
 
-        rows = _read_rows(run_dir / "metrics.jsonl")
+        rows = read_rows(run_dir / "metrics.jsonl")
         assert [r["round"] for r in rows] == list(range(ROUNDS + 1)), rows
         for r in rows[1:]:
             assert r["clients"] == NODES and r["failures"] == 0, r
