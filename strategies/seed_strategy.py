@@ -146,8 +146,9 @@ class SeedStrategy(Strategy):
         self.assigned, self._accepted = {}, {}
         return [self.build_message(n, server_round) for n in nodes]
 
-    def check_reply(self, server_round: int, msg: Message, ask: int = 0) -> tuple[sd.SeedReply | None, str | None]:
-        """Validate one reply and record whether its client is now in sync."""
+    def check_reply(self, server_round: int, msg: Message, ask: int | None = 0) -> tuple[sd.SeedReply | None, str | None]:
+        """Validate one reply to request ``ask`` (None: any request sent to its client this
+        round) and record whether its client is now in sync."""
         node = msg.metadata.src_node_id
         parsed, reason = sd.check_seed_reply(msg, server_round, self.assigned.get(node, {}), ask)
         ident = self._ident.get(node, node)
@@ -183,7 +184,7 @@ class SeedStrategy(Strategy):
         kept = self._accepted.get(id(msg))
         if kept is not None and kept[0] is msg:
             return kept[1]
-        parsed, reason = self.check_reply(rnd, msg)
+        parsed, reason = self.check_reply(rnd, msg, None)
         if parsed is None:
             log.warning("round %d: rejected node %s: %s", rnd, msg.metadata.src_node_id, reason)
             self._accepted[id(msg)] = (msg, None)

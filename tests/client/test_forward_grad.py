@@ -7,8 +7,9 @@ import torch
 
 from client.backbones import load_backbone
 from client.batches import batch_iterator, encode, forward_loss
-from client.config import ClientConfig, MethodConfig, ModelConfig, QuantConfig
+from client.config import ClientConfig, ModelConfig, QuantConfig
 from client.methods import build_method
+from client.methods.forward_grad import ForwardGradConfig
 from kernels import accumulate_, perturb_
 from strategies import seeds as sd
 from strategies import wire
@@ -31,7 +32,7 @@ def one_thread():
 def _setup(mode="jvp", **method):
     cfg = ClientConfig(
         model=ModelConfig(name="tiny-bert", max_length=48),
-        method=MethodConfig(name="forward_grad", fg_mode=mode, zo_eps=1e-2, **{"r": 4, **method}),
+        method=ForwardGradConfig(fg_mode=mode, zo_eps=1e-2, **{"r": 4, **method}),
         batch_size=4,
     )
     with torch.random.fork_rng():
@@ -107,7 +108,7 @@ def test_local_train_replies_pairs_and_keeps_parameters(mode):
         update = m.local_train(batch_iterator(data, 4, torch.Generator().manual_seed(0)), 2, rc)
     assert all(torch.equal(before[k], v) for k, v in m.trainable_state().items())
     index, scalar = update.pairs
-    assert update.kind == wire.KIND_SEEDS and not update.state
+    assert m.kind == wire.KIND_SEEDS and not update.state
     assert len(index) == 5 and len(set(index.tolist())) == 5 and "skipped" not in update.metrics
     assert index.dtype == np.int64 and scalar.dtype == np.float32 and (index < 64).all()
     # scalar_j = d_j / n for the same seeds on the same batches
@@ -147,7 +148,7 @@ def test_non_finite_losses_are_skipped_then_fatal(monkeypatch):
 
 
 def test_jvp_on_quantized_backbone_is_a_config_error():
-    cfg = ClientConfig(quant=QuantConfig(mode="nf4"), method=MethodConfig(name="forward_grad", fg_mode="jvp"))
+    cfg = ClientConfig(quant=QuantConfig(mode="nf4"), method=ForwardGradConfig(fg_mode="jvp"))
     with pytest.raises(ConfigError, match="fg_mode=fd"):
         build_method("forward_grad", None, cfg)
 

@@ -8,7 +8,7 @@ import torch
 
 from client.backbones import load_backbone
 from client.batches import batch_iterator, encode
-from client.config import ClientConfig, MethodConfig, ModelConfig, QuantConfig
+from client.config import ClientConfig, ModelConfig, QuantConfig
 from client.methods import METHODS, build_method
 from strategies import wire
 from strategies.codecs import get_codec
@@ -22,7 +22,7 @@ def _setup(method: str, model: str, task: str = "auto", quant: str = "none"):
     cfg = ClientConfig(
         model=ModelConfig(name=model, task=task, max_length=160),
         quant=QuantConfig(mode=quant),
-        method=MethodConfig(name=method, r=4),
+        method=METHODS[method].config(r=4),
         lr=1e-2,
         batch_size=4,
     )
@@ -49,12 +49,13 @@ def test_method_conformance(method, model, task):
     assert update.metrics[wire.TRAIN_LOSS] > 0
     for k, v in _frozen(m.model).items():
         assert torch.equal(v, frozen[k]), f"frozen parameter {k} changed"
-    if update.kind == wire.KIND_SEEDS:
+    assert m.kind == METHODS[method].kind
+    if m.kind == wire.KIND_SEEDS:
         index, scalar = update.pairs
         assert 1 <= len(index) == len(scalar) and np.isfinite(scalar).all() and not update.state
         assert all(torch.equal(before[k], v) for k, v in m.trainable_state().items())  # restored
         return
-    assert update.kind == wire.KIND_DELTA
+    assert m.kind == wire.KIND_DELTA
     changed = [k for k in before if not torch.equal(before[k], update.state[k])]
     assert changed, "no trainable tensor changed"
     for k, v in _frozen(m.model).items():

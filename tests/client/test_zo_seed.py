@@ -10,17 +10,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from client.backbones import load_backbone
 from client.batches import batch_iterator, encode
-from client.config import ClientConfig, MethodConfig, ModelConfig, QuantConfig
-from client.methods import build_method
+from client.config import ClientConfig, ModelConfig, QuantConfig
+from client.methods import METHODS, build_method
 from client.methods.prefix_cache import FrozenPrefix
-from client.methods.zo_seed import ZoSeedMethod
-from client.seed_sync import CatchUpError, seed_reply, sync_to_base
+from client.methods.zo_seed import ZoSeedConfig, ZoSeedMethod
 from kernels import accumulate_
 from strategies import seeds as sd
 from strategies import wire
-from strategies.config import StrategyConfig
+from strategies.config import SeedConfig
+from strategies.kinds.seeds import CatchUpError, seed_reply, sync_to_base
 from strategies.registry import build_strategy
-from strategies.runconfig import ConfigError
+from strategies.runconfig import ConfigError, build
 
 NAMES = ("sports", "science", "business", "world")
 TEXTS = ["the match ended in a draw", "new chip doubles speed", "stocks fell sharply", "talks resume"] * 4
@@ -42,7 +42,7 @@ class Quadratic(torch.nn.Module):
 
 def _quadratic_method(**method):
     m = object.__new__(ZoSeedMethod)
-    m.cfg = ClientConfig(method=MethodConfig(name="zo_seed", **method), lr=1e-3)
+    m.cfg = ClientConfig(method=ZoSeedConfig(**method), lr=1e-3)
     m.model = Quadratic()
     m.synced = None
     m.prefix = FrozenPrefix(m.model, [m.model.w])  # no layers: disabled
@@ -50,13 +50,16 @@ def _quadratic_method(**method):
 
 
 def test_zo_step_follows_the_gradient_in_expectation():
-    m = _quadratic_method(zo_eps=1e-3, kernel_backend="torch")
+    m = _quadratic_method(zo_eps=1e-3)
     w0 = m.model.w.detach().clone()
     true = m.model.a * (w0 - m.model.c)
     batches = iter(lambda: {"input_ids": torch.zeros(1, 1)}, None)
-    torch.manual_seed(0)
-    update = m.local_train(batches, 4000, {sd.POOL_SIZE: 4000, sd.LR: 1e-12})  # w stays put
+    rng = torch.get_rng_state()
+    update = m.local_train(batches, 4000, {sd.POOL_SIZE: 4000, sd.LR: 1e-12, sd.BACKEND: "torch"})  # w stays put
     index, scalar = update.pairs
+    # no draw seed sent: the draws derive from the run seed (round 0), not from torch's global RNG
+    assert torch.equal(torch.get_rng_state(), rng)
+    np.testing.assert_array_equal(index, sd.draw_indices(sd.draw_seed(m.cfg.seed, 0, 0), 4000, 4000))
     assert torch.equal(m.model.w.detach(), w0)  # restored after the round
     # sum_j g_j z_j / steps estimates the gradient: E[z z^T] g = g
     est = torch.zeros(5)
@@ -70,7 +73,7 @@ def _tiny(method="zo_seed", quant="none", model="tiny-bert", **kw):
     cfg = ClientConfig(
         model=ModelConfig(name=model, max_length=160),
         quant=QuantConfig(mode=quant),
-        method=MethodConfig(name=method, r=4, **kw),
+        method=METHODS[method].config(r=4, **kw),
         lr=1e-2,
         batch_size=4,
     )
@@ -84,11 +87,11 @@ def _tiny(method="zo_seed", quant="none", model="tiny-bert", **kw):
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_pairs_reproduce_the_local_update(n):
-    cfg, m, data = _tiny(perturbations=n)
+    cfg, m, data = _tiny()
     before = m.trainable_state()
     m.restore = lambda *a: None  # keep the locally trained state to compare
     torch.manual_seed(1)
-    update = m.local_train(batch_iterator(data, 4, torch.Generator().manual_seed(0)), 5, {})
+    update = m.local_train(batch_iterator(data, 4, torch.Generator().manual_seed(0)), 5, {sd.PERTURBATIONS: n})
     after = m.trainable_state()
     index, scalar = update.pairs
     assert len(index) == 5 * n
@@ -117,24 +120,23 @@ def test_all_parameters_mode_undoes_its_update():
         torch.testing.assert_close(v, before[k], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "kw, match",
-    [
-        (dict(zo_params="all", quant="nf4"), "unquantized"),
-        (dict(weight_decay=0.1), "weight_decay"),
-    ],
-)
-def test_method_config_errors(kw, match):
-    with pytest.raises(ConfigError, match=match):
-        _tiny(**kw)
+def test_method_config_errors():
+    with pytest.raises(ConfigError, match="unquantized"):
+        _tiny(zo_params="all", quant="nf4")
 
 
-@pytest.mark.parametrize(
-    "kw, key", [(dict(zo_eps=0.0), "zo_eps"), (dict(dist="cauchy"), "dist"), (dict(kernel_backend="gpu"), "kernel_backend")]
-)
-def test_method_config_values(kw, key):
-    with pytest.raises(ConfigError, match=key):
-        MethodConfig(name="zo_seed", **kw)
+@pytest.mark.parametrize("key, value", [("weight_decay", 0.1), ("dist", "rademacher"), ("kernel_backend", "torch"),
+                                        ("perturbations", 3)])
+def test_strategy_settings_are_not_method_settings(key, value):
+    """weight decay has no zo_seed form; dist, kernel_backend and perturbations are the
+    seed strategy's (sent in the round config; their values are checked by SeedConfig)."""
+    with pytest.raises(ConfigError, match=rf"unknown key\(s\) method\.{key}\b"):
+        build(ClientConfig, {"method": {"name": "zo_seed", key: value}})
+
+
+def test_method_config_values():
+    with pytest.raises(ConfigError, match="zo_eps"):
+        ZoSeedConfig(zo_eps=0.0)
 
 
 class _Grid:
@@ -153,7 +155,7 @@ def _as_received(msg, run_id=5):
 def test_client_catches_up_to_the_server_state():
     cfg, m, data = _tiny()
     initial = m.trainable_state()
-    s = build_strategy(StrategyConfig(name="fedkseed", num_seeds=256, eta_l=1e-2), seed=cfg.seed, rounds=5, local_steps=3)
+    s = build_strategy(SeedConfig(num_seeds=256, lr=1e-2), seed=cfg.seed, rounds=5, local_steps=3)
     state = {k: v.numpy() for k, v in initial.items()}
     for rnd in range(1, 4):
         (msg,) = s.configure_train(rnd, ArrayRecord({k: Array(v) for k, v in state.items()}), ConfigRecord(), _Grid([1]))
@@ -206,7 +208,7 @@ def test_frozen_prefix_is_off_when_embeddings_are_perturbed():
 def test_full_parameter_runtime_keeps_no_copy_of_the_initial_state():
     from client.runtime import clear_cache, get_runtime
 
-    cfg = ClientConfig(model=ModelConfig(name="tiny-bert", max_length=160), method=MethodConfig(name="zo_seed", zo_params="all"),
+    cfg = ClientConfig(model=ModelConfig(name="tiny-bert", max_length=160), method=ZoSeedConfig(zo_params="all"),
                        lr=1e-2, batch_size=4)
     clear_cache()
     rt = get_runtime(cfg, 4)

@@ -18,12 +18,19 @@ from flwr_datasets.partitioner import (
 )
 from rich.console import Console
 
-from client import config as client_config
 from client.config import ClientConfig, DataConfig, PartitionConfig
+from client.partitioners import (
+    PARTITIONERS,
+    DirichletClientsConfig,
+    DirichletConfig,
+    IidConfig,
+    PathologicalConfig,
+    ShardConfig,
+    SizeConfig,
+)
 from client.data import load_splits
 from simulation import partition
 from simulation.partition import (
-    PARTITIONERS,
     build_partitioner,
     load_client_partition,
     partition_stats,
@@ -37,7 +44,7 @@ DATA = DataConfig(num_examples=1200, test_size=200)  # 1,000 training examples, 
 
 
 def _cfg(name: str = "iid", num_clients: int = 10, seed: int = 0, **kw) -> ClientConfig:
-    return ClientConfig(data=DATA, partition=PartitionConfig(name=name, **kw), num_clients=num_clients, seed=seed)
+    return ClientConfig(data=DATA, partition=PARTITIONERS[name].config(**kw), num_clients=num_clients, seed=seed)
 
 
 def _stats(cc: ClientConfig) -> np.ndarray:
@@ -54,18 +61,24 @@ def _max_class_fraction(counts: np.ndarray) -> float:
 
 
 def test_registry_matches_config_choices():
-    assert set(PARTITIONERS) == set(client_config.PARTITIONERS)
+    assert set(PARTITIONERS) == {"iid", "dirichlet", "dirichlet_clients", "pathological", "shard", "size"}
+    for name in PARTITIONERS:
+        plugin = PARTITIONERS[name]
+        assert issubclass(plugin.config, PartitionConfig) and plugin.config().name == name
+    assert not hasattr(partition, "PARTITIONERS")  # one registry: client.partitioners
+    with pytest.raises(ConfigError, match="dirichlet"):
+        PARTITIONERS["nope"]
 
 
 @pytest.mark.parametrize(("cfg", "cls"), [
-    (PartitionConfig("iid"), IidPartitioner),
-    (PartitionConfig("dirichlet"), InnerDirichletPartitioner),
-    (PartitionConfig("dirichlet_clients"), DirichletPartitioner),
-    (PartitionConfig("pathological"), PathologicalPartitioner),
-    (PartitionConfig("shard"), ShardPartitioner),
-    (PartitionConfig("size", size_distribution="linear"), LinearPartitioner),
-    (PartitionConfig("size", size_distribution="square"), SquarePartitioner),
-    (PartitionConfig("size", size_distribution="exponential"), ExponentialPartitioner),
+    (IidConfig(), IidPartitioner),
+    (DirichletConfig(), InnerDirichletPartitioner),
+    (DirichletClientsConfig(), DirichletPartitioner),
+    (PathologicalConfig(), PathologicalPartitioner),
+    (ShardConfig(), ShardPartitioner),
+    (SizeConfig(size_distribution="linear"), LinearPartitioner),
+    (SizeConfig(size_distribution="square"), SquarePartitioner),
+    (SizeConfig(size_distribution="exponential"), ExponentialPartitioner),
 ])
 def test_build_partitioner(cfg, cls):
     assert type(build_partitioner(cfg, 5, seed=0, num_examples=100)) is cls

@@ -5,7 +5,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from strategies import wire
-from strategies.config import StrategyConfig
+from strategies.config import (
+    FedAdagradConfig, FedAvgConfig, FedAvgMConfig, FedOptConfig, FedProxConfig, FwdLLMConfig, SeedConfig, StrategyConfig,
+)
 from strategies.registry import STRATEGIES, build_strategy
 from strategies.runconfig import ConfigError
 from strategies.state import get_strategy_state, set_strategy_state
@@ -38,14 +40,14 @@ def run_round(strategy, global_state, replies, rnd=1):
 
 
 def test_fedavg_weights_by_examples():
-    s = build_strategy(StrategyConfig(name="fedavg"))
+    s = build_strategy(FedAvgConfig())
     _, out = run_round(s, {"w": [0.0, 0.0]}, [reply({"w": [1.0, 2.0]}, 10, 1), reply({"w": [4.0, 8.0]}, 30, 2)])
     # (10*[1,2] + 30*[4,8]) / 40 = [3.25, 6.5]
     np.testing.assert_allclose(out["w"], [3.25, 6.5], rtol=1e-6)
 
 
 def test_fedprox_sends_mu_and_averages():
-    s = build_strategy(StrategyConfig(name="fedprox", proximal_mu=0.3))
+    s = build_strategy(FedProxConfig(proximal_mu=0.3))
     msgs, out = run_round(s, {"w": [0.0]}, [reply({"w": [1.0]}, 1, 1), reply({"w": [3.0]}, 3, 2)])
     assert msgs[0].content[wire.CONFIG][wire.PROXIMAL_MU] == pytest.approx(0.3)
     assert len(msgs) == 2  # takes every node the sampled grid shows
@@ -53,7 +55,7 @@ def test_fedprox_sends_mu_and_averages():
 
 
 def test_fedadam_first_step_by_hand():
-    cfg = StrategyConfig(name="fedadam", eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
+    cfg = FedOptConfig(name="fedadam", eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
     s = build_strategy(cfg)
     _, out = run_round(s, {"w": [1.0]}, [reply({"w": [2.0]}, 1, 1), reply({"w": [2.0]}, 1, 2)])
     delta = 1.0
@@ -66,7 +68,7 @@ def test_fedadam_first_step_by_hand():
 
 
 def test_fedavgm_momentum_by_hand():
-    s = build_strategy(StrategyConfig(name="fedavgm", server_lr=1.0, server_momentum=0.5))
+    s = build_strategy(FedAvgMConfig(server_lr=1.0, server_momentum=0.5))
     _, out1 = run_round(s, {"w": [0.0]}, [reply({"w": [1.0]}, 1, 1)], rnd=1)
     # pseudo-gradient g1 = 0 - 1 = -1 ; v1 = g1 ; w1 = 0 - (-1) = 1
     np.testing.assert_allclose(out1["w"], [1.0])
@@ -77,11 +79,11 @@ def test_fedavgm_momentum_by_hand():
 
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedavgm"])
 def test_strategy_state_roundtrip_gives_identical_next_round(name):
-    a = build_strategy(StrategyConfig(name=name))
+    a = build_strategy(STRATEGIES[name].config(name=name))
     run_round(a, {"w": [0.0, 1.0]}, [reply({"w": [1.0, 2.0]}, 2, 1)])
     state = get_strategy_state(a)
     assert state, "stateful strategy exported nothing"
-    b = build_strategy(StrategyConfig(name=name))
+    b = build_strategy(STRATEGIES[name].config(name=name))
     set_strategy_state(b, state)
     g = {"w": [0.5, 1.5]}
     r = [reply({"w": [1.5, 0.0]}, 3, 1)]
@@ -106,3 +108,10 @@ def test_user_strategy_by_target():
 
 def test_registry_is_complete():
     assert {"fedavg", "fedprox", "fedadam", "fedyogi", "fedavgm"} <= set(STRATEGIES)
+    assert set(STRATEGIES.names()) == set(STRATEGIES) and all(n in STRATEGIES for n in STRATEGIES.names())
+    configs = {n: STRATEGIES[n].config for n in STRATEGIES}
+    assert configs["fedavg"] is FedAvgConfig and configs["fedprox"] is FedProxConfig
+    assert configs["fedadam"] is configs["fedyogi"] is FedOptConfig and configs["fedadagrad"] is FedAdagradConfig
+    assert configs["fedavgm"] is FedAvgMConfig and configs["fedkseed"] is configs["fedkseed_pro"] is SeedConfig
+    assert configs["fwdllm"] is FwdLLMConfig
+    assert all(issubclass(c, StrategyConfig) and c(name=n).name == n for n, c in configs.items())

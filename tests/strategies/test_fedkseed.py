@@ -8,7 +8,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from kernels import accumulate_
 from strategies import seeds as sd
 from strategies import wire
-from strategies.config import StrategyConfig
+from strategies.config import SeedConfig
+from strategies.kinds.base import wire_record
 from strategies.registry import build_strategy
 from strategies.runconfig import ConfigError
 from strategies.state import get_strategy_state, set_strategy_state
@@ -39,7 +40,7 @@ def reply(to: Message, scalar, n=10, rnd=1, ask=0, base=None, bits=32, kind=None
     f = sd.ReplyFrame(rnd, rnd - 1 if base is None else base, ask, n, 1.0, np.asarray(scalar, np.float64), bits)
     content = RecordDict({sd.FRAME: ConfigRecord({"f": f.to_bytes(np.random.default_rng(0)) if frame is None else frame})})
     if kind is not None:  # a reply of another kind: no frame
-        content = RecordDict({wire.WIRE: ConfigRecord({"kind": kind, "codec": "fp32"})})
+        content = RecordDict({wire.WIRE: wire_record(kind, "fp32")})
     for k, v in (extra or {}).items():
         content[k] = v
     msg = Message(content, reply_to=to)
@@ -52,7 +53,7 @@ def assigned(s, msg, ask=0):
 
 
 def strategy(name="fedkseed", **kw):
-    cfg = StrategyConfig(name=name, num_seeds=K, eta_l=0.1, kernel_backend="torch", **kw)
+    cfg = SeedConfig(name=name, num_seeds=K, lr=0.1, kernel_backend="torch", **kw)
     return build_strategy(cfg, seed=3, rounds=10, local_steps=4)
 
 
@@ -215,7 +216,7 @@ def test_draws_are_a_permutation_and_reproducible():
 )
 def test_config_errors(kw, key):
     with pytest.raises(ConfigError, match=key):
-        StrategyConfig(name="fedkseed", **kw)
+        SeedConfig(name="fedkseed", **kw)
 
 
 def test_server_and_client_agree_after_1000_rounds():

@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from kernels import perturb_
 from strategies import seeds as sd
 from strategies import wire
-from strategies.config import StrategyConfig
+from strategies.config import FwdLLMConfig
 from strategies.fwdllm import CLIENT, FwdLLM, aligned, combine_asks, half_split_variance
 from strategies.registry import build_strategy
 
@@ -25,7 +25,7 @@ class FakeGrid:
 
 
 def make(rounds=2, **kw):
-    cfg = StrategyConfig(name="fwdllm", eta_l=0.1, num_seeds=K, perturbations=2, lr_schedule="linear", **kw)
+    cfg = FwdLLMConfig(lr=0.1, num_seeds=K, perturbations=2, lr_schedule="linear", **kw)
     return build_strategy(cfg, seed=7, rounds=rounds, local_steps=1)
 
 

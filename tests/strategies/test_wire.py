@@ -10,7 +10,7 @@ from server.config import ServerConfig
 from strategies import wire
 from strategies.codecs import CODECS, get_codec
 from strategies.runconfig import ConfigError, flatten, unflatten
-from strategies.validate import check_reply
+from strategies.kinds.delta import check_reply
 
 STATE = {"a": torch.randn(3, 4, generator=torch.Generator().manual_seed(0)), "b": torch.tensor([1.5, -2.0])}
 
@@ -40,7 +40,7 @@ def _reply(arrays, n=5, codec="fp32", error=None):
         {
             wire.ARRAYS: arrays,
             wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: n}),
-            wire.WIRE: ConfigRecord({"codec": codec}),
+            wire.WIRE: ConfigRecord({wire.CODEC_KEY: codec}),
         }
     )
     return Message(content, reply_to=out)
@@ -78,6 +78,7 @@ def test_runconfig_roundtrip():
     cfg = ClientConfig(model=ModelConfig(name="minilm", max_length=32), num_clients=7)
     flat = flatten(cfg)
     assert flat["model.name"] == "minilm" and flat["num_clients"] == 7
+    assert flat["codec.name"] == "fp32" and flat["method.name"] == "lora" and flat["method.lora.r"] == 8
     assert unflatten(ClientConfig, flat) == cfg
     s = ServerConfig(num_clients=4, clients_per_round=2)
     assert unflatten(ServerConfig, flatten(s)) == s
