@@ -95,7 +95,7 @@ def check_kinds(client: ClientConfig, server: ServerConfig) -> None:
     registered backbone."""
     from client.backbones import BACKBONES
     from client.methods import METHODS
-    from strategies.registry import STRATEGIES, strategy_kind
+    from strategies.registry import STRATEGIES, check_target, strategy_kind
     from strategies.runconfig import check_choice
 
     check_choice("model", client.model.name, BACKBONES)
@@ -108,3 +108,4 @@ def check_kinds(client: ClientConfig, server: ServerConfig) -> None:
             f"strategies for {method.kind}: {' | '.join(STRATEGIES.names(method.kind)) or '(none)'}; "
             f"methods for {kind}: {' | '.join(METHODS.names(kind)) or '(none)'}"
         )
+    check_target(server.strategy)

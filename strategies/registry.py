@@ -91,6 +91,19 @@ def strategy_kind(cfg: StrategyConfig) -> str:
     return STRATEGIES[cfg.name].kind
 
 
+def check_target(cfg: StrategyConfig) -> None:
+    """A seed strategy of the user's needs a seed strategy's config beside it."""
+    if cfg.target and strategy_kind(cfg) == SEEDS and not isinstance(cfg, SeedConfig):
+        raise _seed_config_error(cfg.target)
+
+
+def _seed_config_error(target: str) -> ConfigError:
+    return ConfigError(
+        f"strategy._target_={target} is a seed strategy; name the strategy whose config it takes with "
+        f"strategy={' | '.join(STRATEGIES.names(SEEDS))}"
+    )
+
+
 def build_strategy(cfg: StrategyConfig, seed: int = 0, rounds: int = 1, local_steps: int = 1) -> Strategy:
     """Build the configured strategy; ``cfg.target`` (a user's class) wins over ``cfg.name``.
 
@@ -116,10 +129,7 @@ def _build_user_strategy(cfg: StrategyConfig, run: RunInfo) -> Strategy:
 
     if issubclass(cls, SeedStrategy):
         if not isinstance(cfg, SeedConfig):
-            raise ConfigError(
-                f"strategy._target_={cfg.target} is a seed strategy; pick the config it extends with "
-                f"strategy={' | '.join(STRATEGIES.names(SEEDS))}"
-            )
+            raise _seed_config_error(cfg.target)
         args: dict[str, Any] = {"seed": run.seed, "rounds": run.rounds, "local_steps": run.local_steps, **cfg.kwargs}
         return _construct(cls, cfg.target, args, cfg)
     params = inspect.signature(cls.__init__).parameters

@@ -82,6 +82,8 @@ def test_experiment_overrides_root_values():
         (["+partition.classes_per_client=3"], r"partition=dirichlet: unknown key\(s\) partition.classes_per_client"),
         (["method=zo_seed", "strategy=fedkseed", "+method.perturbations=4"], r"unknown key\(s\) method.perturbations"),
         (["strategy._target_=strategies.fedkseed.FedKSeed"], "sends delta updates, but strategy=strategies.fedkseed.FedKSeed aggregates seeds"),
+        (["method=zo_seed", "strategy._target_=strategies.fedkseed.FedKSeed"], "is a seed strategy; name the strategy whose config"),
+        (["strategy._target_=no_such_pkg.Strategy"], "cannot import module 'no_such_pkg'"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides, match):
