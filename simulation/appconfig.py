@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import open_dict
 
-from strategies.runconfig import build_plugin, plugin_keys, registry_of
+from strategies.runconfig import build_plugin, flatten, plugin_keys, registry_of
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = ROOT / "pyproject.toml"
@@ -54,7 +54,7 @@ def app_run_config() -> dict[str, Any]:
     cfg, _ = _composed([])
     sim = build_sim_config(cfg, Path(ServerConfig().run_dir))
     server = dataclasses.replace(sim.server, run_dir=ServerConfig().run_dir)
-    flat = {**sim.run_config(), **_flatten(server)}
+    flat = {**sim.run_config(), **flatten(server)}
     for owner in (ClientConfig, ServerConfig):
         for f in dataclasses.fields(owner):
             registry = registry_of(f)
@@ -68,12 +68,6 @@ def app_run_config() -> dict[str, Any]:
                     raise ValueError(f"configs/{f.name}/{name}.yaml: {errors}")
                 flat.update({k: v for k, v in plugin_keys(registry, plugin, f.name).items() if k not in flat})
     return flat
-
-
-def _flatten(obj: Any) -> dict[str, Any]:
-    from strategies.runconfig import flatten
-
-    return flatten(obj)
 
 
 def _toml_value(value: Any) -> str:

@@ -92,22 +92,12 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    elif tp in (int, float):  # an int field takes whole numbers only (2.0, not 2.5)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (tp is float or float(value).is_integer()):
+            return tp(value)
         if isinstance(value, str):
             try:
-                return int(value)
-            except ValueError:
-                pass
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
+                return tp(value)
             except ValueError:
                 pass
     elif tp is str:
@@ -179,13 +169,17 @@ def build(cls: type[T], raw: Mapping[str, Any], prefix: str = "", errors: list[s
     return obj
 
 
+def _default_name(registry: Any) -> str:
+    """The plug-in a group takes when its ``name`` is not given (the base config's default)."""
+    return next(f.default for f in dataclasses.fields(registry.base) if f.name == "name")
+
+
 def build_plugin(registry: Any, raw: Any, key: str, errors: list[str]) -> Any:
     """The config of the plug-in ``raw["name"]`` names (the base class default if absent)."""
     if not isinstance(raw, Mapping):
         errors.append(f"{key}: expected a mapping, got {raw!r}")
         return None
-    default = next(f.default for f in dataclasses.fields(registry.base) if f.name == "name")
-    name = str(raw.get("name", default))
+    name = str(raw.get("name", _default_name(registry)))
     if name not in registry:
         errors.append(f"{registry.group}={name!r} is not known; valid choices: {', '.join(registry.names())}")
         return None
@@ -247,7 +241,7 @@ def _nest(cls: type, flat: Mapping[str, Any], prefix: str, errors: list[str]) ->
 def _nest_plugin(registry: Any, flat: Mapping[str, Any], key: str, errors: list[str]) -> dict[str, Any]:
     shared = {f.name for f in dataclasses.fields(registry.base)}
     raw = {k: flat[f"{key}.{k}"] for k in shared if f"{key}.{k}" in flat}
-    name = str(raw.get("name", next(f.default for f in dataclasses.fields(registry.base) if f.name == "name")))
+    name = str(raw.get("name", _default_name(registry)))
     known = {f"{key}.{k}" for k in shared}
     for other in registry:  # every plug-in's own keys may be present (the App's declared defaults)
         known |= {f"{key}.{other}.{f.name}" for f in dataclasses.fields(registry[other].config) if f.name not in shared}

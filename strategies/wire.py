@@ -23,6 +23,11 @@ CALL_SECONDS = "call-s"  # whole handler time (load state, train, encode)
 PEAK_RSS_MB = "peak-rss-mb"  # client process peak RSS during this call
 PARTITION_ID = "partition-id"
 
+def error_reason(msg) -> str:
+    """The first line of a Flower error reply, as a rejection reason."""
+    return f"client error: {msg.error.reason.strip().splitlines()[0] if msg.error.reason else msg.error.code}"
+
+
 # Update kinds (each is one exchange in strategies/kinds/).
 KIND_DELTA = "delta"
 KIND_SEEDS = "seeds"

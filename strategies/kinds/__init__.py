@@ -15,7 +15,6 @@ Adding a kind is one file here plus one line below, and its method and strategy.
 
 from __future__ import annotations
 
-from strategies import wire
 from strategies.kinds.base import RoundExchange, UpdateKind
 from strategies.kinds.delta import DeltaKind
 from strategies.kinds.seeds import SeedsKind
@@ -30,4 +29,4 @@ def get_kind(name: str) -> UpdateKind:
     return KINDS[name]
 
 
-__all__ = ["KINDS", "RoundExchange", "UpdateKind", "get_kind", "wire"]
+__all__ = ["KINDS", "RoundExchange", "UpdateKind", "get_kind"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,11 @@ class RoundExchange:
     global_state: Mapping[str, np.ndarray]
     codec: Codec
     max_examples: int = 10**9
+
+    @cached_property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape of the global state (what a delta reply must match)."""
+        return {k: tuple(v.shape) for k, v in self.global_state.items()}
 
 
 class UpdateKind:
@@ -77,8 +83,3 @@ def wire_codec_name(msg: Message) -> str:
 
 def wire_codec(msg: Message) -> Codec:
     return get_codec(wire_codec_name(msg))
-
-
-def error_reason(msg: Message) -> str:
-    """A Flower error reply's first line."""
-    return f"client error: {msg.error.reason.strip().splitlines()[0] if msg.error.reason else msg.error.code}"

@@ -20,7 +20,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from strategies import wire
 from strategies.codecs import CODECS, Codec
-from strategies.kinds.base import RoundExchange, UpdateKind, error_reason, wire_codec, wire_codec_name, wire_record
+from strategies.kinds.base import RoundExchange, UpdateKind, wire_codec, wire_codec_name, wire_record
 
 
 def state_content(state: Mapping[str, torch.Tensor], codec: Codec) -> RecordDict:
@@ -48,7 +48,7 @@ def check_reply(
         Largest plausible ``num-examples`` (guards the weighting against inflation).
     """
     if msg.has_error():
-        return None, error_reason(msg)
+        return None, wire.error_reason(msg)
     content = msg.content
     for key, kind in ((wire.ARRAYS, "array_records"), (wire.METRICS, "metric_records")):
         if key not in getattr(content, kind):
@@ -89,8 +89,7 @@ class DeltaKind(UpdateKind):
             msg.content[wire.WIRE] = content[wire.WIRE]
 
     def screen(self, ex: RoundExchange, reply: Message, ask: int) -> str | None:
-        shapes = {k: tuple(v.shape) for k, v in ex.global_state.items()}
-        decoded, reason = check_reply(reply, shapes, ex.max_examples)
+        decoded, reason = check_reply(reply, ex.shapes, ex.max_examples)
         if reason is None:
             reply.content[wire.ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in decoded.items()})
             if wire.WIRE in reply.content.config_records:

@@ -38,7 +38,7 @@ def check_seed_reply(
     perturbations); a non-finite scalar; a bad example count.
     """
     if msg.has_error():
-        return None, f"client error: {msg.error.reason.strip().splitlines()[0] if msg.error.reason else msg.error.code}"
+        return None, wire.error_reason(msg)
     content = msg.content
     if FRAME not in content.config_records:
         kind = content.config_records.get(wire.WIRE, {}).get(wire.KIND_KEY)

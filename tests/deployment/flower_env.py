@@ -50,6 +50,19 @@ def flower_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def kill_stragglers(procs: list, timeout: float) -> None:
+    """Wait up to ``timeout`` s for already-signalled psutil processes, then SIGKILL the rest."""
+    import psutil
+
+    _, alive = psutil.wait_procs(procs, timeout=max(0.1, timeout))
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
 def read_rows(path: Path) -> list[dict]:
     """metrics.jsonl rows written so far (a line being written ends the list)."""
     rows = []

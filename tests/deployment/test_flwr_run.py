@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.deployment.flower_env import BIN, REPO, copy_app, flower_env, free_port, read_rows
+from tests.deployment.flower_env import BIN, REPO, copy_app, flower_env, free_port, kill_stragglers, read_rows
 
 pytestmark = pytest.mark.integration
 
@@ -80,13 +80,7 @@ def _stop(flwr: subprocess.Popen | None, token: str) -> None:
                 proc.terminate()
             except psutil.Error:
                 pass
-        _, alive = psutil.wait_procs(victims, timeout=10)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        kill_stragglers(victims, timeout=10)
     if flwr is not None:
         try:
             flwr.wait(timeout=5)

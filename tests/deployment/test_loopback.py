@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.deployment.flower_env import BIN, copy_app, flower_env, free_port, read_rows
+from tests.deployment.flower_env import BIN, copy_app, flower_env, free_port, kill_stragglers, read_rows
 
 pytestmark = pytest.mark.integration
 
@@ -129,13 +129,7 @@ class Processes:
                 except ProcessLookupError:
                     pass
                 proc.wait(timeout=5)
-        _, alive = psutil.wait_procs(victims, timeout=max(0.1, deadline - time.monotonic()))
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        kill_stragglers(victims, timeout=deadline - time.monotonic())
 
 
 def _env(home: Path) -> dict[str, str]:
