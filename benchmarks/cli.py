@@ -3,7 +3,8 @@
 Suites: overhead (ClientApp call overhead with vs without the backbone cache),
 memory (client peak RSS, fp32 vs nf4/int8 backbones), kernels (seeded perturbation
 throughput vs torch normal_ + add_), zo (uplink bytes and client memory of zo_seed and
-forward_grad next to LoRA FedAvg).
+forward_grad next to LoRA FedAvg), firstuse (time to a config error, experiment=smoke
+end to end with its start-up phases and console, and its accuracy vs chance).
 """
 
 from __future__ import annotations
@@ -12,25 +13,35 @@ import argparse
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="anther-bench", description=__doc__)
-    sub = parser.add_subparsers(dest="suite", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anther-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
     o = sub.add_parser("overhead", help="per-call overhead vs local training, cache on/off")
-    o.add_argument("--model", default="minilm")
-    o.add_argument("--local-steps", type=int, default=10)
-    o.add_argument("--calls", type=int, default=6)
+    o.add_argument("--model", default="minilm", help="backbone (a model= choice; default minilm)")
+    o.add_argument("--local-steps", type=int, default=10, help="local steps per ClientApp call (default 10)")
+    o.add_argument("--calls", type=int, default=6, help="ClientApp calls timed per case (default 6)")
     o.add_argument("--threads", type=int, default=1, help="torch threads, as one simulated client")
     mem = sub.add_parser("memory", help="client peak RSS of smollm2-135m: fp32 vs nf4 vs int8")
-    mem.add_argument("--checkpointing", action="store_true")
+    mem.add_argument("--checkpointing", action="store_true", help="also with gradient checkpointing")
     k = sub.add_parser("kernels", help="seeded perturbation throughput vs torch normal_+add_")
-    k.add_argument("--elements", type=int, default=135_000_000)
+    k.add_argument("--elements", type=int, default=135_000_000, help="elements perturbed (default: SmolLM2-135M's)")
     z = sub.add_parser("zo", help="bytes and memory of zo_seed / forward_grad vs LoRA FedAvg")
-    z.add_argument("--model", default="smollm2-135m")
-    z.add_argument("--tau", type=int, default=200)
-    z.add_argument("--perturbations", type=int, default=10)
+    z.add_argument("--model", default="smollm2-135m", help="backbone (default smollm2-135m)")
+    z.add_argument("--tau", type=int, default=200, help="local steps whose (seed, scalar) pairs are counted (default 200)")
+    z.add_argument("--perturbations", type=int, default=10, help="perturbations per step for forward_grad (default 10)")
     z.add_argument("--bits", default="32,8,4", help="scalar widths for the bytes cases")
-    z.add_argument("--only", choices=("memory", "bytes"))
-    args = parser.parse_args(argv)
+    z.add_argument("--only", choices=("memory", "bytes"), help="run only the memory or only the bytes cases")
+    f = sub.add_parser("firstuse", help="time to a config error; experiment=smoke end to end, console, accuracy")
+    f.add_argument("--repeats", type=int, default=3, help="runs of each config error (the median is reported)")
+    f.add_argument("--smoke-runs", type=int, default=1, help="runs of experiment=smoke timed end to end")
+    f.add_argument("--seeds", default="", help="comma-separated seeds: smoke's final accuracy per seed vs chance")
+    f.add_argument("--extra", default="", help="space-separated overrides added to every smoke run")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.suite == "overhead":
         from benchmarks.overhead import run
 
@@ -49,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.memory import main as memory_main
 
         return int(memory_main(["--checkpointing"] if args.checkpointing else []) or 0)
+    elif args.suite == "firstuse":
+        from benchmarks.firstuse import main as firstuse_main
+
+        return firstuse_main(["--repeats", str(args.repeats), "--smoke-runs", str(args.smoke_runs),
+                              "--seeds", args.seeds, "--extra", args.extra])
     return 0
 
 

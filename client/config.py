@@ -17,6 +17,7 @@ from strategies.runconfig import check, check_choice
 QUANT_MODES = ("none", "int8", "nf4", "fp4")
 TASKS = ("auto", "classification", "causal_lm")
 DATA_SOURCES = ("generated", "file", "hf")  # loaders: client/data.py
+BACKBONE_NAMES = ("tiny-llama", "tiny-bert", "minilm", "smollm2-135m", "hf")  # loaders: client/backbones.py
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,11 @@ class ModelConfig:
     max_length: int = 64
 
     def __post_init__(self) -> None:
+        check_choice("model", self.name, BACKBONE_NAMES)
         check_choice("model.task", self.task, TASKS)
         check(self.max_length >= 8, "model.max_length", "an integer >= 8", self.max_length)
         if self.name == "hf":
-            check(bool(self.path), "model.path", "a Hugging Face id or local folder when model.name=hf", self.path)
+            check(bool(self.path), "model.path", "a Hugging Face id or local folder when model=hf", self.path)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ evaluator by import path (the server never imports client code), and runs
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
@@ -17,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.config import ServerConfig
 from server.loop import EvaluateFn, run_server
+from server.trackers import Trackers
 from strategies.plugins import import_string
 from strategies.registry import build_strategy
 from strategies.runconfig import unflatten
@@ -32,21 +34,33 @@ def make_evaluate_fn(cfg: ServerConfig, run_config: dict[str, Any]) -> EvaluateF
     return factory(run_config)
 
 
-def main(grid: Grid, run_config: dict[str, Any]) -> dict[str, Any]:
-    """Run one federation from a flat run_config; returns the summary."""
+def main(grid: Grid, run_config: dict[str, Any], trackers: Trackers | None = None) -> dict[str, Any]:
+    """Run one federation from a flat run_config; returns the summary.
+
+    ``trackers`` (the simulator's, which also logs the report figures) receive every
+    metrics row; without them, the ``logger`` of the config opens its own for the run.
+    """
     cfg = unflatten(ServerConfig, run_config)
     strategy = build_strategy(cfg.strategy, seed=cfg.seed, rounds=cfg.rounds, local_steps=cfg.local_steps)
     extras = {"model": run_config.get("model.name"), "method": run_config.get("method.name")}
-    return run_server(grid, cfg, strategy, make_evaluate_fn(cfg, run_config), extras)
+    if trackers is not None:
+        return run_server(grid, cfg, strategy, make_evaluate_fn(cfg, run_config), extras, trackers)
+    own = Trackers.open(cfg.logger, Path(cfg.run_dir), run_name=Path(cfg.run_dir).name, group=cfg.logger_group or None,
+                        config=run_config, resume=cfg.resume != "false")
+    with own:
+        summary = run_server(grid, cfg, strategy, make_evaluate_fn(cfg, run_config), extras, own)
+        own.log_summary(summary)
+        own.log_files([Path(cfg.run_dir) / n for n in ("summary.json", "metrics.jsonl")])
+    return summary
 
 
-def build_server_app(run_config: dict[str, Any] | None = None) -> ServerApp:
+def build_server_app(run_config: dict[str, Any] | None = None, trackers: Trackers | None = None) -> ServerApp:
     """A ServerApp whose run_config is ``run_config`` merged over Flower's."""
     app = ServerApp()
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
-        main(grid, {**dict(context.run_config), **(run_config or {})})
+        main(grid, {**dict(context.run_config), **(run_config or {})}, trackers)
 
     return app
 

@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 
 from strategies.codecs import CodecConfig
 from strategies.config import FedAvgConfig, StrategyConfig
-from strategies.runconfig import check
+from server.trackers import parse_logger
+from strategies.runconfig import check, check_choice
+
+RESUME_MODES = ("false", "true", "auto")
 
 
 @dataclass(frozen=True)
@@ -16,7 +19,12 @@ class ServerConfig:
     evaluator: import path of a factory ``f(run_config: dict) -> evaluate_fn`` used for
         central evaluation; the server never imports client code directly.
     run_dir: where metrics.jsonl, summary.json and checkpoints/ go.
-    resume: continue from ``run_dir/checkpoints/latest`` if present.
+    resume: "false" starts afresh; "true" continues from ``run_dir/checkpoints/latest``
+        and is an error without one; "auto" continues when there is one, else starts.
+    logger: experiment trackers fed with every metrics row (``server/trackers.py``):
+        tensorboard, mlflow, wandb; several allowed.
+    logger_group: the trackers' group of runs (a sweep's folder; MLflow experiment,
+        W&B group); empty for a single run.
     """
 
     strategy: StrategyConfig = field(default_factory=FedAvgConfig, metadata={"registry": "strategies.registry:STRATEGIES"})
@@ -27,7 +35,9 @@ class ServerConfig:
     local_steps: int = 10  # the clients' steps per round (seed strategies bound pairs by it)
     eval_every: int = 1
     seed: int = 0
-    resume: bool = False
+    resume: str = "false"
+    logger: tuple[str, ...] = ()
+    logger_group: str = ""
     run_dir: str = "outputs/flwr-run"
     evaluator: str = "client.evaluate:make_central_evaluate"
     timeout_s: float = 3600.0
@@ -42,4 +52,6 @@ class ServerConfig:
             self.clients_per_round,
         )
         check(self.rounds >= 1, "rounds", "an integer >= 1", self.rounds)
+        check_choice("resume", self.resume, RESUME_MODES)
+        object.__setattr__(self, "logger", parse_logger(self.logger))
         check(self.eval_every >= 0, "eval_every", "an integer >= 0 (0 = only after the last round)", self.eval_every)

@@ -29,6 +29,7 @@ from server.metrics import MetricsLog, write_json
 from server.progress import RoundProgress
 from server.sampling import ClientSampler, SampledGrid
 from server.state import ServerState, load_checkpoint, save_checkpoint
+from server.trackers import Trackers
 from strategies import wire
 from strategies.codecs import get_codec
 from strategies.kinds import RoundExchange, get_kind
@@ -75,6 +76,7 @@ def _query(grid: Any, node_ids: Iterable[int], op: str, timeout: float) -> list[
 
 def discover(grid: Any, cfg: ServerConfig) -> Federation:
     """Wait for ``num_clients`` nodes and learn each one's identity."""
+    log.info("asking the %d clients who they are", cfg.num_clients)
     while len(node_ids := list(grid.get_node_ids())) < cfg.num_clients:
         log.info("waiting for clients: %d of %d connected", len(node_ids), cfg.num_clients)
         time.sleep(1.0)
@@ -115,9 +117,11 @@ class RoundLoop:
     """Runs rounds ``start..cfg.rounds`` of a strategy over a Flower grid."""
 
     def __init__(
-        self, grid: Any, strategy: Any, cfg: ServerConfig, evaluate_fn: EvaluateFn | None, extras: dict[str, Any] | None = None
+        self, grid: Any, strategy: Any, cfg: ServerConfig, evaluate_fn: EvaluateFn | None, extras: dict[str, Any] | None = None,
+        trackers: Trackers | None = None,
     ) -> None:
         self.grid, self.strategy, self.cfg, self.evaluate_fn = grid, strategy, cfg, evaluate_fn
+        self.trackers = trackers or Trackers.open((), Path(cfg.run_dir), run_name="")
         self.extras = {"strategy": cfg.strategy.target or cfg.strategy.name, "num_clients": cfg.num_clients, **(extras or {})}
         self.codec = get_codec(cfg.codec.name)
         self.kind = get_kind(update_kind(strategy))
@@ -126,9 +130,13 @@ class RoundLoop:
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.sampler = ClientSampler(cfg.seed)
 
+    def _log_row(self, row: dict[str, Any]) -> None:
+        self.metrics.append(row)
+        self.trackers.log_row(self.metrics.rows[-1])
+
     # -- set-up ---------------------------------------------------------------------
     def _start_state(self, fed: Federation) -> ServerState:
-        ckpt = load_checkpoint(self.ckpt_dir) if self.cfg.resume else None
+        ckpt = load_checkpoint(self.ckpt_dir) if self.cfg.resume != "false" else None
         if ckpt is not None:
             log.info("resuming from checkpoint after round %d", ckpt.round)
             set_strategy_state(self.strategy, ckpt.strategy_state)
@@ -142,10 +150,11 @@ class RoundLoop:
         """Run the remaining rounds; return the summary dict (also in summary.json)."""
         t0 = time.perf_counter()
         fed = discover(self.grid, self.cfg)
+        log.info("%d clients connected and named; getting the initial state", len(fed.node_of))
         state = self._start_state(fed)
         if state.round == 0 and self._should_eval(0):
             ev = self._evaluate(0, state.global_state)
-            self.metrics.append(self._row(0, ev, time.perf_counter() - t0))
+            self._log_row(self._row(0, ev, time.perf_counter() - t0))
         with RoundProgress(self.cfg.rounds, state.round) as progress:
             for rnd in range(state.round + 1, self.cfg.rounds + 1):
                 row = self._round(rnd, state, fed)
@@ -189,7 +198,7 @@ class RoundLoop:
         save_checkpoint(state, self.ckpt_dir)
         row = self._row(rnd, ev, time.perf_counter() - t0, valid, bytes_up, bytes_down, sent, failures)
         row.update({k: v for k, v in strategy_metrics.items() if k not in row})
-        self.metrics.append(row)
+        self._log_row(row)
         write_json(self.run_dir / "summary.json", self.metrics.summary(**self.extras))
         return row
 
@@ -258,9 +267,10 @@ class RoundLoop:
 
 
 def run_server(
-    grid: Any, cfg: ServerConfig, strategy: Any, evaluate_fn: EvaluateFn | None, extras: dict[str, Any] | None = None
+    grid: Any, cfg: ServerConfig, strategy: Any, evaluate_fn: EvaluateFn | None, extras: dict[str, Any] | None = None,
+    trackers: Trackers | None = None,
 ) -> dict[str, Any]:
     """Run a whole federation and write summary.json; returns the summary."""
-    summary = RoundLoop(grid, strategy, cfg, evaluate_fn, extras).run()
+    summary = RoundLoop(grid, strategy, cfg, evaluate_fn, extras, trackers).run()
     write_json(Path(cfg.run_dir) / "summary.json", summary)
     return summary

@@ -1,7 +1,10 @@
-"""A rich progress bar over rounds with the latest accuracy, loss and traffic."""
+"""Progress over rounds with the latest accuracy, loss and traffic: a live rich bar on
+a terminal, and one log line per round (``anther.rounds``: the run log, and the console
+when it is not a terminal)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +17,9 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+log = logging.getLogger("anther.rounds")
 
 
 class RoundProgress:
@@ -33,13 +39,17 @@ class RoundProgress:
         )
         self.task = self.progress.add_task("rounds", total=rounds, completed=done, status="")
         self.up = 0
+        self.rounds = rounds
+        self.live = self.console.is_terminal
 
     def __enter__(self) -> "RoundProgress":
-        self.progress.start()
+        if self.live:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.stop()
+        if self.live:
+            self.progress.stop()
 
     def update(self, rnd: int, row: dict[str, Any]) -> None:
         self.up += row["bytes_up"]
@@ -49,6 +59,6 @@ class RoundProgress:
         if row.get("train_loss") is not None:
             parts.append(f"loss {row['train_loss']:.3f}")
         parts.append(f"up {_fmt_bytes(self.up)}")
-        if row.get("failures"):
-            parts.append(f"[red]fail {row['failures']}[/red]")
-        self.progress.update(self.task, completed=rnd, status=" · ".join(parts))
+        failed = f"fail {row['failures']}" if row.get("failures") else ""
+        self.progress.update(self.task, completed=rnd, status=" · ".join(parts + [f"[red]{failed}[/red]"] * bool(failed)))
+        log.info("round %d/%d  %s  (%.1f s)", rnd, self.rounds, " · ".join(parts + [failed] * bool(failed)), row.get("wall_s", 0.0))

@@ -38,10 +38,14 @@ def run(overrides: list[str], client_app: Any = None) -> Path:
     """
     from omegaconf import OmegaConf, open_dict
 
-    from simulation.runner import run_federation
+    from simulation.config import build_sim_config
 
     cfg = compose_config(overrides)
     run_dir = Path(OmegaConf.select(cfg, "hydra.run.dir"))
     with open_dict(cfg):
         del cfg["hydra"]
-    return run_federation(cfg, run_dir, client_app=client_app)
+    sim = build_sim_config(cfg, run_dir)  # before any heavy import
+
+    from simulation.runner import run_federation
+
+    return run_federation(cfg, run_dir, client_app=client_app, sim=sim)

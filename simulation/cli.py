@@ -3,6 +3,12 @@
     anther-sim                                   # embedded default, offline
     anther-sim experiment=agnews_minilm strategy=fedprox
     anther-sim -m strategy=fedavg,fedprox,fedadam partition.alpha=0.1,1.0
+
+The whole config (and the data, model and run directory it names) is validated before
+torch, transformers or Flower is imported, so a config error comes within a second or
+two. Exit codes (documented in the README): 0 done, 2 bad config or input (a message
+naming the key; nothing is trained), 1 the run failed (the traceback is in the run
+directory's ``cli.log``), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,59 +16,153 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-from rich.console import Console
-
-from simulation.config import TOP_LEVEL_KEYS
 from strategies.runconfig import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("model", "quant", "data", "partition", "method", "strategy", "codec", "device", "experiment")
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+HELP = """\
+anther-sim: federated fine-tuning of foundation models, simulated on one machine.
 
-def check_override_keys(overrides: list[str]) -> None:
-    """Reject unknown top-level keys with the list of valid ones (Hydra's message does not)."""
-    bad = []
-    for arg in overrides:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key = arg.split("=", 1)[0].lstrip("+~").split(".", 1)[0].split("/", 1)[0]
-        if key not in TOP_LEVEL_KEYS and key not in ("hydra", "experiment"):
-            bad.append(key)
-    if bad:
-        raise ConfigError(f"unknown key(s) {sorted(set(bad))}; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
+Partitions a dataset over NUM_CLIENTS simulated clients (non-IID), then runs ROUNDS
+rounds of Flower's Simulation Engine: each round the server samples CLIENTS_PER_ROUND
+clients, each trains its METHOD (LoRA with backprop, or backprop-free (seed, scalar)
+updates) on a frozen, optionally quantized backbone, and the STRATEGY aggregates what
+they send. Everything it produces (metrics.jsonl, summary.json, report.png,
+checkpoints, cli.log) goes to the run directory it names at the end.
+
+usage: anther-sim [KEY=VALUE ...]          one run
+       anther-sim -m KEY=A,B ...           a sweep (one run per combination)
+
+config groups (KEY=CHOICE):
+{groups}
+
+settings: num_clients clients_per_round rounds local_steps batch_size lr seed eval_every
+          resume=false|true|auto  logger=tensorboard|mlflow|wandb (or [tensorboard,mlflow])
+          and any group's own keys, e.g. partition.alpha=0.1 method.r=4 strategy.proximal_mu=0.01
+
+examples:
+  anther-sim experiment=smoke                                   # a few seconds: learns a tiny task
+  anther-sim experiment=agnews_minilm strategy=fedprox logger=tensorboard
+  anther-sim -m strategy=fedavg,fedprox partition.alpha=0.1,1.0 # a sweep; then:
+  python -m simulation.compare multirun/ --target 0.8
+
+options: -v (show third-party logs on the console), -m (sweep), --cfg job (print the
+config), --hydra-help (Hydra's own options). Exit codes: 0 done, 2 bad config or input,
+1 the run failed, 130 interrupted. Docs: README.md, docs/.
+"""
 
 
 def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sim")
-def _hydra_main(cfg: DictConfig) -> None:
-    from simulation.runner import run_federation
+def help_text() -> str:
+    width = max(map(len, GROUPS))
+    lines = [f"  {g:<{width}}  {' | '.join(group_choices(g))}" for g in GROUPS]
+    return HELP.format(groups="\n".join(lines))
 
-    from client.backbones import BackboneUnavailable
 
-    console = Console(stderr=True)
-    try:
-        run_federation(cfg, Path(HydraConfig.get().runtime.output_dir), console=console)
-    except ConfigError as err:
-        console.print(f"[bold red]config error:[/bold red] {err}")
-        sys.exit(2)
-    except BackboneUnavailable as err:
-        console.print(f"[bold red]backbone unavailable:[/bold red] {err}")
-        sys.exit(3)
+def check_override_keys(overrides: list[str]) -> None:
+    """Reject unknown top-level keys and unknown group choices at once, listing the valid
+    ones (Hydra's message does not, and its exit code differs)."""
+    from simulation.config import TOP_LEVEL_KEYS
+
+    errors = []
+    for arg in overrides:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        top = key.split(".", 1)[0].split("/", 1)[0]
+        if top not in TOP_LEVEL_KEYS and top not in ("hydra", "experiment"):
+            errors.append(f"unknown key {top!r}; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
+        elif key in GROUPS:
+            choices = group_choices(key)
+            for choice in value.split(","):
+                if choice and choice != "null" and choice not in choices:
+                    errors.append(f"{key}={choice}: unknown {key}; choose one of {' | '.join(choices)}")
+    if errors:
+        raise ConfigError("\n  - ".join(dict.fromkeys(errors)) if len(errors) == 1 else
+                          "invalid overrides:\n  - " + "\n  - ".join(dict.fromkeys(errors)))
+
+
+def prevalidate(overrides: list[str]) -> None:
+    """Compose once with Hydra's compose API and validate (a sweep validates per run)."""
+    from omegaconf import OmegaConf, open_dict
+
+    from simulation import compose_config
+    from simulation.config import build_sim_config
+
+    cfg = compose_config(overrides)
+    run_dir = Path(OmegaConf.select(cfg, "hydra.run.dir"))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    build_sim_config(cfg, run_dir)
+
+
+def _hydra_main(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from simulation.config import build_sim_config
+    from simulation.console import run_console
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    group = Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else ""
+    verbose = "-v" in _FLAGS
+    with run_console(run_dir, verbose=verbose) as console:
+        try:
+            sim = build_sim_config(cfg, run_dir, group=group)  # light: no torch, no Flower
+        except ConfigError as err:
+            console.config_error(err)
+            sys.exit(EXIT_CONFIG)
+        from client.hub import BackboneUnavailable
+        from simulation.runner import run_federation
+
+        try:
+            run_federation(cfg, run_dir, console=console, sim=sim)
+        except ConfigError as err:
+            console.config_error(err)
+            sys.exit(EXIT_CONFIG)
+        except BackboneUnavailable as err:
+            console.config_error(err, title="backbone unavailable")
+            sys.exit(EXIT_CONFIG)
+        except KeyboardInterrupt:
+            console.failure("interrupted; the last checkpoint is kept (continue with resume=true)")
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as err:
+            console.crash(err)
+            sys.exit(EXIT_FAILED)
+
+
+_FLAGS: set[str] = set()
 
 
 def main() -> None:
+    argv = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text())
+        sys.exit(EXIT_OK)
+    for flag in ("-v", "--verbose"):
+        if flag in argv:
+            argv.remove(flag)
+            _FLAGS.add("-v")
     try:
-        check_override_keys(sys.argv[1:])
+        check_override_keys(argv)
+        if not any(a.startswith("-") for a in argv):  # one run: validate it all before Hydra's own set-up
+            prevalidate(argv)
     except ConfigError as err:
-        Console(stderr=True).print(f"[bold red]config error:[/bold red] {err}")
-        sys.exit(2)
-    _hydra_main()
+        from simulation.console import print_config_error
+
+        print_config_error(err)
+        sys.exit(EXIT_CONFIG)
+    import hydra
+
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sim")(_hydra_main)()
 
 
 if __name__ == "__main__":

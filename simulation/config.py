@@ -19,14 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from client.config import ClientConfig, DataConfig
 from server.config import ServerConfig
+from simulation.checks import check_run
 from strategies.runconfig import ConfigError, build, check, flatten
 
 TOP_LEVEL_KEYS = (
     "model quant data partition method strategy codec device num_clients clients_per_round "
-    "rounds local_steps batch_size lr seed eval_every resume"
+    "rounds local_steps batch_size lr seed eval_every resume logger"
 ).split()
 CLIENT_KEYS = ("model", "quant", "data", "partition", "method", "codec", "num_clients", "local_steps", "batch_size", "lr", "seed")
-SERVER_KEYS = ("strategy", "codec", "num_clients", "clients_per_round", "rounds", "local_steps", "eval_every", "seed", "resume")
+SERVER_KEYS = ("strategy", "codec", "num_clients", "clients_per_round", "rounds", "local_steps", "eval_every", "seed", "resume", "logger")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class DeviceProfile:
     client_cpus: float = 1.0
     client_gpus: float = 0.0
     malloc_mmap_threshold: int = 0  # > 0: glibc returns freed tensors >= this many bytes at once
+    warm_workers: bool = True  # Anther starts Ray; workers import and load the backbone as they start
 
     def __post_init__(self) -> None:
         check(self.client_cpus > 0, "device.client_cpus", "a number > 0", self.client_cpus)
@@ -72,8 +74,10 @@ def _absolute_data_path(data: DataConfig) -> DataConfig:
     return dataclasses.replace(data, path=str(Path(data.path).expanduser().resolve()))
 
 
-def build_sim_config(cfg: DictConfig, run_dir: Path) -> SimConfig:
-    """Validate the composed config; raise one ConfigError listing every problem."""
+def build_sim_config(cfg: DictConfig, run_dir: Path, group: str = "") -> SimConfig:
+    """Validate the composed config and what it points at (data, model, run directory;
+    :mod:`simulation.checks`) without heavy imports; raise one ConfigError listing every
+    problem."""
     errors: list[str] = []
     raw = raw_values(cfg)
     unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS) - {"experiment"})
@@ -81,24 +85,21 @@ def build_sim_config(cfg: DictConfig, run_dir: Path) -> SimConfig:
         errors.append(f"unknown top-level key(s) {unknown}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
     client = build(ClientConfig, {k: raw[k] for k in CLIENT_KEYS if k in raw}, errors=errors)
     server_raw = {k: raw[k] for k in SERVER_KEYS if k in raw}
-    server = build(ServerConfig, {**server_raw, "run_dir": str(run_dir.resolve())}, errors=errors)
+    server = build(ServerConfig, {**server_raw, "run_dir": str(run_dir.resolve()), "logger_group": group}, errors=errors)
     device = build(DeviceProfile, raw.get("device", {}), "device.", errors=errors)
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(dict.fromkeys(errors)))
     client = dataclasses.replace(client, data=_absolute_data_path(client.data))
     check_kinds(client, server)
+    check_run(client, server, server.logger)
     return SimConfig(client=client, server=server, device=device)
 
 
 def check_kinds(client: ClientConfig, server: ServerConfig) -> None:
-    """The method's update kind must be the one the strategy aggregates; the model a
-    registered backbone."""
-    from client.backbones import BACKBONES
+    """The method's update kind must be the one the strategy aggregates."""
     from client.methods import METHODS
     from strategies.registry import STRATEGIES, check_target, strategy_kind
-    from strategies.runconfig import check_choice
 
-    check_choice("model", client.model.name, BACKBONES)
     method = METHODS[client.method.name]
     strategy = server.strategy.target or server.strategy.name
     kind = strategy_kind(server.strategy)

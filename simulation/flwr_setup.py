@@ -76,7 +76,9 @@ def ensure_connection(config_path: Path, name: str, num_supernodes: int) -> tupl
         With a message naming the file, if it cannot be read, parsed or written, or if
         ``superlink``, ``superlink.<name>`` or its ``options`` is not a table.
     """
-    from flwr.cli.constant import DEFAULT_FLOWER_CONFIG_TOML  # what flwr writes on a fresh HOME
+    from flwr.cli.constant import (
+        DEFAULT_FLOWER_CONFIG_TOML,  # what flwr writes on a fresh HOME
+    )
 
     try:
         text = config_path.read_text() if config_path.exists() else DEFAULT_FLOWER_CONFIG_TOML

@@ -1,4 +1,9 @@
-"""Run one federation on Flower's Simulation Engine with the real ServerApp/ClientApp."""
+"""Run one federation on Flower's Simulation Engine with the real ServerApp/ClientApp.
+
+Light to import: torch, transformers and Flower are imported inside
+:func:`run_federation`, after the config is validated and Ray has been started in the
+background (:mod:`simulation.workers`).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,19 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
 
-from client.app import build_client_app, with_anther_queries
-from client.data_source import label_names
-from client.runtime import get_runtime
-from server.app import build_server_app
+from server.trackers import Trackers
 from simulation.config import SimConfig, build_sim_config
-from simulation.partition import partition_stats, partition_train_set, plot_partition, print_partition_table
-from simulation.report import write_report
+from simulation.console import RunConsole
+from simulation.workers import RUN_CONFIG_ENV, start_ray
 
 log = logging.getLogger("anther.sim")
-RUN_CONFIG_ENV = "ANTHER_RUN_CONFIG"  # lets a user's own ClientApp read the run config
 
 
 def git_revision() -> str | None:
@@ -65,13 +67,24 @@ def write_run_info(cfg: DictConfig, sim: SimConfig, run_dir: Path) -> None:
     (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
-def preflight(sim: SimConfig, run_dir: Path, console: Console) -> None:
+def preflight(sim: SimConfig, run_dir: Path, rc: RunConsole) -> None:
     """Fail on bad data, partitions or backbones before any training starts."""
+    from client.data_source import label_names
+    from client.runtime import get_runtime
+    from simulation.partition import (
+        partition_stats,
+        partition_train_set,
+        plot_partition,
+        print_partition_table,
+    )
+
+    rc.phase(f"loading the data and partitioning it over {sim.server.num_clients} clients")
     names = label_names(sim.client)
     parts = partition_train_set(sim.client)
     counts = partition_stats(parts, len(names))
-    print_partition_table(counts, names, console=console)
+    print_partition_table(counts, names, console=rc.console)
     plot_partition(counts, names, run_dir / "partition.png")
+    rc.phase(f"loading the backbone {sim.client.model.name}" + (f" ({sim.client.quant.mode})" if sim.client.quant.mode != "none" else ""))
     get_runtime(sim.client, len(names))  # loads (and caches) the backbone: offline errors surface here
 
 
@@ -80,49 +93,114 @@ def quiet_third_party() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.getLogger("flwr").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
-def backend_config(sim: SimConfig) -> dict[str, Any]:
+@contextmanager
+def flower_logs_to_run_log() -> Iterator[None]:
+    """Flower prints through its own console handler; for the run, its records go only
+    where the root logger sends them (the run log; the console with ``-v``)."""
+    flwr_logger = logging.getLogger("flwr")
+    own = [h for h in flwr_logger.handlers if type(h).__name__ == "ConsoleHandler"]
+    for h in own:
+        flwr_logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in own:
+            flwr_logger.addHandler(h)
+
+
+def open_trackers(cfg: DictConfig, sim: SimConfig, run_dir: Path) -> Trackers:
+    """The run's trackers (``logger=``); a sweep's runs share their group."""
+    try:
+        name = str(run_dir.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        name = str(run_dir)
+    return Trackers.open(
+        sim.server.logger, run_dir, run_name=name, group=sim.server.logger_group or None,
+        config=OmegaConf.to_container(cfg, resolve=True), resume=sim.server.resume != "false",
+    )
+
+
+def backend_config(sim: SimConfig, verbose: bool = False) -> dict[str, Any]:
+    """Ray's settings; the workers' own output reaches the console only when verbose."""
     return {
         "client_resources": {"num_cpus": sim.device.client_cpus, "num_gpus": sim.device.client_gpus},
-        "init_args": {"logging_level": "ERROR", "log_to_driver": True, "include_dashboard": False},
+        "init_args": {"logging_level": "ERROR", "log_to_driver": verbose, "include_dashboard": False},
     }
 
 
-def run_federation(cfg: DictConfig, run_dir: Path, client_app: Any = None, console: Console | None = None) -> Path:
-    """Validate ``cfg``, run the federation, write the run directory; return it."""
-    from flwr.simulation import run_simulation
+def import_stack() -> None:
+    """The driver's heavy imports."""
+    import flwr.simulation  # noqa: F401
 
-    console = console or Console(stderr=True)
-    run_dir = Path(run_dir)
-    sim = build_sim_config(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_info(cfg, sim, run_dir)
-    preflight(sim, run_dir, console)
-    flat = sim.run_config()
+    import client.app  # noqa: F401
+    import server.app  # noqa: F401
+    import simulation.partition  # noqa: F401
+    import simulation.report  # noqa: F401
+
+
+def worker_env(sim: SimConfig, flat: dict[str, Any]) -> None:
+    """What every simulation worker reads at its start (set before Ray starts)."""
     os.environ[RUN_CONFIG_ENV] = json.dumps(flat)
     if sim.device.malloc_mmap_threshold > 0:  # read by glibc at start of every worker process
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(sim.device.malloc_mmap_threshold)
     quiet_third_party()
+
+
+def run_federation(
+    cfg: DictConfig, run_dir: Path, client_app: Any = None, console: RunConsole | None = None, sim: SimConfig | None = None
+) -> Path:
+    """Validate ``cfg`` (unless ``sim``, its validated form, is given), run the
+    federation, write the run directory; return it."""
+    rc = console or RunConsole()
+    console = rc.console
+    run_dir = Path(run_dir)
+    sim = sim or build_sim_config(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     console.print(
         f"[bold]anther-sim[/bold] {sim.client.model.name} · {sim.client.method.name} · "
         f"{sim.server.strategy.target or sim.server.strategy.name} · {sim.server.num_clients} clients, "
         f"{sim.server.clients_per_round}/round, {sim.server.rounds} rounds → {run_dir}"
     )
-    run_simulation(
-        server_app=build_server_app(flat),
-        client_app=with_anther_queries(client_app, flat) if client_app is not None else build_client_app(flat),
-        num_supernodes=sim.server.num_clients,
-        backend_config=backend_config(sim),
-        verbose_logging=False,
-    )
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
-        raise RuntimeError(f"the simulation ended without writing {summary_path}; see the log above")
-    summary = json.loads(summary_path.read_text())
-    write_report(run_dir, title=f"{summary['model']} · {summary['method']} · {summary['strategy']}")
+    flat = sim.run_config()
+    worker_env(sim, flat)
+    rc.phase("importing torch, transformers and Flower")
+    import_stack()
+    if sim.device.warm_workers:
+        rc.phase("starting Ray and its workers (each imports the same and loads the backbone)")
+        start_ray(backend_config(sim, rc.verbose)["init_args"])
+    from flwr.simulation import run_simulation
+
+    from client.app import build_client_app, with_anther_queries
+    from server.app import build_server_app
+    from simulation.report import write_report
+
+    write_run_info(cfg, sim, run_dir)
+    preflight(sim, run_dir, rc)
+    trackers = open_trackers(cfg, sim, run_dir)
+    rc.phase(f"starting the Simulation Engine: {sim.server.num_clients} virtual clients")
+    try:
+        with flower_logs_to_run_log():
+            run_simulation(
+                server_app=build_server_app(flat, trackers=trackers),
+                client_app=with_anther_queries(client_app, flat) if client_app is not None else build_client_app(flat),
+                num_supernodes=sim.server.num_clients,
+                backend_config=backend_config(sim, rc.verbose),
+                verbose_logging=False,
+            )
+        summary_path = run_dir / "summary.json"
+        if not summary_path.exists():
+            raise RuntimeError(f"the simulation ended without writing {summary_path}; see {run_dir / 'cli.log'}")
+        summary = json.loads(summary_path.read_text())
+        write_report(run_dir, title=f"{summary['model']} · {summary['method']} · {summary['strategy']}")
+        trackers.log_summary(summary)
+        trackers.log_files([run_dir / n for n in ("report.png", "partition.png", "config.yaml", "summary.json", "metrics.jsonl")])
+    except BaseException:
+        trackers.close(failed=True)
+        raise
+    trackers.close()
     acc = summary.get("final_eval_accuracy")
     console.print(
         f"done: final accuracy {acc if acc is None else f'{acc:.4f}'} · up {summary['total_bytes_up'] / 2**20:.2f} MiB · "

@@ -20,8 +20,6 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
-
 from strategies import wire
 from strategies.config import (
     FedAdagradConfig, FedAvgConfig, FedAvgMConfig, FedOptConfig, FedProxConfig, FwdLLMConfig, SeedConfig,
@@ -49,8 +47,13 @@ class RunInfo:
     local_steps: int = 1
 
 
-def _fedopt(cls: type) -> Any:
-    return lambda cfg, run: cls(
+def _flwr(name: str) -> type:
+    """Flower's strategy class ``name``, imported on first build (configs stay light)."""
+    return import_string(f"flwr.serverapp.strategy:{name}")
+
+
+def _fedopt(cls: str) -> Any:
+    return lambda cfg, run: _flwr(cls)(
         eta=cfg.eta, eta_l=cfg.eta_l, beta_1=cfg.beta_1, beta_2=cfg.beta_2, tau=cfg.tau, **SAMPLING_KWARGS
     )
 
@@ -61,17 +64,17 @@ def _seed(cls_path: str) -> Any:
 
 STRATEGIES = Registry("strategy", StrategyConfig)
 DELTA, SEEDS = wire.KIND_DELTA, wire.KIND_SEEDS
-STRATEGIES.add("fedavg", FedAvgConfig, lambda cfg, run: FedAvg(**SAMPLING_KWARGS), DELTA)
-STRATEGIES.add("fedprox", FedProxConfig, lambda cfg, run: FedProx(proximal_mu=cfg.proximal_mu, **SAMPLING_KWARGS), DELTA)
-STRATEGIES.add("fedadam", FedOptConfig, _fedopt(FedAdam), DELTA)
-STRATEGIES.add("fedyogi", FedOptConfig, _fedopt(FedYogi), DELTA)
+STRATEGIES.add("fedavg", FedAvgConfig, lambda cfg, run: _flwr("FedAvg")(**SAMPLING_KWARGS), DELTA)
+STRATEGIES.add("fedprox", FedProxConfig, lambda cfg, run: _flwr("FedProx")(proximal_mu=cfg.proximal_mu, **SAMPLING_KWARGS), DELTA)
+STRATEGIES.add("fedadam", FedOptConfig, _fedopt("FedAdam"), DELTA)
+STRATEGIES.add("fedyogi", FedOptConfig, _fedopt("FedYogi"), DELTA)
 STRATEGIES.add(
-    "fedadagrad", FedAdagradConfig, lambda cfg, run: FedAdagrad(eta=cfg.eta, eta_l=cfg.eta_l, tau=cfg.tau, **SAMPLING_KWARGS),
+    "fedadagrad", FedAdagradConfig, lambda cfg, run: _flwr("FedAdagrad")(eta=cfg.eta, eta_l=cfg.eta_l, tau=cfg.tau, **SAMPLING_KWARGS),
     DELTA,
 )
 STRATEGIES.add(
     "fedavgm", FedAvgMConfig,
-    lambda cfg, run: FedAvgM(server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum, **SAMPLING_KWARGS),
+    lambda cfg, run: _flwr("FedAvgM")(server_learning_rate=cfg.server_lr, server_momentum=cfg.server_momentum, **SAMPLING_KWARGS),
     DELTA,
 )
 STRATEGIES.add("fedkseed", SeedConfig, _seed("strategies.fedkseed:FedKSeed"), SEEDS)
@@ -104,7 +107,7 @@ def _seed_config_error(target: str) -> ConfigError:
     )
 
 
-def build_strategy(cfg: StrategyConfig, seed: int = 0, rounds: int = 1, local_steps: int = 1) -> Strategy:
+def build_strategy(cfg: StrategyConfig, seed: int = 0, rounds: int = 1, local_steps: int = 1) -> Any:
     """Build the configured strategy; ``cfg.target`` (a user's class) wins over ``cfg.name``.
 
     ``seed``, ``rounds`` and ``local_steps`` are the run's; seed strategies derive their
@@ -117,13 +120,18 @@ def build_strategy(cfg: StrategyConfig, seed: int = 0, rounds: int = 1, local_st
 
 
 def user_strategy_class(target: str) -> type:
-    cls = import_string(target)
+    try:
+        cls = import_string(target)
+    except ConfigError as err:
+        raise ConfigError(f"strategy._target_: {err}") from None
+    from flwr.serverapp.strategy import Strategy
+
     if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
         raise ConfigError(f"strategy._target_={target} is not a subclass of flwr.serverapp.strategy.Strategy")
     return cls
 
 
-def _build_user_strategy(cfg: StrategyConfig, run: RunInfo) -> Strategy:
+def _build_user_strategy(cfg: StrategyConfig, run: RunInfo) -> Any:
     cls = user_strategy_class(cfg.target)
     from strategies.seed_strategy import SeedStrategy  # lazy: torch, kernels
 
@@ -139,7 +147,7 @@ def _build_user_strategy(cfg: StrategyConfig, run: RunInfo) -> Strategy:
     return _construct(cls, cfg.target, kwargs)
 
 
-def _construct(cls: type, target: str, kwargs: dict[str, Any], *args: Any) -> Strategy:
+def _construct(cls: type, target: str, kwargs: dict[str, Any], *args: Any) -> Any:
     try:
         return cls(*args, **kwargs)
     except TypeError as err:

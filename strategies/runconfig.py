@@ -103,7 +103,9 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # e.g. resume=true: a switch that also takes words
+            return str(value).lower()
+        if isinstance(value, (int, float)):
             return str(value)
     else:
         return value

@@ -1,23 +1,21 @@
-"""The local-method plug-in interface and its registry.
+"""The local-method plug-in interface (the registry is :mod:`client.methods.registry`).
 
 A method wraps a frozen backbone with its trainable parts (LoRA, prompts, adapters,
 ...), exposes that trainable state by name, and runs local training on batches. The
 ClientApp, central evaluation and the conformance test only talk to this Protocol, so
-a new method is one new file (its config dataclass, the method, one ``register`` line)
-plus its ``configs/method/<name>.yaml``.
+a new method is its file, its config dataclass (``client/methods/configs.py``) with one
+line in ``client/methods/registry.py``, and its ``configs/method/<name>.yaml``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from client.config import MethodConfig
-from strategies.plugins import Registry
 
 
 @dataclass
@@ -75,25 +73,6 @@ class SeedMethod(LocalMethod, Protocol):
 
     def seed_params(self) -> list[torch.Tensor]:
         """The perturbed tensors in the canonical (sorted-name) order."""
-
-
-MethodFactory = Callable[..., LocalMethod]
-METHODS = Registry("method", MethodConfig)
-
-
-def register(name: str, config: type[MethodConfig]) -> Callable[[MethodFactory], MethodFactory]:
-    """Class decorator adding a method, its config class and its update kind to :data:`METHODS`."""
-
-    def deco(factory: MethodFactory) -> MethodFactory:
-        METHODS.add(name, config, factory, kind=factory.kind)
-        return factory
-
-    return deco
-
-
-def build_method(name: str, backbone: Any, cfg: Any) -> LocalMethod:
-    """Instantiate registered method ``name`` on ``backbone`` with the client config."""
-    return METHODS[name].target(backbone, cfg)
 
 
 def load_named(params: Mapping[str, torch.nn.Parameter], state: Mapping[str, torch.Tensor]) -> None:

@@ -42,7 +42,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,11 +49,12 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from client.batches import forward_loss
-from client.methods.base import Update, register
-from client.methods.seeded import RoundSettings, SeededConfig, SeededMethod
+from client.methods.base import Update
+from client.methods.configs import ForwardGradConfig  # noqa: F401  (re-exported)
+from client.methods.seeded import RoundSettings, SeededMethod
 from kernels import perturb_
 from strategies import wire
-from strategies.runconfig import ConfigError, check, check_choice
+from strategies.runconfig import ConfigError
 
 log = logging.getLogger("anther.client")
 
@@ -72,29 +72,6 @@ class _LossOf(torch.nn.Module):
         return forward_loss(self.inner, batch)[0]
 
 
-@dataclass(frozen=True)
-class ForwardGradConfig(SeededConfig):
-    """Forward gradients (see :class:`~client.methods.seeded.SeededConfig`).
-
-    zo_eps: the central difference's scale in ``fd`` mode (FwdLLM's h).
-    fg_mode: "jvp" (exact, torch.func.jvp; quant=none) or "fd" (central difference).
-    jvp_chunk: tangents evaluated together by one vmapped jvp: 1 keeps memory at
-        inference level (+ one tangent); larger is ~2x faster on CPU but holds that many
-        tangent activations at once.
-    """
-
-    name: str = "forward_grad"
-    zo_eps: float = 1e-2
-    fg_mode: str = "fd"
-    jvp_chunk: int = 1
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("method.fg_mode", self.fg_mode, ("jvp", "fd"))
-        check(self.jvp_chunk >= 1, "method.jvp_chunk", "an integer >= 1", self.jvp_chunk)
-
-
-@register("forward_grad", ForwardGradConfig)
 class ForwardGradMethod(SeededMethod):
     """FwdLLM's client: forward-gradient (seed, directional derivative / n) pairs, no step."""
 

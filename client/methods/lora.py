@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,63 +18,9 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import TaskType, get_peft_model
 
 from client.batches import forward_loss
-from client.config import MethodConfig
-from client.methods.base import Update, load_named, proximal_term, register
+from client.methods.base import Update, load_named, proximal_term
+from client.methods.configs import LoraConfig, LoraFields  # noqa: F401  (re-exported)
 from strategies import wire
-from strategies.runconfig import check, check_choice
-
-
-@dataclass(frozen=True)
-class LoraFields(MethodConfig):
-    """Where LoRA goes (shared by every method that trains or perturbs LoRA).
-
-    r, lora_alpha, dropout: rank, scale numerator (scale = lora_alpha / r) and dropout.
-    target_modules: adapted Linear layers; empty picks the architecture's defaults.
-    lora_layers: LoRA on the top ``lora_layers`` transformer layers only (0 = all).
-    """
-
-    r: int = 8
-    lora_alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ()
-    lora_layers: int = 0
-
-    def __post_init__(self) -> None:
-        check(self.r >= 1, "method.r", "an integer >= 1", self.r)
-        check(0.0 <= self.dropout < 1.0, "method.dropout", "a number in [0, 1)", self.dropout)
-        check(self.lora_layers >= 0, "method.lora_layers", "an integer >= 0 (0 = every layer)", self.lora_layers)
-
-
-@dataclass(frozen=True)
-class LoraConfig(LoraFields):
-    """Backprop LoRA and its optimizer.
-
-    optimizer: adamw | sgd; momentum and weight_decay apply as in torch.optim.
-    grad_clip: max global grad-norm (0 disables).
-    local_epochs: if > 0, train this many passes over the local data instead of
-        ``local_steps`` steps.
-    gradient_checkpointing: recompute activations in backward (less memory, ~30% more
-        compute); for memory-bound devices.
-    """
-
-    name: str = "lora"
-    optimizer: str = "adamw"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    local_epochs: int = 0
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_choice("method.optimizer", self.optimizer, ("adamw", "sgd"))
-        check(self.grad_clip >= 0, "method.grad_clip", "a number >= 0", self.grad_clip)
-        check(self.local_epochs >= 0, "method.local_epochs", "an integer >= 0", self.local_epochs)
-
-    def steps(self, local_steps: int, num_examples: int, batch_size: int) -> int:
-        if self.local_epochs > 0:
-            return self.local_epochs * -(-num_examples // batch_size)
-        return local_steps
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
@@ -141,7 +86,6 @@ def peft_model(backbone: Any, cfg: Any) -> torch.nn.Module:
     return model
 
 
-@register("lora", LoraConfig)
 class LoraMethod:
     """PEFT LoRA over the backbone's attention projections (+ trainable head)."""
 

@@ -19,37 +19,16 @@ import torch
 
 from client.batches import forward_loss
 from client.methods.base import load_named
-from client.methods.lora import LoraFields, peft_model
+from client.methods.configs import SeededConfig  # noqa: F401  (re-exported)
+from client.methods.lora import peft_model
 from client.methods.prefix_cache import FrozenPrefix
 from kernels import accumulate_
 from strategies import seeds as sd
 from strategies import wire
-from strategies.runconfig import ConfigError, check, check_choice
+from strategies.runconfig import ConfigError
 
 # Used only when no seed strategy sends the round's settings (stand-alone use, tests).
 DEFAULT_POOL, DEFAULT_PERTURBATIONS, DEFAULT_DIST = 4096, 1, "gaussian"
-
-
-@dataclass(frozen=True)
-class SeededConfig(LoraFields):
-    """What backprop-free methods perturb, and how far. The round's shared settings
-    (learning rate, perturbations, dist, seed pool, kernels backend) belong to the seed
-    strategy, which sends them every round.
-
-    zo_eps: perturbation scale of the central difference (L(w+eps z) - L(w-eps z)) / 2eps.
-    zo_params: "peft" (LoRA + head, any backbone incl. nf4/int8), "head" (the task head
-        only: a zeroth-order linear probe) or "all" (every parameter of an unquantized
-        backbone, as in MeZO/FedKSeed). With ``lora_layers`` the frozen lower layers' output
-        is reused across the perturbed evaluations of a batch (``prefix_cache.py``).
-    """
-
-    zo_eps: float = 1e-3
-    zo_params: str = "peft"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self.zo_eps > 0, "method.zo_eps", "a number > 0", self.zo_eps)
-        check_choice("method.zo_params", self.zo_params, ("peft", "head", "all"))
 
 
 @dataclass

@@ -21,26 +21,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from client.methods.base import Update, register
-from client.methods.seeded import RoundSettings, SeededConfig, SeededMethod
+from client.methods.base import Update
+from client.methods.configs import ZoSeedConfig  # noqa: F401  (re-exported)
+from client.methods.seeded import RoundSettings, SeededMethod
 from kernels import accumulate_, perturb_
 from strategies import wire
 
 
-@dataclass(frozen=True)
-class ZoSeedConfig(SeededConfig):
-    """MeZO steps (see :class:`~client.methods.seeded.SeededConfig`)."""
-
-    name: str = "zo_seed"
-
-
-@register("zo_seed", ZoSeedConfig)
 class ZoSeedMethod(SeededMethod):
     """MeZO/SPSA steps over the PEFT (or all) parameters; replies (seed, scalar) pairs."""
 

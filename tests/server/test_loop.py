@@ -143,4 +143,4 @@ def test_every_kind_is_registered_with_its_strategies_and_methods(kind):
         cfg = STRATEGIES[name].config(name=name)
         assert update_kind(build_strategy(cfg)) == kind, name
     for name in METHODS.names(kind):
-        assert METHODS[name].target.kind == kind
+        assert METHODS[name].resolve().kind == kind

@@ -11,8 +11,8 @@ from simulation.config import build_sim_config
 from strategies.runconfig import ConfigError
 
 REQUIRED = {
-    ("model", "hf"): ["model.path=/some/local/model"],
-    ("data", "file"): ["data.path=x.csv"],
+    ("model", "hf"): ["model.path={tmp}"],  # a local folder
+    ("data", "file"): ["data.path={tmp}/x.csv"],
     ("data", "hf"): ["data.hf_name=ag_news"],
     **{("method", m): ["strategy=fedkseed"] for m in ("zo_seed", "forward_grad")},
     **{("strategy", s): ["method=zo_seed"] for s in ("fedkseed", "fedkseed_pro", "fwdllm")},
@@ -27,8 +27,10 @@ def _validate(overrides):
 
 
 @pytest.mark.parametrize("group, name", [(g, n) for g in GROUPS for n in group_choices(g)])
-def test_every_shipped_config_validates(group, name):
-    sim = _validate([f"{group}={name}", *REQUIRED.get((group, name), [])])
+def test_every_shipped_config_validates(group, name, tmp_path):
+    (tmp_path / "x.csv").write_text("text,label\n" + "".join(f"row {i},{i % 3}\n" for i in range(1500)))
+    extra = [o.format(tmp=tmp_path) for o in REQUIRED.get((group, name), [])]
+    sim = _validate([f"{group}={name}", *extra])
     flat = sim.run_config()
     assert flat["num_clients"] == sim.server.num_clients
     assert all(isinstance(v, (str, int, float, bool)) for v in flat.values())

@@ -1,0 +1,115 @@
+"""The built-in methods' config classes: light to import (no torch), so a whole run's
+config is validated before any heavy import. Each method's file imports its class from
+here; :mod:`client.methods.registry` pairs it with the method by import path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from client.config import MethodConfig
+from strategies.runconfig import check, check_choice
+
+
+@dataclass(frozen=True)
+class LoraFields(MethodConfig):
+    """Where LoRA goes (shared by every method that trains or perturbs LoRA).
+
+    r, lora_alpha, dropout: rank, scale numerator (scale = lora_alpha / r) and dropout.
+    target_modules: adapted Linear layers; empty picks the architecture's defaults.
+    lora_layers: LoRA on the top ``lora_layers`` transformer layers only (0 = all).
+    """
+
+    r: int = 8
+    lora_alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ()
+    lora_layers: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.r >= 1, "method.r", "an integer >= 1", self.r)
+        check(0.0 <= self.dropout < 1.0, "method.dropout", "a number in [0, 1)", self.dropout)
+        check(self.lora_layers >= 0, "method.lora_layers", "an integer >= 0 (0 = every layer)", self.lora_layers)
+
+
+@dataclass(frozen=True)
+class LoraConfig(LoraFields):
+    """Backprop LoRA and its optimizer.
+
+    optimizer: adamw | sgd; momentum and weight_decay apply as in torch.optim.
+    grad_clip: max global grad-norm (0 disables).
+    local_epochs: if > 0, train this many passes over the local data instead of
+        ``local_steps`` steps.
+    gradient_checkpointing: recompute activations in backward (less memory, ~30% more
+        compute); for memory-bound devices.
+    """
+
+    name: str = "lora"
+    optimizer: str = "adamw"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    local_epochs: int = 0
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("method.optimizer", self.optimizer, ("adamw", "sgd"))
+        check(self.grad_clip >= 0, "method.grad_clip", "a number >= 0", self.grad_clip)
+        check(self.local_epochs >= 0, "method.local_epochs", "an integer >= 0", self.local_epochs)
+
+    def steps(self, local_steps: int, num_examples: int, batch_size: int) -> int:
+        if self.local_epochs > 0:
+            return self.local_epochs * -(-num_examples // batch_size)
+        return local_steps
+
+
+@dataclass(frozen=True)
+class SeededConfig(LoraFields):
+    """What backprop-free methods perturb, and how far. The round's shared settings
+    (learning rate, perturbations, dist, seed pool, kernels backend) belong to the seed
+    strategy, which sends them every round.
+
+    zo_eps: perturbation scale of the central difference (L(w+eps z) - L(w-eps z)) / 2eps.
+    zo_params: "peft" (LoRA + head, any backbone incl. nf4/int8), "head" (the task head
+        only: a zeroth-order linear probe) or "all" (every parameter of an unquantized
+        backbone, as in MeZO/FedKSeed). With ``lora_layers`` the frozen lower layers' output
+        is reused across the perturbed evaluations of a batch (``prefix_cache.py``).
+    """
+
+    zo_eps: float = 1e-3
+    zo_params: str = "peft"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.zo_eps > 0, "method.zo_eps", "a number > 0", self.zo_eps)
+        check_choice("method.zo_params", self.zo_params, ("peft", "head", "all"))
+
+
+@dataclass(frozen=True)
+class ZoSeedConfig(SeededConfig):
+    """MeZO steps (see :class:`~client.methods.seeded.SeededConfig`)."""
+
+    name: str = "zo_seed"
+
+
+@dataclass(frozen=True)
+class ForwardGradConfig(SeededConfig):
+    """Forward gradients (see :class:`~client.methods.seeded.SeededConfig`).
+
+    zo_eps: the central difference's scale in ``fd`` mode (FwdLLM's h).
+    fg_mode: "jvp" (exact, torch.func.jvp; quant=none) or "fd" (central difference).
+    jvp_chunk: tangents evaluated together by one vmapped jvp: 1 keeps memory at
+        inference level (+ one tangent); larger is ~2x faster on CPU but holds that many
+        tangent activations at once.
+    """
+
+    name: str = "forward_grad"
+    zo_eps: float = 1e-2
+    fg_mode: str = "fd"
+    jvp_chunk: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("method.fg_mode", self.fg_mode, ("jvp", "fd"))
+        check(self.jvp_chunk >= 1, "method.jvp_chunk", "an integer >= 1", self.jvp_chunk)

@@ -1,0 +1,34 @@
+"""The method registry, light to import: names -> config class, import path, update kind.
+
+Built-in methods are listed here by import path, so validating a config never imports
+torch; a method is imported when a client builds it. A method of your own registers
+itself with :func:`register` in its own file (then its module is imported to validate).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from client.config import MethodConfig
+from client.methods.configs import ForwardGradConfig, LoraConfig, ZoSeedConfig
+from strategies.plugins import Registry
+
+METHODS = Registry("method", MethodConfig)
+METHODS.add("lora", LoraConfig, "client.methods.lora:LoraMethod", kind="delta")
+METHODS.add("zo_seed", ZoSeedConfig, "client.methods.zo_seed:ZoSeedMethod", kind="seeds")
+METHODS.add("forward_grad", ForwardGradConfig, "client.methods.forward_grad:ForwardGradMethod", kind="seeds")
+
+
+def register(name: str, config: type[MethodConfig]) -> Callable[[Any], Any]:
+    """Class decorator adding a method, its config class and its update kind to :data:`METHODS`."""
+
+    def deco(factory: Any) -> Any:
+        METHODS.add(name, config, factory, kind=factory.kind)
+        return factory
+
+    return deco
+
+
+def build_method(name: str, backbone: Any, cfg: Any) -> Any:
+    """Instantiate registered method ``name`` on ``backbone`` with the client config."""
+    return METHODS[name].resolve()(backbone, cfg)

@@ -1,0 +1,71 @@
+"""Ray started early, with workers that warm themselves up.
+
+Before round 1, a simulation pays for Ray's start, for each worker importing torch,
+transformers, PEFT and Flower, and for each worker loading the backbone and its data.
+Done one after the other these cost several times the training of a small run. So the
+driver starts Ray right after the config is validated, importing the same libraries in
+a background thread meanwhile, with a worker set-up hook
+that imports the client stack and builds the run's runtime (backbone + method, cached
+per process) in every worker as it starts. Flower's Ray backend finds Ray running and
+uses it as is (the same ``init_args`` and ``PYTHONPATH`` it would pass), so the actors
+it creates land on warm workers. Any failure here only costs the time it would have
+saved: Flower starts Ray itself, and a worker that could not warm up builds its runtime
+on its first message, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+log = logging.getLogger("anther.sim")
+RUN_CONFIG_ENV = "ANTHER_RUN_CONFIG"  # the flat run config, for workers and user ClientApps
+WARM_HOOK = "simulation.workers.warm_worker"
+
+
+def start_ray(init_args: dict[str, Any], warm: bool = True) -> None:
+    """``ray.init`` as Flower's RayBackend would call it, plus the warm-up hook (a
+    failure is logged: Flower then starts Ray itself)."""
+    t0 = time.perf_counter()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return
+        pythonpath = os.pathsep.join(sys.path)  # as Flower's RayBackend.init_ray builds it
+        if os.environ.get("PYTHONPATH"):
+            pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+        os.environ["PYTHONPATH"] = pythonpath
+        runtime_env: dict[str, Any] = {"env_vars": {"PYTHONPATH": pythonpath}}
+        if warm:
+            runtime_env["worker_process_setup_hook"] = WARM_HOOK
+        # no idle workers prestarted: actors get workers of their own (which warm up),
+        # so prestarted ones would only compete for the cores while everything starts
+        system = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
+        ray.init(runtime_env=runtime_env, **{"include_dashboard": False, "_system_config": system, **init_args})
+        log.debug("Ray started in %.1f s", time.perf_counter() - t0)
+    except Exception as err:
+        log.warning("starting Ray early failed (%s: %s); Flower starts it", type(err).__name__, err)
+
+
+def warm_worker() -> None:
+    """Ray worker set-up hook: import the client stack and build this run's runtime."""
+    t0 = time.perf_counter()
+    try:
+        from client.app import build_client_app  # noqa: F401  (torch, transformers, Flower)
+        from client.config import ClientConfig
+        from client.data_source import label_names
+        from client.runtime import get_runtime
+        from strategies.runconfig import unflatten
+
+        flat = os.environ.get(RUN_CONFIG_ENV)
+        if flat:
+            cfg = unflatten(ClientConfig, json.loads(flat))
+            get_runtime(cfg, len(label_names(cfg)))
+    except BaseException as err:  # the first message builds it and reports what is wrong
+        log.debug("worker warm-up failed: %s: %s", type(err).__name__, err)
+    log.debug("worker warm-up took %.1f s", time.perf_counter() - t0)
