@@ -18,8 +18,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client.app import handle_train
 from client.config import ClientConfig, DataConfig, ModelConfig
-from client.partitioners import IidConfig
 from client.data_source import label_names
+from client.partitioners import IidConfig
 from client.runtime import clear_cache, get_runtime
 from strategies import wire
 from strategies.codecs import get_codec

@@ -23,7 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from benchmarks.memory import _peak_mb, bench_data, client_context, init_state, run_child
+from benchmarks.memory import (
+    _peak_mb,
+    bench_data,
+    client_context,
+    init_state,
+    run_child,
+)
 
 CASES = ("inference", "lora", "zo_seed", "forward_grad", "forward_grad_fd")
 STRATEGY = {"lora": "fedavg", "zo_seed": "fedkseed", "forward_grad": "fwdllm", "forward_grad_fd": "fwdllm"}

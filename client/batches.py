@@ -10,8 +10,8 @@ causal_lm: an instruction prompt with the answer appended; ``labels`` are ``-100
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 import inspect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch

@@ -17,14 +17,14 @@ from strategies.runconfig import check, check_choice
 QUANT_MODES = ("none", "int8", "nf4", "fp4")
 TASKS = ("auto", "classification", "causal_lm")
 DATA_SOURCES = ("generated", "file", "hf")  # loaders: client/data.py
-BACKBONE_NAMES = ("tiny-llama", "tiny-bert", "minilm", "smollm2-135m", "hf")  # loaders: client/backbones.py
+BACKBONE_NAMES = ("tiny-llama", "tiny-bert", "tiny-topics", "minilm", "smollm2-135m", "hf")  # loaders: client/backbones.py
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which backbone and how to run it.
 
-    name: registry key (tiny-llama, tiny-bert, minilm, smollm2-135m, hf).
+    name: registry key (tiny-llama, tiny-bert, tiny-topics, minilm, smollm2-135m, hf).
     path: Hugging Face id or local folder, used when name == "hf".
     task: "classification" (sequence-classification head), "causal_lm" (instruction
         prompt, loss on the answer tokens, classification scored by the answer) or

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
-OFFLINE_NAMES = ("tiny-llama", "tiny-bert", "minilm", "smollm2-135m")
+OFFLINE_NAMES = ("tiny-llama", "tiny-bert", "tiny-topics", "minilm", "smollm2-135m")
 
 
 class BackboneUnavailable(RuntimeError):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from server.trackers import parse_logger
 from strategies.codecs import CodecConfig
 from strategies.config import FedAvgConfig, StrategyConfig
-from server.trackers import parse_logger
 from strategies.runconfig import check, check_choice
 
 RESUME_MODES = ("false", "true", "auto")

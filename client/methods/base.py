@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 
-
 @dataclass
 class Update:
     """What a client produced in one round, before its update kind encodes it.
