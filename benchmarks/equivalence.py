@@ -55,13 +55,13 @@ def fingerprint(run_dir: Path) -> dict:
     }
 
 
-def record(out: Path, root: Path, strategies: list[str]) -> None:
+def record(out: Path, root: Path, strategies: list[str], extra: list[str] = ()) -> None:
     result = {}
     env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1")
     with tempfile.TemporaryDirectory(prefix="anther-equiv-") as tmp:
         for strategy in strategies:
             run_dir = Path(tmp) / strategy
-            args = ["experiment=smoke", f"strategy={strategy}", f"method={CASES[strategy]}", f"hydra.run.dir={run_dir}"]
+            args = ["experiment=smoke", f"strategy={strategy}", f"method={CASES[strategy]}", *extra, f"hydra.run.dir={run_dir}"]
             print(f"{strategy}: running {' '.join(args[:3])} in {root}", flush=True)
             proc = subprocess.run([sys.executable, "-c", RUN, *args], cwd=root, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -98,16 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.equivalence", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("record")
-    r.add_argument("out", type=Path)
-    r.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
-    r.add_argument("--strategies", default=",".join(CASES))
-    c = sub.add_parser("compare")
-    c.add_argument("a", type=Path)
-    c.add_argument("b", type=Path)
+    r = sub.add_parser("record", help="run experiment=smoke per strategy and fingerprint each run")
+    r.add_argument("out", type=Path, help="JSON file to write")
+    r.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1], help="checkout to run (default: this one)")
+    r.add_argument("--strategies", default=",".join(CASES), help="comma-separated strategies (default: all)")
+    r.add_argument("--extra", default="", help="space-separated overrides for every run (e.g. an older smoke preset)")
+    c = sub.add_parser("compare", help="compare two recorded fingerprints")
+    c.add_argument("a", type=Path, help="first recorded JSON")
+    c.add_argument("b", type=Path, help="second recorded JSON")
     args = p.parse_args(argv)
     if args.cmd == "record":
-        record(args.out.resolve(), args.root.resolve(), args.strategies.split(","))
+        record(args.out.resolve(), args.root.resolve(), args.strategies.split(","), args.extra.split())
         return 0
     return compare(args.a, args.b)
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from server.trackers import Trackers
 from simulation.config import SimConfig, build_sim_config
 from simulation.console import RunConsole
-from simulation.workers import RUN_CONFIG_ENV, start_ray
+from simulation.workers import RUN_CONFIG_ENV, collect_worker_logs, start_ray
 
 log = logging.getLogger("anther.sim")
 
@@ -168,9 +168,10 @@ def run_federation(
     worker_env(sim, flat)
     rc.phase("importing torch, transformers and Flower")
     import_stack()
+    session = None
     if sim.device.warm_workers:
         rc.phase("starting Ray and its workers (each imports the same and loads the backbone)")
-        start_ray(backend_config(sim, rc.verbose)["init_args"])
+        session = start_ray(backend_config(sim, rc.verbose)["init_args"])
     from flwr.simulation import run_simulation
 
     from client.app import build_client_app, with_anther_queries
@@ -200,6 +201,8 @@ def run_federation(
     except BaseException:
         trackers.close(failed=True)
         raise
+    finally:
+        collect_worker_logs(session, run_dir / "workers.log")
     trackers.close()
     acc = summary.get("final_eval_accuracy")
     console.print(

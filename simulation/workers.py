@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("anther.sim")
@@ -27,15 +28,15 @@ RUN_CONFIG_ENV = "ANTHER_RUN_CONFIG"  # the flat run config, for workers and use
 WARM_HOOK = "simulation.workers.warm_worker"
 
 
-def start_ray(init_args: dict[str, Any], warm: bool = True) -> None:
+def start_ray(init_args: dict[str, Any], warm: bool = True) -> Path | None:
     """``ray.init`` as Flower's RayBackend would call it, plus the warm-up hook (a
-    failure is logged: Flower then starts Ray itself)."""
+    failure is logged: Flower then starts Ray itself); returns Ray's session folder."""
     t0 = time.perf_counter()
     try:
         import ray
 
         if ray.is_initialized():
-            return
+            return None
         pythonpath = os.pathsep.join(sys.path)  # as Flower's RayBackend.init_ray builds it
         if os.environ.get("PYTHONPATH"):
             pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
@@ -46,10 +47,26 @@ def start_ray(init_args: dict[str, Any], warm: bool = True) -> None:
         # no idle workers prestarted: actors get workers of their own (which warm up),
         # so prestarted ones would only compete for the cores while everything starts
         system = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
-        ray.init(runtime_env=runtime_env, **{"include_dashboard": False, "_system_config": system, **init_args})
+        info = ray.init(runtime_env=runtime_env, **{"include_dashboard": False, "_system_config": system, **init_args})
         log.debug("Ray started in %.1f s", time.perf_counter() - t0)
+        session = getattr(info, "address_info", {}).get("session_dir")
+        return Path(session) if session else None
     except Exception as err:
         log.warning("starting Ray early failed (%s: %s); Flower starts it", type(err).__name__, err)
+        return None
+
+
+def collect_worker_logs(session_dir: Path | None, out: Path) -> None:
+    """Append what the run's Ray workers printed (their stdout and stderr) to ``out``."""
+    if session_dir is None or not (session_dir / "logs").is_dir():
+        return
+    parts = []
+    for f in sorted((session_dir / "logs").glob("worker-*")):
+        if f.suffix in (".out", ".err") and f.stat().st_size > 0:
+            parts.append(f"===== {f.name}\n{f.read_text(errors='replace')}")
+    if parts:
+        with out.open("a") as fh:
+            fh.write("\n".join(parts))
 
 
 def warm_worker() -> None:

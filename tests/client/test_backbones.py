@@ -78,7 +78,7 @@ def test_unknown_name_lists_valid_names():
         _load("gpt-17")
     for name in BACKBONES:
         assert name in str(err.value)
-    assert "model.name" in str(err.value)
+    assert "model=" in str(err.value)  # the CLI key (model=NAME), not model.name
 
 
 def test_hf_hub_id_offline_raises_backbone_unavailable(monkeypatch, tmp_path):

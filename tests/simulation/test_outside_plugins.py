@@ -39,7 +39,7 @@ def test_outside_seed_strategy_through_target(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{os_pythonpath()}")
     target = "my_strategies.CountingKSeed"
     run_dir = simulation.run(
-        ["experiment=smoke", "method=zo_seed", "strategy=fedkseed", f"strategy._target_={target}",
+        ["experiment=smoke", "rounds=2", "method=zo_seed", "strategy=fedkseed", f"strategy._target_={target}",
          f"hydra.run.dir={tmp_path / 'run'}"]
     )
     import my_strategies
@@ -62,6 +62,6 @@ def test_readme_custom_client_app_runs_as_written(tmp_path, monkeypatch):
     exec(compile(block, str(README), "exec"), {"__name__": "readme_example"})
     (metrics,) = list(tmp_path.glob("outputs/*/*/metrics.jsonl"))
     got = rows(metrics.parent)
-    assert [r["round"] for r in got] == [0, 1, 2]
+    assert [r["round"] for r in got] == [0, 1, 2, 3, 4]  # experiment=smoke: 4 rounds
     assert all(r["failures"] == 0 and r["clients"] == 3 for r in got[1:])
     sys.modules.pop("readme_example", None)
