@@ -47,7 +47,7 @@ class RoundProgress:
         self.task = self.progress.add_task("rounds", total=rounds, completed=done, status="")
         self.up = 0
         self.rounds = rounds
-        self.live = self.console.is_terminal
+        self.live = self.console.is_terminal or self.console.is_jupyter
 
     def __enter__(self) -> "RoundProgress":
         if self.live:

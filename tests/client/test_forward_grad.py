@@ -81,6 +81,7 @@ def test_jvp_and_fd_agree_with_autograd(method):
     assert loss_jvp == pytest.approx(loss_fd, rel=1e-3)
 
 
+@pytest.mark.slow  # 8,000 forward passes: minutes on 2 cores; run with -m slow
 def test_estimate_is_unbiased():
     """The mean of N single-perturbation estimates d_j z_j tends to grad L (E[z z^T] = I)."""
     _, m, data = _setup(r=1, target_modules=("query",))
