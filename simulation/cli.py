@@ -83,9 +83,9 @@ def check_override_keys(overrides: list[str]) -> None:
             for choice in value.split(","):
                 if choice and choice != "null" and choice not in choices:
                     errors.append(f"{key}={choice}: unknown {key}; choose one of {' | '.join(choices)}")
+    errors = list(dict.fromkeys(errors))
     if errors:
-        raise ConfigError("\n  - ".join(dict.fromkeys(errors)) if len(errors) == 1 else
-                          "invalid overrides:\n  - " + "\n  - ".join(dict.fromkeys(errors)))
+        raise ConfigError(errors[0] if len(errors) == 1 else "invalid overrides:\n  - " + "\n  - ".join(errors))
 
 
 def prevalidate(overrides: list[str]) -> None:

@@ -131,16 +131,6 @@ def backend_config(sim: SimConfig, verbose: bool = False) -> dict[str, Any]:
     }
 
 
-def import_stack() -> None:
-    """The driver's heavy imports."""
-    import flwr.simulation  # noqa: F401
-
-    import client.app  # noqa: F401
-    import server.app  # noqa: F401
-    import simulation.partition  # noqa: F401
-    import simulation.report  # noqa: F401
-
-
 def worker_env(sim: SimConfig, flat: dict[str, Any]) -> None:
     """What every simulation worker reads at its start (set before Ray starts)."""
     os.environ[RUN_CONFIG_ENV] = json.dumps(flat)
@@ -167,16 +157,16 @@ def run_federation(
     flat = sim.run_config()
     worker_env(sim, flat)
     rc.phase("importing torch, transformers and Flower")
-    import_stack()
-    session = None
-    if sim.device.warm_workers:
-        rc.phase("starting Ray and its workers (each imports the same and loads the backbone)")
-        session = start_ray(backend_config(sim, rc.verbose)["init_args"])
     from flwr.simulation import run_simulation
 
     from client.app import build_client_app, with_anther_queries
     from server.app import build_server_app
     from simulation.report import write_report
+
+    session = None
+    if sim.device.warm_workers:
+        rc.phase("starting Ray and its workers (each imports the same and loads the backbone)")
+        session = start_ray(backend_config(sim, rc.verbose)["init_args"])
 
     write_run_info(cfg, sim, run_dir)
     preflight(sim, run_dir, rc)
