@@ -119,7 +119,7 @@ def test_numba_gaussian_edge_words_match_fp64():
     import numpy as np
     from numba import njit
 
-    from kernels.perturb.numba_kernels import cos_sin, radius
+    from kernels.perturb.numba_scalar import cos_sin, radius
 
     @njit(error_model="numpy")
     def box_muller(x0, x1, out):  # (n,), (n,) int64 words -> (n, 2) fp64
@@ -137,6 +137,67 @@ def test_numba_gaussian_edge_words_match_fp64():
     r, theta = torch.sqrt(-2 * torch.log(u0)), 2 * math.pi * u1
     want = torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=1)
     assert (torch.from_numpy(out) - want).abs().max().item() < 2e-8
+
+
+def _fp32_ulp(x: torch.Tensor) -> torch.Tensor:
+    return (torch.nextafter(x.abs(), torch.tensor(math.inf)) - x.abs()).double()
+
+
+def test_numba_vector_gaussian_edge_words_match_fp64():
+    """The vector path's log/sincos at the tails' and the quadrant edges' words, through
+    gaussian_from_words: within one fp32 ulp (+2e-8, the error budget before rounding) of
+    fl32 of the fp64 formula."""
+    _backend("numba")
+    import numpy as np
+    from numba import njit
+
+    from kernels.perturb.numba_kernels import LANES, gaussian_from_words
+
+    @njit
+    def transform(w, z):  # w (B, 4 * LANES) int64 -> z (B, 4 * LANES) fp32
+        for i in range(w.shape[0]):
+            gaussian_from_words(z[i], 0, w[i])
+
+    edges = [0, 1, 2**23 - 1, 2**23, 2**24 + 1, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]
+    quarters = [(k * 2**29 + d) % 2**32 for k in range(8) for d in (-1, 0, 1)]
+    xr, xa = torch.cartesian_prod(torch.tensor(edges), torch.tensor(edges + quarters)).T  # (n,) radius, angle words
+    pad = -xr.numel() % (2 * LANES)
+    xr, xa = torch.cat([xr, xr[:pad]]), torch.cat([xa, xa[:pad]])
+    pairs = torch.stack([xr, xa], 1).view(-1, LANES, 2, 2)  # (B, counter q, pair m, radius/angle)
+    words = pairs.reshape(-1, LANES, 4).transpose(1, 2).contiguous()  # (B, word j, counter q): x_{2m}, x_{2m+1}
+    z = np.empty((words.shape[0], 4 * LANES), np.float32)
+    transform(words.view(-1, 4 * LANES).numpy(), z)
+    u0, u1 = (xr.double() + 0.5) * 2.0**-32, (xa.double() + 0.5) * 2.0**-32
+    r, theta = torch.sqrt(-2 * torch.log(u0)), 2 * math.pi * u1
+    want = torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=1).float().view(-1)  # element 2n + {cos, sin}
+    got = torch.from_numpy(z).view(-1)
+    assert ((got.double() - want.double()).abs() <= _fp32_ulp(want) + 2e-8).all()
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+def test_numba_vector_path_matches_scalar_path(dist):
+    """draw_tile (LLVM vectors) against draw_tile_scalar (one element at a time), on tiles
+    whose counters pass 2**32: rademacher bitwise, gaussian within one fp32 ulp (+4e-8)."""
+    _backend("numba")
+    import numpy as np
+
+    from kernels.perturb.numba_kernels import TILE, draw_tile
+    from kernels.perturb.numba_scalar import draw_tile_scalar
+
+    unused = np.zeros(1, np.float32)  # no tensor to prefetch
+    gaussian = dist == "gaussian"
+    for seed in (0, 99, 2**40 + 3, 2**63 - 1):
+        k0, k1 = seed & MASK32, seed >> 32
+        for base in (0, 7 * TILE, 2**36, 2**45 + 13 * TILE):
+            vec, sca = np.empty(TILE, np.float32), np.empty(TILE, np.float32)
+            draw_tile(vec, base, k0, k1, gaussian, unused, 0, 0, 0)
+            draw_tile_scalar(sca, base, k0, k1, gaussian)
+            vec, sca = torch.from_numpy(vec), torch.from_numpy(sca)
+            if gaussian:
+                assert ((vec.double() - sca.double()).abs() <= _fp32_ulp(sca) + 4e-8).all()
+                assert (vec != sca).float().mean().item() < 1e-3
+            else:
+                assert torch.equal(vec, sca)
 
 
 @pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
