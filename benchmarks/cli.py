@@ -24,8 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--threads", type=int, default=1, help="torch threads, as one simulated client")
     mem = sub.add_parser("memory", help="client peak RSS of smollm2-135m: fp32 vs nf4 vs int8")
     mem.add_argument("--checkpointing", action="store_true", help="also with gradient checkpointing")
-    k = sub.add_parser("kernels", help="seeded perturbation throughput vs torch normal_+add_")
+    k = sub.add_parser("kernels", help="seeded perturbation vs the memory-bound pass and torch normal_+add_")
     k.add_argument("--elements", type=int, default=135_000_000, help="elements perturbed (default: SmolLM2-135M's)")
+    k.add_argument("--threads", type=int, default=2, help="threads for torch and numba (default 2)")
+    k.add_argument("--seeds", type=int, default=16, help="seeds of the accumulate_ case (default 16)")
+    k.add_argument("--repeats", type=int, default=5, help="repetitions; median and spread are reported (default 5)")
     z = sub.add_parser("zo", help="bytes and memory of zo_seed / forward_grad vs LoRA FedAvg")
     z.add_argument("--model", default="smollm2-135m", help="backbone (default smollm2-135m)")
     z.add_argument("--tau", type=int, default=200, help="local steps whose (seed, scalar) pairs are counted (default 200)")
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.suite == "kernels":
         from benchmarks.kernels import main as kernels_main
 
-        kernels_main(["--elements", str(args.elements)])
+        kernels_main(["--elements", str(args.elements), "--threads", str(args.threads), "--seeds", str(args.seeds),
+                      "--repeats", str(args.repeats)])
     elif args.suite == "zo":
         from benchmarks.zo import main as zo_main
 

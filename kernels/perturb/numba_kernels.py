@@ -110,10 +110,10 @@ class _Vec:
         return self.b.bitcast(x, self.i64)
 
 
-def _philox_ir(v: _Vec, first, k0, k1, stream: int):
-    """Philox4x32-10 of counters ``first + 0 .. LANES - 1`` -> 4 word vectors (i64 lanes;
-    only the low 32 bits are the word)."""
-    b = v.b
+def philox_ir(b: ir.IRBuilder, first, k0, k1, stream: int):
+    """Philox4x32-10 of counters ``first + 0 .. LANES - 1`` (i64 values; keys i64 in
+    [0, 2**32)) -> 4 word vectors (i64 lanes; only the low 32 bits are the word)."""
+    v = _Vec(b)
     c = b.add(v.splat(first), ir.Constant(v.i64, list(range(LANES))))
     c0, c1, c2, c3 = c, b.lshr(c, v.i(32)), v.i(stream), v.i(0)
     mask = v.i(MASK32)
@@ -160,14 +160,8 @@ def _cos_sin_ir(v: _Vec, x):
     return v.as_f64(b.xor(v.as_i64(c), flip_c)), v.as_f64(b.xor(v.as_i64(s), flip_s))
 
 
-def _f32_out(ctx, b, arr_type, arr, at, n):
-    """A pointer to ``n`` fp32 at ``arr[at]``."""
-    data = ctx.make_array(arr_type)(ctx, b, arr).data
-    return b.bitcast(b.gep(data, [at]), ir.VectorType(_F32, n).as_pointer())
-
-
-def _store_gaussian(ctx, b, z_type, z, at, words) -> None:
-    """z[at : at + G_BLOCK] <- the gaussian values of ``words`` (4 vectors of LANES)."""
+def gaussian_ir(b: ir.IRBuilder, out, words) -> None:
+    """out[0 : G_BLOCK] (a float*) <- the gaussian values of ``words`` (4 vectors)."""
     v = _Vec(b)
     x0, x1, x2, x3 = words
     r0, r1 = _radius_ir(v, x0), _radius_ir(v, x2)
@@ -176,8 +170,28 @@ def _store_gaussian(ctx, b, z_type, z, at, words) -> None:
     pair = ir.Constant(ir.VectorType(_I32, 2 * LANES), [j for q in range(LANES) for j in (q, LANES + q)])
     ab, cd = b.shuffle_vector(outs[0], outs[1], pair), b.shuffle_vector(outs[2], outs[3], pair)
     quad = [j for q in range(LANES) for j in (2 * q, 2 * q + 1, 2 * LANES + 2 * q, 2 * LANES + 2 * q + 1)]
-    out = b.shuffle_vector(ab, cd, ir.Constant(ir.VectorType(_I32, G_BLOCK), quad))  # element 4q + j
-    b.store(out, _f32_out(ctx, b, z_type, z, at, G_BLOCK), align=4)
+    z = b.shuffle_vector(ab, cd, ir.Constant(ir.VectorType(_I32, G_BLOCK), quad))  # element 4q + j
+    b.store(z, b.bitcast(out, z.type.as_pointer()), align=4)
+
+
+def rademacher_ir(b: ir.IRBuilder, out, words) -> None:
+    """out[0 : R_BLOCK] (a float*) <- 1 - 2 * bit of ``words``: element 128q + 32j + bit."""
+    v32 = ir.VectorType(_I32, 32)
+    shifts = ir.Constant(v32, [31 - bit for bit in range(32)])  # bit -> the sign bit of 1.0f
+    sign, one = ir.Constant(v32, [1 << 31] * 32), ir.Constant(v32, [0x3F800000] * 32)
+    undef = ir.Constant(v32, ir.Undefined)
+    for q in range(LANES):
+        for j, w in enumerate(words):
+            word = b.trunc(b.extract_element(w, ir.Constant(_I32, q)), _I32)
+            splat = b.shuffle_vector(b.insert_element(undef, word, ir.Constant(_I32, 0)), undef, ir.Constant(v32, [0] * 32))
+            vals = b.bitcast(b.or_(b.and_(b.shl(splat, shifts), sign), one), ir.VectorType(_F32, 32))
+            at = b.gep(out, [ir.Constant(_I64, 128 * q + 32 * j)])
+            b.store(vals, b.bitcast(at, vals.type.as_pointer()), align=4)
+
+
+def _f32_at(ctx, b, arr_type, arr, at):
+    """The float* of ``arr[at]`` (a numba fp32 array)."""
+    return b.gep(ctx.make_array(arr_type)(ctx, b, arr).data, [at])
 
 
 @intrinsic
@@ -185,8 +199,20 @@ def gaussian_block(typingctx, z, at, first, k0, k1):
     """z[at : at + G_BLOCK] <- gaussian values of counters first .. first + LANES - 1."""
 
     def codegen(ctx, b, sig, args):
-        words = _philox_ir(_Vec(b), args[2], args[3], args[4], _GAUSSIAN)
-        _store_gaussian(ctx, b, sig.args[0], args[0], args[1], words)
+        words = philox_ir(b, args[2], args[3], args[4], _GAUSSIAN)
+        gaussian_ir(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words)
+        return ctx.get_dummy_value()
+
+    return types.void(z, types.int64, types.int64, types.int64, types.int64), codegen
+
+
+@intrinsic
+def rademacher_block(typingctx, z, at, first, k0, k1):
+    """z[at : at + R_BLOCK] <- +-1 of counters first .. first + LANES - 1 (1 - 2 * bit)."""
+
+    def codegen(ctx, b, sig, args):
+        words = philox_ir(b, args[2], args[3], args[4], _RADEMACHER)
+        rademacher_ir(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words)
         return ctx.get_dummy_value()
 
     return types.void(z, types.int64, types.int64, types.int64, types.int64), codegen
@@ -198,42 +224,14 @@ def gaussian_from_words(typingctx, z, at, w):
     counter q at w[j * LANES + q] (tests feed it the edge words)."""
 
     def codegen(ctx, b, sig, args):
-        v = _Vec(b)
+        vt = ir.VectorType(_I64, LANES)
         data = ctx.make_array(sig.args[2])(ctx, b, args[2]).data
-        words = [
-            b.load(b.bitcast(b.gep(data, [ir.Constant(_I64, j * LANES)]), v.i64.as_pointer()), align=8)
-            for j in range(4)
-        ]
-        _store_gaussian(ctx, b, sig.args[0], args[0], args[1], words)
+        at = [b.gep(data, [ir.Constant(_I64, j * LANES)]) for j in range(4)]
+        words = [b.load(b.bitcast(x, vt.as_pointer()), align=8) for x in at]
+        gaussian_ir(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words)
         return ctx.get_dummy_value()
 
     return types.void(z, types.int64, w), codegen
-
-
-@intrinsic
-def rademacher_block(typingctx, z, at, first, k0, k1):
-    """z[at : at + R_BLOCK] <- +-1 of counters first .. first + LANES - 1 (1 - 2 * bit)."""
-
-    def codegen(ctx, b, sig, args):
-        v = _Vec(b)
-        words = _philox_ir(v, args[2], args[3], args[4], _RADEMACHER)
-        v32 = ir.VectorType(_I32, 32)
-        shifts = ir.Constant(v32, [31 - bit for bit in range(32)])  # bit b -> the sign bit
-        sign, one = ir.Constant(v32, [1 << 31] * 32), ir.Constant(v32, [0x3F800000] * 32)
-        for q in range(LANES):
-            for j, w in enumerate(words):
-                word = b.trunc(b.extract_element(w, ir.Constant(_I32, q)), _I32)
-                splat = b.shuffle_vector(
-                    b.insert_element(ir.Constant(v32, ir.Undefined), word, ir.Constant(_I32, 0)),
-                    ir.Constant(v32, ir.Undefined),
-                    ir.Constant(v32, [0] * 32),
-                )
-                vals = b.bitcast(b.or_(b.and_(b.shl(splat, shifts), sign), one), ir.VectorType(_F32, 32))
-                at = b.add(args[1], ir.Constant(_I64, 128 * q + 32 * j))
-                b.store(vals, _f32_out(ctx, b, sig.args[0], args[0], at, 32), align=4)
-        return ctx.get_dummy_value()
-
-    return types.void(z, types.int64, types.int64, types.int64, types.int64), codegen
 
 
 # --- tiles and launches -----------------------------------------------------------------
