@@ -194,28 +194,25 @@ def _f32_at(ctx, b, arr_type, arr, at):
     return b.gep(ctx.make_array(arr_type)(ctx, b, arr).data, [at])
 
 
-@intrinsic
-def gaussian_block(typingctx, z, at, first, k0, k1):
-    """z[at : at + G_BLOCK] <- gaussian values of counters first .. first + LANES - 1."""
+def _block_intrinsic(name: str, stream: int, fill, elements: int):
+    """A numba intrinsic ``name(z, at, first, k0, k1)``: z[at : at + elements] <- the
+    values ``fill`` makes of the words of counters first .. first + LANES - 1."""
 
-    def codegen(ctx, b, sig, args):
-        words = philox_ir(b, args[2], args[3], args[4], _GAUSSIAN)
-        gaussian_ir(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words)
-        return ctx.get_dummy_value()
+    def block(typingctx, z, at, first, k0, k1):
+        def codegen(ctx, b, sig, args):
+            words = philox_ir(b, args[2], args[3], args[4], stream)
+            fill(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words)
+            return ctx.get_dummy_value()
 
-    return types.void(z, types.int64, types.int64, types.int64, types.int64), codegen
+        return types.void(z, types.int64, types.int64, types.int64, types.int64), codegen
+
+    block.__name__ = block.__qualname__ = name
+    block.__doc__ = f"z[at : at + {elements}] <- {name.split('_')[0]} values of LANES counters from first."
+    return intrinsic(block)
 
 
-@intrinsic
-def rademacher_block(typingctx, z, at, first, k0, k1):
-    """z[at : at + R_BLOCK] <- +-1 of counters first .. first + LANES - 1 (1 - 2 * bit)."""
-
-    def codegen(ctx, b, sig, args):
-        words = philox_ir(b, args[2], args[3], args[4], _RADEMACHER)
-        rademacher_ir(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words)
-        return ctx.get_dummy_value()
-
-    return types.void(z, types.int64, types.int64, types.int64, types.int64), codegen
+gaussian_block = _block_intrinsic("gaussian_block", _GAUSSIAN, gaussian_ir, G_BLOCK)
+rademacher_block = _block_intrinsic("rademacher_block", _RADEMACHER, rademacher_ir, R_BLOCK)
 
 
 @intrinsic
