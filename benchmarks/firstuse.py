@@ -4,6 +4,7 @@ accuracy against chance over seeds. Each command runs as a user types it.
 
     anther-bench firstuse                 # errors x3, smoke x1
     anther-bench firstuse --seeds 0,1,2   # smoke's final accuracy per seed vs chance
+    anther-bench firstuse --extra device.backend=ray   # smoke on Ray (auto runs it in-process)
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 
 ERRORS = (["partition.alpha=0"], ["clients_per_round=50", "num_clients=10"], ["strategy._target_=no.such.Class"])
 NOISE = re.compile(r"warn|Warning|\bINFO\b|\bDEBUG\b|ClientAppActor|alembic|Traceback|\(raylet\)|pid=", re.I)
-MARKS = {  # run-log line -> phase name
-    "starting Ray": "start",
-    "loading the data": "imports + Ray up",
+MARKS = {  # run-log line -> phase name (what has finished when it appears)
+    "importing torch": "start",
+    "starting Ray": "imports done",
+    "loading the data": "imports (+ Ray) up",
     "loading the backbone": "data partitioned",
     "starting the Simulation Engine": "backbone loaded",
     "getting the initial state": "clients named",

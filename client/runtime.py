@@ -9,11 +9,19 @@ The run's initial trainable state (what seed-based clients catch up from) is kep
 it is small (adapters, heads). When it is the whole model (``zo_params=all``) it is not
 copied: an untouched model is its own initial state, and a model that has moved is
 reloaded from its checkpoint on the rare occasion the initial state is needed again.
+
+The cache is per *host*: a process, or a part of one that stands for another process.
+The simulator's in-process backend runs its clients inside :func:`runtime_host`, so
+their backbone is theirs, as in a worker process of their own, and never the one the
+server's central evaluation loads weights into.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +30,8 @@ from client.backbones import Backbone, load_backbone
 from client.config import ClientConfig
 from client.methods import LocalMethod, build_method
 
-_CACHE: dict[tuple, "Runtime"] = {}
+_HOST: ContextVar[str] = ContextVar("anther_runtime_host", default="")  # "": the process itself
+_CACHES: dict[str, dict[tuple, "Runtime"]] = {}  # host -> its one cached runtime
 
 
 @dataclass
@@ -48,21 +57,37 @@ def cache_enabled() -> bool:
     return os.environ.get("ANTHER_NO_BACKBONE_CACHE", "") not in ("1", "true", "yes")
 
 
+@contextmanager
+def runtime_host(name: str) -> Iterator[None]:
+    """Runtimes got inside (in this thread) belong to host ``name``, cached apart from
+    the process's own, as if built in another process."""
+    token = _HOST.set(name)
+    try:
+        yield
+    finally:
+        _HOST.reset(token)
+
+
 def get_runtime(cfg: ClientConfig, num_labels: int) -> Runtime:
-    """The cached runtime for ``cfg`` (built on first use)."""
+    """The current host's cached runtime for ``cfg`` (built on first use)."""
     key = (cfg.model, cfg.quant, cfg.method, cfg.seed, num_labels)
-    if cache_enabled() and key in _CACHE:
-        return _CACHE[key]
-    _CACHE.clear()  # one backbone per process: never hold two
+    cache = _CACHES.setdefault(_HOST.get(), {})
+    if cache_enabled() and key in cache:
+        return cache[key]
+    cache.clear()  # one backbone per host: never hold two
     backbone = load_backbone(cfg.model, cfg.quant, num_labels)  # seeds its own head init
     method = build_method(cfg.method.name, backbone, cfg)
     kept = method.trainable_state() if method.exact_restore else None  # False: the state is the whole model
     rt = Runtime(backbone, method, cfg, num_labels, kept)
     if cache_enabled():
-        _CACHE[key] = rt
+        cache[key] = rt
     return rt
 
 
-def clear_cache() -> None:
-    _CACHE.clear()
+def clear_cache(host: str | None = None) -> None:
+    """Forget the cached runtimes of ``host`` (default: of every host)."""
+    if host is None:
+        _CACHES.clear()
+    else:
+        _CACHES.pop(host, None)
 

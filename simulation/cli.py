@@ -13,8 +13,11 @@ directory's ``cli.log``), 130 interrupted.
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from strategies.runconfig import ConfigError
 
@@ -43,7 +46,7 @@ settings: num_clients clients_per_round rounds local_steps batch_size lr seed ev
           and any group's own keys, e.g. partition.alpha=0.1 method.r=4 strategy.proximal_mu=0.01
 
 examples:
-  anther-sim experiment=smoke                                   # about a minute: a tiny model learns
+  anther-sim experiment=smoke                                   # about 30 s: a tiny model learns
   anther-sim experiment=agnews_minilm strategy=fedprox logger=tensorboard
   anther-sim -m strategy=fedavg,fedprox partition.alpha=0.1,1.0 # a sweep; then:
   python -m simulation.compare multirun/ --target 0.8
@@ -141,7 +144,33 @@ def _hydra_main(cfg) -> None:
 _FLAGS: set[str] = set()
 
 
+def exit_now(code: int | str | None) -> NoReturn:
+    """Exit with ``code`` once the run is over, skipping the interpreter's teardown of
+    torch, transformers and Flower (about 3.5 s on 2 cores, for nothing: the exit
+    handlers run, logs and output are flushed, every file is closed by then). It also
+    does not wait for a thread still finishing a client call after Ctrl-C."""
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = EXIT_OK if code is None else EXIT_FAILED
+    if "torch" not in sys.modules:  # nothing heavy to tear down
+        sys.exit(code)
+    atexit._run_exitfuncs()  # what a normal exit runs (Ray's shutdown, trackers' flushes, logging.shutdown)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main() -> None:
+    """The ``anther-sim`` command."""
+    try:
+        run_cli()
+    except SystemExit as done:
+        exit_now(done.code)
+    exit_now(EXIT_OK)
+
+
+def run_cli() -> None:
     argv = sys.argv[1:]
     if any(a in ("-h", "--help") for a in argv):
         print(help_text())

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from server.trackers import Trackers
 from simulation.config import SimConfig, build_sim_config
 from simulation.console import RunConsole
-from simulation.workers import RUN_CONFIG_ENV, collect_worker_logs, start_ray
+from simulation.workers import RUN_CONFIG_ENV, collect_worker_logs, start_ray, warm_worker
 
 log = logging.getLogger("anther.sim")
 
@@ -139,6 +139,22 @@ def worker_env(sim: SimConfig, flat: dict[str, Any]) -> None:
     quiet_third_party()
 
 
+@contextmanager
+def engine_backend(backend: str) -> Iterator[None]:
+    """Flower's Simulation Engine runs the ClientApp on ``backend`` within the block:
+    Ray (Flower's own), or in this process (:mod:`simulation.inprocess_backend`, whose
+    clients build their runtime as the engine starts, as warm Ray workers do)."""
+    if backend != "inprocess":
+        yield
+        return
+    from simulation.inprocess_backend import use_inprocess_backend
+
+    with use_inprocess_backend(setup=warm_worker) as built:
+        yield
+    if not built:
+        log.warning("Flower ran its own backend instead of the in-process one (has Flower changed how it picks it?)")
+
+
 def run_federation(
     cfg: DictConfig, run_dir: Path, client_app: Any = None, console: RunConsole | None = None, sim: SimConfig | None = None
 ) -> Path:
@@ -156,6 +172,7 @@ def run_federation(
     )
     flat = sim.run_config()
     worker_env(sim, flat)
+    backend = sim.backend
     rc.phase("importing torch, transformers and Flower")
     from flwr.simulation import run_simulation
 
@@ -164,20 +181,22 @@ def run_federation(
     from simulation.report import write_report
 
     session = None
-    if sim.device.warm_workers:
+    if backend == "ray" and sim.device.warm_workers:
         rc.phase("starting Ray and its workers (each imports the same and loads the backbone)")
         session = start_ray(backend_config(sim, rc.verbose)["init_args"])
 
     write_run_info(cfg, sim, run_dir)
     preflight(sim, run_dir, rc)
     trackers = open_trackers(cfg, sim, run_dir)
-    rc.phase(f"starting the Simulation Engine: {sim.server.num_clients} virtual clients")
+    where = "in this process (device.backend=inprocess)" if backend == "inprocess" else "on Ray"
+    rc.phase(f"starting the Simulation Engine: {sim.server.num_clients} virtual clients {where}")
     try:
-        with flower_logs_to_run_log():
+        with flower_logs_to_run_log(), engine_backend(backend):
             run_simulation(
                 server_app=build_server_app(flat, trackers=trackers),
                 client_app=with_anther_queries(client_app, flat) if client_app is not None else build_client_app(flat),
                 num_supernodes=sim.server.num_clients,
+                backend_name=backend,
                 backend_config=backend_config(sim, rc.verbose),
                 verbose_logging=False,
             )
