@@ -46,7 +46,7 @@ settings: num_clients clients_per_round rounds local_steps batch_size lr seed ev
           and any group's own keys, e.g. partition.alpha=0.1 method.r=4 strategy.proximal_mu=0.01
 
 examples:
-  anther-sim experiment=smoke                                   # about 30 s: a tiny model learns
+  anther-sim experiment=smoke                                   # about 25 s: a tiny model learns
   anther-sim experiment=agnews_minilm strategy=fedprox logger=tensorboard
   anther-sim -m strategy=fedavg,fedprox partition.alpha=0.1,1.0 # a sweep; then:
   python -m simulation.compare multirun/ --target 0.8
