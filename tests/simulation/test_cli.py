@@ -74,3 +74,22 @@ def test_bench_options_all_have_help():
         for opt in action._actions:
             if opt.dest != "help":
                 assert opt.help, f"anther-bench {action.prog}: {opt.dest} has no help text"
+
+
+@pytest.mark.parametrize("quant, absent", [("none", True), ("nf4", False)])
+def test_a_run_without_quantization_skips_bitsandbytes(quant, absent):
+    """In a fresh process, as the CLI's single run does: PEFT and transformers then see no
+    bitsandbytes (and still import); with quantization it stays available."""
+    code = (
+        "import importlib.util, sys\n"
+        "from simulation.cli import skip_bitsandbytes\n"
+        f"skip_bitsandbytes({quant!r})\n"
+        "import peft, transformers.utils as tu\n"
+        "absent = importlib.util.find_spec('bitsandbytes') is None\n"
+        "print(absent, tu.is_bitsandbytes_available() == (not absent))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    if not absent and res.stdout.split()[0] == "True":
+        pytest.skip("bitsandbytes is not installed here")
+    assert res.stdout.split() == [str(absent), "True"]
