@@ -174,19 +174,28 @@ def gaussian_ir(b: ir.IRBuilder, out, words) -> None:
     b.store(z, b.bitcast(out, z.type.as_pointer()), align=4)
 
 
-def rademacher_ir(b: ir.IRBuilder, out, words) -> None:
-    """out[0 : R_BLOCK] (a float*) <- 1 - 2 * bit of ``words``: element 128q + 32j + bit."""
+def rademacher_ir(b: ir.IRBuilder, out, words, add_scaled=None) -> None:
+    """out[0 : R_BLOCK] (a float*) <- 1 - 2 * bit of ``words``: element 128q + 32j + bit.
+
+    With ``add_scaled`` (an fp32 value ``a``): out[...] += fl(a * z) instead, which is
+    ``a`` with its sign flipped where z = -1 (exact), added in fp32 as the reference adds."""
     v32 = ir.VectorType(_I32, 32)
     shifts = ir.Constant(v32, [31 - bit for bit in range(32)])  # bit -> the sign bit of 1.0f
-    sign, one = ir.Constant(v32, [1 << 31] * 32), ir.Constant(v32, [0x3F800000] * 32)
-    undef = ir.Constant(v32, ir.Undefined)
+    sign, undef = ir.Constant(v32, [1 << 31] * 32), ir.Constant(v32, ir.Undefined)
+
+    def splat(x):
+        return b.shuffle_vector(b.insert_element(undef, x, ir.Constant(_I32, 0)), undef, ir.Constant(v32, [0] * 32))
+
+    magnitude = ir.Constant(v32, [0x3F800000] * 32) if add_scaled is None else splat(b.bitcast(add_scaled, _I32))
     for q in range(LANES):
         for j, w in enumerate(words):
-            word = b.trunc(b.extract_element(w, ir.Constant(_I32, q)), _I32)
-            splat = b.shuffle_vector(b.insert_element(undef, word, ir.Constant(_I32, 0)), undef, ir.Constant(v32, [0] * 32))
-            vals = b.bitcast(b.or_(b.and_(b.shl(splat, shifts), sign), one), ir.VectorType(_F32, 32))
-            at = b.gep(out, [ir.Constant(_I64, 128 * q + 32 * j)])
-            b.store(vals, b.bitcast(at, vals.type.as_pointer()), align=4)
+            flip = b.and_(b.shl(splat(b.trunc(b.extract_element(w, ir.Constant(_I32, q)), _I32)), shifts), sign)
+            ptr = b.bitcast(b.gep(out, [ir.Constant(_I64, 128 * q + 32 * j)]), ir.VectorType(_F32, 32).as_pointer())
+            if add_scaled is None:
+                b.store(b.bitcast(b.or_(flip, magnitude), ir.VectorType(_F32, 32)), ptr, align=4)
+            else:
+                scaled = b.bitcast(b.xor(flip, magnitude), ir.VectorType(_F32, 32))
+                b.store(b.fadd(b.load(ptr, align=4), scaled), ptr, align=4)
 
 
 def _f32_at(ctx, b, arr_type, arr, at):
@@ -213,6 +222,19 @@ def _block_intrinsic(name: str, stream: int, fill, elements: int):
 
 gaussian_block = _block_intrinsic("gaussian_block", _GAUSSIAN, gaussian_ir, G_BLOCK)
 rademacher_block = _block_intrinsic("rademacher_block", _RADEMACHER, rademacher_ir, R_BLOCK)
+
+
+@intrinsic
+def rademacher_add_block(typingctx, p, at, first, k0, k1, a):
+    """p[at : at + R_BLOCK] += fl(a * z) for the rademacher z of counters first ..
+    first + LANES - 1: the update made while drawing, no tile buffer (a: fp32)."""
+
+    def codegen(ctx, b, sig, args):
+        words = philox_ir(b, args[2], args[3], args[4], _RADEMACHER)
+        rademacher_ir(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words, add_scaled=args[5])
+        return ctx.get_dummy_value()
+
+    return types.void(p, types.int64, types.int64, types.int64, types.int64, types.float32), codegen
 
 
 @intrinsic
@@ -299,9 +321,13 @@ def perturb_tiles(addrs, offsets, sizes, items, k0, k1, a, gaussian):
         p, offset = carray(_f32_ptr(addrs[i]), sizes[i]), offsets[i]  # (n_i,) view
         shift = base - offset
         lo, hi = max(shift, 0), min(shift + TILE, p.size)  # the tile's part of p
-        z = np.empty(TILE, np.float32)
-        draw_tile(z, base, k0, k1, gaussian, p, shift, lo, hi)
-        _add(p, offset, base, z, a)
+        if not gaussian and hi - lo == TILE:  # a whole tile: add while drawing (memory-bound)
+            for o in range(0, TILE, R_BLOCK):
+                rademacher_add_block(p, lo + o, (base + o) // 128, k0, k1, a)
+        else:
+            z = np.empty(TILE, np.float32)
+            draw_tile(z, base, k0, k1, gaussian, p, shift, lo, hi)
+            _add(p, offset, base, z, a)
 
 
 @njit(**_KERNEL)
