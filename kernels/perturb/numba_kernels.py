@@ -31,12 +31,13 @@ ulp).
 
 **Tiles.** A tile is ``TILE`` consecutive global elements starting at a multiple of
 ``TILE``. The launch kernels take a table of fp32 tensors (data pointer, global offset,
-size) and run ``prange`` over work items (tensor, tile): draw the tile's ``z`` into an
-fp32 buffer while prefetching the tensor's part of the tile for writing, then add
-``fl(a * z)`` to it once (plain fp32 multiply and add, no fused multiply-add, as the
-reference specifies; Rademacher updates agree bitwise). ``accumulate_tiles`` first sums
-every seed's ``fl(c_k * z_k)`` into a second tile buffer, so the tensor is read and
-written once per tile whatever the number of seeds.
+size) and run ``prange`` over work items (tensor, tile). A tile that lies wholly in its
+tensor is updated while it is drawn, block by block (``p += fl(a * z)``, plain fp32
+multiply and add, no fused multiply-add, as the reference specifies; Rademacher updates
+agree bitwise); a tile at a tensor's edge is drawn into an fp32 buffer while the
+tensor's part of it is prefetched, then added. ``accumulate_tiles`` sums every seed's
+``fl(c_k * z_k)`` into a tile buffer first, so the tensor is read and written once per
+tile whatever the number of seeds.
 """
 
 from __future__ import annotations
@@ -160,8 +161,10 @@ def _cos_sin_ir(v: _Vec, x):
     return v.as_f64(b.xor(v.as_i64(c), flip_c)), v.as_f64(b.xor(v.as_i64(s), flip_s))
 
 
-def gaussian_ir(b: ir.IRBuilder, out, words) -> None:
-    """out[0 : G_BLOCK] (a float*) <- the gaussian values of ``words`` (4 vectors)."""
+def gaussian_ir(b: ir.IRBuilder, out, words, add_scaled=None) -> None:
+    """out[0 : G_BLOCK] (a float*) <- the gaussian values of ``words`` (4 vectors); with
+    ``add_scaled`` (an fp32 value ``a``): out[...] += fl(a * z), a plain fp32 multiply
+    and add (no fused multiply-add), as the reference specifies."""
     v = _Vec(b)
     x0, x1, x2, x3 = words
     r0, r1 = _radius_ir(v, x0), _radius_ir(v, x2)
@@ -171,7 +174,15 @@ def gaussian_ir(b: ir.IRBuilder, out, words) -> None:
     ab, cd = b.shuffle_vector(outs[0], outs[1], pair), b.shuffle_vector(outs[2], outs[3], pair)
     quad = [j for q in range(LANES) for j in (2 * q, 2 * q + 1, 2 * LANES + 2 * q, 2 * LANES + 2 * q + 1)]
     z = b.shuffle_vector(ab, cd, ir.Constant(ir.VectorType(_I32, G_BLOCK), quad))  # element 4q + j
-    b.store(z, b.bitcast(out, z.type.as_pointer()), align=4)
+    ptr = b.bitcast(out, z.type.as_pointer())
+    if add_scaled is not None:
+        vt = ir.VectorType(_F32, G_BLOCK)
+        a = b.shuffle_vector(
+            b.insert_element(ir.Constant(vt, ir.Undefined), add_scaled, ir.Constant(_I32, 0)),
+            ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, G_BLOCK), [0] * G_BLOCK),
+        )
+        z = b.fadd(b.load(ptr, align=4), b.fmul(a, z))
+    b.store(z, ptr, align=4)
 
 
 def rademacher_ir(b: ir.IRBuilder, out, words, add_scaled=None) -> None:
@@ -224,17 +235,25 @@ gaussian_block = _block_intrinsic("gaussian_block", _GAUSSIAN, gaussian_ir, G_BL
 rademacher_block = _block_intrinsic("rademacher_block", _RADEMACHER, rademacher_ir, R_BLOCK)
 
 
-@intrinsic
-def rademacher_add_block(typingctx, p, at, first, k0, k1, a):
-    """p[at : at + R_BLOCK] += fl(a * z) for the rademacher z of counters first ..
-    first + LANES - 1: the update made while drawing, no tile buffer (a: fp32)."""
+def _add_block_intrinsic(name: str, stream: int, fill, elements: int):
+    """A numba intrinsic ``name(p, at, first, k0, k1, a)``: p[at : at + elements] +=
+    fl(a * z) for the z of counters first .. first + LANES - 1 (a: fp32): the update made
+    while drawing, with no tile buffer."""
 
-    def codegen(ctx, b, sig, args):
-        words = philox_ir(b, args[2], args[3], args[4], _RADEMACHER)
-        rademacher_ir(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words, add_scaled=args[5])
-        return ctx.get_dummy_value()
+    def block(typingctx, p, at, first, k0, k1, a):
+        def codegen(ctx, b, sig, args):
+            words = philox_ir(b, args[2], args[3], args[4], stream)
+            fill(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words, add_scaled=args[5])
+            return ctx.get_dummy_value()
 
-    return types.void(p, types.int64, types.int64, types.int64, types.int64, types.float32), codegen
+        return types.void(p, types.int64, types.int64, types.int64, types.int64, types.float32), codegen
+
+    block.__name__ = block.__qualname__ = name
+    return intrinsic(block)
+
+
+gaussian_add_block = _add_block_intrinsic("gaussian_add_block", _GAUSSIAN, gaussian_ir, G_BLOCK)
+rademacher_add_block = _add_block_intrinsic("rademacher_add_block", _RADEMACHER, rademacher_ir, R_BLOCK)
 
 
 @intrinsic
@@ -321,9 +340,13 @@ def perturb_tiles(addrs, offsets, sizes, items, k0, k1, a, gaussian):
         p, offset = carray(_f32_ptr(addrs[i]), sizes[i]), offsets[i]  # (n_i,) view
         shift = base - offset
         lo, hi = max(shift, 0), min(shift + TILE, p.size)  # the tile's part of p
-        if not gaussian and hi - lo == TILE:  # a whole tile: add while drawing (memory-bound)
-            for o in range(0, TILE, R_BLOCK):
-                rademacher_add_block(p, lo + o, (base + o) // 128, k0, k1, a)
+        if hi - lo == TILE:  # a whole tile: add while drawing, no tile buffer
+            if gaussian:
+                for o in range(0, TILE, G_BLOCK):
+                    gaussian_add_block(p, lo + o, (base + o) // 4, k0, k1, a)
+            else:
+                for o in range(0, TILE, R_BLOCK):
+                    rademacher_add_block(p, lo + o, (base + o) // 128, k0, k1, a)
         else:
             z = np.empty(TILE, np.float32)
             draw_tile(z, base, k0, k1, gaussian, p, shift, lo, hi)
