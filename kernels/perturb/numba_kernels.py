@@ -36,8 +36,9 @@ tensor is updated while it is drawn, block by block (``p += fl(a * z)``, plain f
 multiply and add, no fused multiply-add, as the reference specifies; Rademacher updates
 agree bitwise); a tile at a tensor's edge is drawn into an fp32 buffer while the
 tensor's part of it is prefetched, then added. ``accumulate_tiles`` sums every seed's
-``fl(c_k * z_k)`` into a tile buffer first, so the tensor is read and written once per
-tile whatever the number of seeds.
+``fl(c_k * z_k)`` into a tile buffer as it draws (the same block update, on the buffer),
+then adds the buffer once, so the tensor is read and written once per tile whatever
+the number of seeds.
 """
 
 from __future__ import annotations
@@ -362,13 +363,14 @@ def accumulate_tiles(addrs, offsets, sizes, items, keys, coeffs, gaussian):
         p, offset = carray(_f32_ptr(addrs[i]), sizes[i]), offsets[i]
         shift = base - offset
         lo, hi = max(shift, 0), min(shift + TILE, p.size)
-        z = np.empty(TILE, np.float32)
+        _prefetch_range(p, lo, hi)  # read once the seeds are summed; fetch it meanwhile
         acc = np.zeros(TILE, np.float32)
-        for k in range(keys.shape[0]):
-            if k > 0:
-                lo = hi  # prefetch p during the first seed only
-            draw_tile(z, base, keys[k, 0], keys[k, 1], gaussian, p, shift, lo, hi)
-            c = coeffs[k]
-            for j in range(TILE):
-                acc[j] += c * z[j]
+        for k in range(keys.shape[0]):  # acc += fl(c_k * z_k) while drawing z_k
+            k0, k1, c = keys[k, 0], keys[k, 1], coeffs[k]
+            if gaussian:
+                for o in range(0, TILE, G_BLOCK):
+                    gaussian_add_block(acc, o, (base + o) // 4, k0, k1, c)
+            else:
+                for o in range(0, TILE, R_BLOCK):
+                    rademacher_add_block(acc, o, (base + o) // 128, k0, k1, c)
         _add(p, offset, base, acc, np.float32(1.0))
