@@ -16,7 +16,8 @@ Cases (fp32, in place, ``P`` elements, ``threads`` threads for torch and numba):
 - ``gaussian, smollm2 shapes``: the same over SmolLM2-135M's 272 tensors;
 - ``accumulate_ S seeds``: gaussian, reported as ``S * P / seconds`` (seed replay);
 - ``gaussian draw`` / ``rademacher draw``: ``z`` generated into a tile buffer in cache,
-  no tensor touched: the generator's own rate, an upper bound for the rows above.
+  no tensor touched: the generator's own rate (whole tiles of a tensor are updated while
+  drawing, without the buffer, so ``perturb_`` may pass it).
 
 Targets (issue 15): gaussian >= 0.5x and rademacher >= 0.8x the memory pass; both >= 6x
 torch ``normal_``+``add_``; ``accumulate_`` with 16 seeds >= 4x the single-seed gaussian
