@@ -94,11 +94,10 @@ def _draw_loop():
 
     @njit(parallel=True, nogil=True)
     def draw(tiles, gaussian):  # (tiles * TILE) values of z(1), one buffer per tile
-        unused = np.zeros(1, np.float32)
         total = 0.0
         for t in prange(tiles):
             z = np.empty(TILE, np.float32)
-            draw_tile(z, t * TILE, 1, 0, gaussian, unused, 0, 0, 0)
+            draw_tile(z, t * TILE, 1, 0, gaussian)
             total += z[t % TILE]
         return total
 

@@ -34,8 +34,8 @@ ulp).
 size) and run ``prange`` over work items (tensor, tile). A tile that lies wholly in its
 tensor is updated while it is drawn, block by block (``p += fl(a * z)``, plain fp32
 multiply and add, no fused multiply-add, as the reference specifies; Rademacher updates
-agree bitwise); a tile at a tensor's edge is drawn into an fp32 buffer while the
-tensor's part of it is prefetched, then added. ``accumulate_tiles`` sums every seed's
+agree bitwise); a tile at a tensor's edge is drawn into an fp32 buffer (the same
+update on zeros, with a = 1) while the tensor's part of it is prefetched, then added. ``accumulate_tiles`` sums every seed's
 ``fl(c_k * z_k)`` into a tile buffer as it draws (the same block update, on the buffer),
 then adds the buffer once, so the tensor is read and written once per tile whatever
 the number of seeds.
@@ -56,8 +56,7 @@ TILE = 4096  # elements per tile: a multiple of every block below
 LANES = 8  # counters per vector block (LLVM splits it into the host's vector registers)
 G_BLOCK = 4 * LANES  # gaussian elements per block (4 per counter)
 R_BLOCK = 128 * LANES  # rademacher elements per block (128 per counter)
-_GEN = {"cache": True, "nogil": True, "error_model": "numpy", "fastmath": {"contract"}}  # draw: FMA ok
-_KERNEL = {"parallel": True, "cache": True, "nogil": True, "error_model": "numpy"}  # update: no FMA
+_KERNEL = {"parallel": True, "cache": True, "nogil": True, "error_model": "numpy"}  # no fastmath: no FMA in updates
 _LN2 = math.log(2.0)
 _PI_2_32 = math.pi * 2.0**-32  # phi = (2 d + 1) * pi / 2**32
 _GAUSSIAN, _RADEMACHER = STREAMS["gaussian"], STREAMS["rademacher"]
@@ -69,6 +68,14 @@ _SQRT_HALF_BITS = 0x3FE6A09E667F3BCD  # sqrt(1/2) as fp64 bits
 # --- vector path: LLVM IR on LANES counters -------------------------------------------
 
 _I32, _I64, _F32, _F64 = ir.IntType(32), ir.IntType(64), ir.FloatType(), ir.DoubleType()
+
+
+def _splat(b: ir.IRBuilder, scalar: ir.Value, n: int) -> ir.Value:
+    """A vector of ``n`` copies of ``scalar``."""
+    vt = ir.VectorType(scalar.type, n)
+    undef = ir.Constant(vt, ir.Undefined)
+    one = b.insert_element(undef, scalar, ir.Constant(_I32, 0))
+    return b.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_I32, n), [0] * n))
 
 
 class _Vec:
@@ -86,9 +93,7 @@ class _Vec:
         return ir.Constant(self.f64, [float(value)] * LANES)
 
     def splat(self, scalar: ir.Value) -> ir.Value:
-        vt = ir.VectorType(scalar.type, LANES)
-        v = self.b.insert_element(ir.Constant(vt, ir.Undefined), scalar, ir.Constant(_I32, 0))
-        return self.b.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(self.i32, [0] * LANES))
+        return _splat(self.b, scalar, LANES)
 
     def call(self, name: str, *args: ir.Value) -> ir.Value:
         """``llvm.<name>.v<LANES>f64(args)``: an fp64 vector intrinsic."""
@@ -162,10 +167,10 @@ def _cos_sin_ir(v: _Vec, x):
     return v.as_f64(b.xor(v.as_i64(c), flip_c)), v.as_f64(b.xor(v.as_i64(s), flip_s))
 
 
-def gaussian_ir(b: ir.IRBuilder, out, words, add_scaled=None) -> None:
-    """out[0 : G_BLOCK] (a float*) <- the gaussian values of ``words`` (4 vectors); with
-    ``add_scaled`` (an fp32 value ``a``): out[...] += fl(a * z), a plain fp32 multiply
-    and add (no fused multiply-add), as the reference specifies."""
+def gaussian_ir(b: ir.IRBuilder, out, words, a) -> None:
+    """out[0 : G_BLOCK] (a float*) += fl(a * z) for the gaussian z of ``words`` (4
+    vectors) and the fp32 value ``a``: a plain fp32 multiply and add (no fused
+    multiply-add), as the reference specifies. On zeros with a = 1 this writes z."""
     v = _Vec(b)
     x0, x1, x2, x3 = words
     r0, r1 = _radius_ir(v, x0), _radius_ir(v, x2)
@@ -176,38 +181,21 @@ def gaussian_ir(b: ir.IRBuilder, out, words, add_scaled=None) -> None:
     quad = [j for q in range(LANES) for j in (2 * q, 2 * q + 1, 2 * LANES + 2 * q, 2 * LANES + 2 * q + 1)]
     z = b.shuffle_vector(ab, cd, ir.Constant(ir.VectorType(_I32, G_BLOCK), quad))  # element 4q + j
     ptr = b.bitcast(out, z.type.as_pointer())
-    if add_scaled is not None:
-        vt = ir.VectorType(_F32, G_BLOCK)
-        a = b.shuffle_vector(
-            b.insert_element(ir.Constant(vt, ir.Undefined), add_scaled, ir.Constant(_I32, 0)),
-            ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, G_BLOCK), [0] * G_BLOCK),
-        )
-        z = b.fadd(b.load(ptr, align=4), b.fmul(a, z))
-    b.store(z, ptr, align=4)
+    b.store(b.fadd(b.load(ptr, align=4), b.fmul(_splat(b, a, G_BLOCK), z)), ptr, align=4)
 
 
-def rademacher_ir(b: ir.IRBuilder, out, words, add_scaled=None) -> None:
-    """out[0 : R_BLOCK] (a float*) <- 1 - 2 * bit of ``words``: element 128q + 32j + bit.
-
-    With ``add_scaled`` (an fp32 value ``a``): out[...] += fl(a * z) instead, which is
-    ``a`` with its sign flipped where z = -1 (exact), added in fp32 as the reference adds."""
-    v32 = ir.VectorType(_I32, 32)
-    shifts = ir.Constant(v32, [31 - bit for bit in range(32)])  # bit -> the sign bit of 1.0f
-    sign, undef = ir.Constant(v32, [1 << 31] * 32), ir.Constant(v32, ir.Undefined)
-
-    def splat(x):
-        return b.shuffle_vector(b.insert_element(undef, x, ir.Constant(_I32, 0)), undef, ir.Constant(v32, [0] * 32))
-
-    magnitude = ir.Constant(v32, [0x3F800000] * 32) if add_scaled is None else splat(b.bitcast(add_scaled, _I32))
+def rademacher_ir(b: ir.IRBuilder, out, words, a) -> None:
+    """out[0 : R_BLOCK] (a float*) += fl(a * z) for z = 1 - 2 * bit of ``words``
+    (element 128q + 32j + bit): ``a`` with its sign flipped where z = -1, exact."""
+    v32, f32x32 = ir.VectorType(_I32, 32), ir.VectorType(_F32, 32)
+    shifts = ir.Constant(v32, [31 - bit for bit in range(32)])  # bit -> the sign bit
+    sign, magnitude = ir.Constant(v32, [1 << 31] * 32), _splat(b, b.bitcast(a, _I32), 32)
     for q in range(LANES):
         for j, w in enumerate(words):
-            flip = b.and_(b.shl(splat(b.trunc(b.extract_element(w, ir.Constant(_I32, q)), _I32)), shifts), sign)
-            ptr = b.bitcast(b.gep(out, [ir.Constant(_I64, 128 * q + 32 * j)]), ir.VectorType(_F32, 32).as_pointer())
-            if add_scaled is None:
-                b.store(b.bitcast(b.or_(flip, magnitude), ir.VectorType(_F32, 32)), ptr, align=4)
-            else:
-                scaled = b.bitcast(b.xor(flip, magnitude), ir.VectorType(_F32, 32))
-                b.store(b.fadd(b.load(ptr, align=4), scaled), ptr, align=4)
+            word = b.trunc(b.extract_element(w, ir.Constant(_I32, q)), _I32)
+            scaled = b.bitcast(b.xor(b.and_(b.shl(_splat(b, word, 32), shifts), sign), magnitude), f32x32)
+            ptr = b.bitcast(b.gep(out, [ir.Constant(_I64, 128 * q + 32 * j)]), f32x32.as_pointer())
+            b.store(b.fadd(b.load(ptr, align=4), scaled), ptr, align=4)
 
 
 def _f32_at(ctx, b, arr_type, arr, at):
@@ -215,36 +203,15 @@ def _f32_at(ctx, b, arr_type, arr, at):
     return b.gep(ctx.make_array(arr_type)(ctx, b, arr).data, [at])
 
 
-def _block_intrinsic(name: str, stream: int, fill, elements: int):
-    """A numba intrinsic ``name(z, at, first, k0, k1)``: z[at : at + elements] <- the
-    values ``fill`` makes of the words of counters first .. first + LANES - 1."""
-
-    def block(typingctx, z, at, first, k0, k1):
-        def codegen(ctx, b, sig, args):
-            words = philox_ir(b, args[2], args[3], args[4], stream)
-            fill(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words)
-            return ctx.get_dummy_value()
-
-        return types.void(z, types.int64, types.int64, types.int64, types.int64), codegen
-
-    block.__name__ = block.__qualname__ = name
-    block.__doc__ = f"z[at : at + {elements}] <- {name.split('_')[0]} values of LANES counters from first."
-    return intrinsic(block)
-
-
-gaussian_block = _block_intrinsic("gaussian_block", _GAUSSIAN, gaussian_ir, G_BLOCK)
-rademacher_block = _block_intrinsic("rademacher_block", _RADEMACHER, rademacher_ir, R_BLOCK)
-
-
-def _add_block_intrinsic(name: str, stream: int, fill, elements: int):
-    """A numba intrinsic ``name(p, at, first, k0, k1, a)``: p[at : at + elements] +=
-    fl(a * z) for the z of counters first .. first + LANES - 1 (a: fp32): the update made
-    while drawing, with no tile buffer."""
+def _add_block_intrinsic(name: str, stream: int, fill):
+    """A numba intrinsic ``name(p, at, first, k0, k1, a)``: p[at : at + block] +=
+    fl(a * z) for the z of counters first .. first + LANES - 1 (a: fp32), made while
+    the values are drawn."""
 
     def block(typingctx, p, at, first, k0, k1, a):
         def codegen(ctx, b, sig, args):
             words = philox_ir(b, args[2], args[3], args[4], stream)
-            fill(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words, add_scaled=args[5])
+            fill(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words, args[5])
             return ctx.get_dummy_value()
 
         return types.void(p, types.int64, types.int64, types.int64, types.int64, types.float32), codegen
@@ -253,21 +220,21 @@ def _add_block_intrinsic(name: str, stream: int, fill, elements: int):
     return intrinsic(block)
 
 
-gaussian_add_block = _add_block_intrinsic("gaussian_add_block", _GAUSSIAN, gaussian_ir, G_BLOCK)
-rademacher_add_block = _add_block_intrinsic("rademacher_add_block", _RADEMACHER, rademacher_ir, R_BLOCK)
+gaussian_add_block = _add_block_intrinsic("gaussian_add_block", _GAUSSIAN, gaussian_ir)
+rademacher_add_block = _add_block_intrinsic("rademacher_add_block", _RADEMACHER, rademacher_ir)
 
 
 @intrinsic
 def gaussian_from_words(typingctx, z, at, w):
-    """As :func:`gaussian_block` from given words: w (4 * LANES,) int64, word j of
-    counter q at w[j * LANES + q] (tests feed it the edge words)."""
+    """z[at : at + G_BLOCK] += the gaussian values of given words: w (4 * LANES,) int64,
+    word j of counter q at w[j * LANES + q] (tests feed it the edge words)."""
 
     def codegen(ctx, b, sig, args):
         vt = ir.VectorType(_I64, LANES)
         data = ctx.make_array(sig.args[2])(ctx, b, args[2]).data
         at = [b.gep(data, [ir.Constant(_I64, j * LANES)]) for j in range(4)]
         words = [b.load(b.bitcast(x, vt.as_pointer()), align=8) for x in at]
-        gaussian_ir(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words)
+        gaussian_ir(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words, ir.Constant(_F32, 1.0))
         return ctx.get_dummy_value()
 
     return types.void(z, types.int64, w), codegen
@@ -299,20 +266,22 @@ def _prefetch_range(p, lo, hi):
         _prefetch(p, np.uint64(i))
 
 
-@njit(**_GEN)
-def draw_tile(z, base, k0, k1, gaussian, p, shift, lo, hi):
-    """z: (TILE,) fp32 <- z of global elements base .. base + TILE - 1 (vector path).
+@njit(inline="always")
+def _add_tile(dst, at, base, k0, k1, a, gaussian):
+    """dst[at : at + TILE] += fl(a * z) for global elements base .. base + TILE - 1."""
+    if gaussian:
+        for o in range(0, TILE, G_BLOCK):
+            gaussian_add_block(dst, at + o, (base + o) // 4, k0, k1, a)
+    else:
+        for o in range(0, TILE, R_BLOCK):
+            rademacher_add_block(dst, at + o, (base + o) // 128, k0, k1, a)
 
-    Meanwhile prefetches p[lo:hi] (tile element j is p[shift + j]), spread over the
-    blocks, so that the add which follows finds p in cache."""
-    block = G_BLOCK if gaussian else R_BLOCK
-    per = 4 if gaussian else 128
-    for o in range(0, TILE, block):
-        if gaussian:  # the rademacher draw is short: prefetching there only delays the add
-            _prefetch_range(p, max(lo, shift + o), min(hi, shift + o + block))
-            gaussian_block(z, o, (base + o) // per, k0, k1)
-        else:
-            rademacher_block(z, o, (base + o) // per, k0, k1)
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def draw_tile(z, base, k0, k1, gaussian):
+    """z: (TILE,) fp32 <- z of global elements base .. base + TILE - 1 (0 + fl(1 * z))."""
+    z[:] = 0.0
+    _add_tile(z, 0, base, k0, k1, np.float32(1.0), gaussian)
 
 
 @intrinsic
@@ -342,15 +311,11 @@ def perturb_tiles(addrs, offsets, sizes, items, k0, k1, a, gaussian):
         shift = base - offset
         lo, hi = max(shift, 0), min(shift + TILE, p.size)  # the tile's part of p
         if hi - lo == TILE:  # a whole tile: add while drawing, no tile buffer
-            if gaussian:
-                for o in range(0, TILE, G_BLOCK):
-                    gaussian_add_block(p, lo + o, (base + o) // 4, k0, k1, a)
-            else:
-                for o in range(0, TILE, R_BLOCK):
-                    rademacher_add_block(p, lo + o, (base + o) // 128, k0, k1, a)
-        else:
+            _add_tile(p, lo, base, k0, k1, a, gaussian)
+        else:  # a tensor's edge: draw the tile, then add its part
+            _prefetch_range(p, lo, hi)
             z = np.empty(TILE, np.float32)
-            draw_tile(z, base, k0, k1, gaussian, p, shift, lo, hi)
+            draw_tile(z, base, k0, k1, gaussian)
             _add(p, offset, base, z, a)
 
 
@@ -366,11 +331,5 @@ def accumulate_tiles(addrs, offsets, sizes, items, keys, coeffs, gaussian):
         _prefetch_range(p, lo, hi)  # read once the seeds are summed; fetch it meanwhile
         acc = np.zeros(TILE, np.float32)
         for k in range(keys.shape[0]):  # acc += fl(c_k * z_k) while drawing z_k
-            k0, k1, c = keys[k, 0], keys[k, 1], coeffs[k]
-            if gaussian:
-                for o in range(0, TILE, G_BLOCK):
-                    gaussian_add_block(acc, o, (base + o) // 4, k0, k1, c)
-            else:
-                for o in range(0, TILE, R_BLOCK):
-                    rademacher_add_block(acc, o, (base + o) // 128, k0, k1, c)
+            _add_tile(acc, 0, base, keys[k, 0], keys[k, 1], coeffs[k], gaussian)
         _add(p, offset, base, acc, np.float32(1.0))

@@ -21,13 +21,13 @@ TARGETS = [  # triple, cpu, features, a register that shows vector code
 
 
 def _block_module(kind: str) -> str:
-    """``void block(float* out, i64 first, i64 k0, i64 k1)``: one block of ``kind``."""
+    """``void block(float* out, i64 first, i64 k0, i64 k1)``: out += one block of ``kind``."""
     mod = ir.Module(name=kind)
     i64 = ir.IntType(64)
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [ir.FloatType().as_pointer(), i64, i64, i64]), "block")
     b = ir.IRBuilder(fn.append_basic_block())
     words = nk.philox_ir(b, fn.args[1], fn.args[2], fn.args[3], 0 if kind == "gaussian" else 1)
-    (nk.gaussian_ir if kind == "gaussian" else nk.rademacher_ir)(b, fn.args[0], words)
+    (nk.gaussian_ir if kind == "gaussian" else nk.rademacher_ir)(b, fn.args[0], words, ir.Constant(ir.FloatType(), 1.0))
     b.ret_void()
     return str(mod)
 
@@ -66,8 +66,8 @@ def test_host_block_runs_and_matches_the_numba_kernel():
     block = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)(
         engine.get_function_address("block")
     )
-    got = np.empty(nk.G_BLOCK, np.float32)
+    got = np.zeros(nk.G_BLOCK, np.float32)
     block(got.ctypes.data, 3 * nk.LANES, 17, 5)  # counters 3 LANES ..: elements from 12 LANES
-    want, unused = np.empty(nk.TILE, np.float32), np.zeros(1, np.float32)
-    nk.draw_tile(want, 0, 17, 5, True, unused, 0, 0, 0)
+    want = np.empty(nk.TILE, np.float32)
+    nk.draw_tile(want, 0, 17, 5, True)
     np.testing.assert_array_equal(got, want[12 * nk.LANES : 12 * nk.LANES + nk.G_BLOCK])

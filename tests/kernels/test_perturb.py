@@ -165,7 +165,7 @@ def test_numba_vector_gaussian_edge_words_match_fp64():
     xr, xa = torch.cat([xr, xr[:pad]]), torch.cat([xa, xa[:pad]])
     pairs = torch.stack([xr, xa], 1).view(-1, LANES, 2, 2)  # (B, counter q, pair m, radius/angle)
     words = pairs.reshape(-1, LANES, 4).transpose(1, 2).contiguous()  # (B, word j, counter q): x_{2m}, x_{2m+1}
-    z = np.empty((words.shape[0], 4 * LANES), np.float32)
+    z = np.zeros((words.shape[0], 4 * LANES), np.float32)  # the block adds 1 * z
     transform(words.view(-1, 4 * LANES).numpy(), z)
     u0, u1 = (xr.double() + 0.5) * 2.0**-32, (xa.double() + 0.5) * 2.0**-32
     r, theta = torch.sqrt(-2 * torch.log(u0)), 2 * math.pi * u1
@@ -184,13 +184,12 @@ def test_numba_vector_path_matches_scalar_path(dist):
     from kernels.perturb.numba_kernels import TILE, draw_tile
     from kernels.perturb.numba_scalar import draw_tile_scalar
 
-    unused = np.zeros(1, np.float32)  # no tensor to prefetch
     gaussian = dist == "gaussian"
     for seed in (0, 99, 2**40 + 3, 2**63 - 1):
         k0, k1 = seed & MASK32, seed >> 32
         for base in (0, 7 * TILE, 2**36, 2**45 + 13 * TILE):
             vec, sca = np.empty(TILE, np.float32), np.empty(TILE, np.float32)
-            draw_tile(vec, base, k0, k1, gaussian, unused, 0, 0, 0)
+            draw_tile(vec, base, k0, k1, gaussian)
             draw_tile_scalar(sca, base, k0, k1, gaussian)
             vec, sca = torch.from_numpy(vec), torch.from_numpy(sca)
             if gaussian:
