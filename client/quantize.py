@@ -27,7 +27,7 @@ import gc
 import json
 import logging
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,11 @@ def _skipped(name: str, skip: Iterable[str]) -> bool:
     """True when any dotted component of module ``name`` is in ``skip``."""
     parts = name.split(".")
     return any(s in parts for s in skip)
+
+
+def under(name: str, prefixes: Iterable[str]) -> bool:
+    """True when ``name`` is one of the qualified module names ``prefixes`` or inside one."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def make_quantized_linear(linear: nn.Linear, mode: str, double_quant: bool = False) -> nn.Module:
@@ -196,8 +201,9 @@ def quantize_linear(linear: nn.Linear, mode: str, double_quant: bool = False) ->
 
 
 def replace_linear_layers_(model: nn.Module, mode: str, double_quant: bool = False,
-                           skip: Iterable[str] = ()) -> list[str]:
+                           skip: Iterable[str] = (), absent: Iterable[str] = ()) -> list[str]:
     """Swap every ``nn.Linear`` not under ``skip`` (or ``lm_head``) for a bitsandbytes layer.
+    Modules under the qualified names ``absent`` (left out of a model part) stay as they are.
 
     Materialised weights are quantized at once (the fp32 layer is freed as it is
     replaced); weights on the meta device are left for :func:`load_checkpoint_`.
@@ -207,9 +213,9 @@ def replace_linear_layers_(model: nn.Module, mode: str, double_quant: bool = Fal
     list[str]
         Qualified names of the replaced layers.
     """
-    skip = tuple(skip) + ALWAYS_FP32
+    skip, absent = tuple(skip) + ALWAYS_FP32, tuple(absent)
     targets = [(n, m) for n, m in model.named_modules()
-               if type(m) is nn.Linear and not _skipped(n, skip)]
+               if type(m) is nn.Linear and not _skipped(n, skip) and not under(n, absent)]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, quantize_linear(linear, mode, double_quant))
@@ -233,8 +239,9 @@ def checkpoint_files(folder: str | Path) -> list[Path]:
     return [single] if single.is_file() else []
 
 
-def iter_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` from a safetensors file, reading one tensor at a time.
+def iter_safetensors(path: str | Path, select: Callable[[str], bool] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` from a safetensors file, reading one tensor at a time
+    (only those whose name ``select`` accepts, when given; the others are never read).
 
     Each tensor lives in its own freshly allocated buffer (plain ``readinto``, no mmap),
     so the caller controls the peak: drop the tensor and its memory is gone.
@@ -245,6 +252,8 @@ def iter_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
         header.pop("__metadata__", None)
         base = 8 + header_len
         for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if select is not None and not select(name):
+                continue
             start, end = info["data_offsets"]
             buf = torch.empty(end - start, dtype=torch.uint8)  # (nbytes,)
             view, got = memoryview(buf.numpy()), 0
@@ -303,7 +312,7 @@ def _meta_tensors(model: nn.Module) -> list[str]:
 
 
 def load_checkpoint_(model: nn.Module, files: Iterable[str | Path], heads: Iterable[str] = (),
-                     quantized: Iterable[str] = ()) -> LoadReport:
+                     quantized: Iterable[str] = (), absent: Iterable[str] = ()) -> LoadReport:
     """Stream safetensors ``files`` into a (partly) meta ``model``, quantizing on the fly.
 
     Parameters
@@ -315,22 +324,28 @@ def load_checkpoint_(model: nn.Module, files: Iterable[str | Path], heads: Itera
         classification head); they are initialised with the model's ``_init_weights``
         under a fixed seed in a forked RNG (global RNG state untouched).
     quantized : qualified names of bitsandbytes layers awaiting their weights.
+    absent : qualified names of modules left out of this model part (split training):
+        their tensors are never read and they stay on the meta device.
 
     Raises
     ------
     RuntimeError
         When a non-head weight is missing after the load, or a shape does not match.
     """
-    heads, quantized = tuple(heads), set(quantized)
-    keys = set(model.state_dict(keep_vars=True).keys())
+    heads, quantized, absent = tuple(heads), set(quantized), tuple(absent)
+    keys = {k for k in model.state_dict(keep_vars=True) if not under(k, absent)}
     prefix = getattr(model, "base_model_prefix", "")
     report, freed = LoadReport(), 0
+
+    def wanted(name: str) -> bool:
+        if _target_key(name, keys, prefix) is not None:
+            return True
+        report.unexpected.append(name)
+        return False
+
     for path in files:
-        for name, tensor in iter_safetensors(path):
+        for name, tensor in iter_safetensors(path, wanted):
             key = _target_key(name, keys, prefix)
-            if key is None:
-                report.unexpected.append(name)
-                continue
             _assign_(model, key, tensor, quantized)
             report.loaded.append(key)
             if key.rpartition(".")[0] in quantized:
@@ -343,7 +358,7 @@ def load_checkpoint_(model: nn.Module, files: Iterable[str | Path], heads: Itera
                 freed = 0
     if getattr(model, "all_tied_weights_keys", None):
         model.tie_weights()
-    missing = _meta_tensors(model)
+    missing = [n for n in _meta_tensors(model) if not under(n, absent)]
     head_missing = [n for n in missing if _skipped(n, heads)]
     others = [n for n in missing if n not in head_missing]
     if others:

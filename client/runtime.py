@@ -49,7 +49,8 @@ class Runtime:
             return self.kept
         if self.method.pristine:  # untouched: the parameters themselves (no copy)
             return {n: p.detach() for n, p in self.method.trainable_parameters()}
-        fresh = build_method(self.cfg.method.name, load_backbone(self.cfg.model, self.cfg.quant, self.num_labels), self.cfg)
+        backbone = load_backbone(self.cfg.model, self.cfg.quant, self.num_labels, self.cfg.method.prune())
+        fresh = build_method(self.cfg.method.name, backbone, self.cfg)
         return {n: p.detach() for n, p in fresh.trainable_parameters()}
 
 
@@ -75,7 +76,7 @@ def get_runtime(cfg: ClientConfig, num_labels: int) -> Runtime:
     if cache_enabled() and key in cache:
         return cache[key]
     cache.clear()  # one backbone per host: never hold two
-    backbone = load_backbone(cfg.model, cfg.quant, num_labels)  # seeds its own head init
+    backbone = load_backbone(cfg.model, cfg.quant, num_labels, cfg.method.prune())  # seeds its own head init
     method = build_method(cfg.method.name, backbone, cfg)
     kept = method.trainable_state() if method.exact_restore else None  # False: the state is the whole model
     rt = Runtime(backbone, method, cfg, num_labels, kept)

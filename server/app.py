@@ -41,7 +41,8 @@ def main(grid: Grid, run_config: dict[str, Any], trackers: Trackers | None = Non
     metrics row; without them, the ``logger`` of the config opens its own for the run.
     """
     cfg = unflatten(ServerConfig, run_config)
-    strategy = build_strategy(cfg.strategy, seed=cfg.seed, rounds=cfg.rounds, local_steps=cfg.local_steps)
+    strategy = build_strategy(cfg.strategy, seed=cfg.seed, rounds=cfg.rounds, local_steps=cfg.local_steps,
+                              run_config=run_config)
     extras = {"model": run_config.get("model.name"), "method": run_config.get("method.name")}
     if trackers is not None:
         return run_server(grid, cfg, strategy, make_evaluate_fn(cfg, run_config), extras, trackers)

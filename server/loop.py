@@ -5,9 +5,10 @@ that shows only them -> the update kind completes the downlink (e.g. the state e
 with the run's codec) -> send and receive through Flower -> the kind screens and decodes
 every reply (rejections are logged with the client and reason, and counted as
 failures) -> the kind's follow-up requests, if any, the same way -> ``strategy.aggregate_train``
-on the valid ones -> central evaluation every ``eval_every`` rounds -> atomic checkpoint
+on the valid ones (those the kind aggregates) -> central evaluation every ``eval_every`` rounds -> atomic checkpoint
 of the whole :class:`~server.state.ServerState` -> one ``metrics.jsonl`` row. Bytes are
-counted both ways for every message of the round. The loop never branches on the kind
+counted both ways for every message of the round, and ``exchanges`` is the number of
+round trips (1, or more with follow-ups: FwdLLM's extra requests, split training's steps). The loop never branches on the kind
 (:mod:`strategies.kinds`).
 """
 
@@ -144,7 +145,7 @@ class RoundLoop:
             self.metrics.truncate_after(ckpt.round)
             return ckpt
         self.metrics.reset()
-        return ServerState(round=0, global_state=initial_state(self.grid, fed, self.cfg))
+        return ServerState(round=0, global_state=self.kind.initial_state(self.strategy, initial_state(self.grid, fed, self.cfg)))
 
     def run(self) -> dict[str, Any]:
         """Run the remaining rounds; return the summary dict (also in summary.json)."""
@@ -181,8 +182,9 @@ class RoundLoop:
             bytes_up += sum(payload_bytes(r) for r in replies)
             got, rejected = self._screen(rnd, replies, ident_of, lambda r, a=ask: self.kind.screen(ex, r, a))
             valid, failures = valid + got, failures + rejected + max(0, len(messages) - len(replies))
-            messages = self.kind.followups(ex, valid) if valid else []
+            messages = self.kind.followups(ex, valid, got) if valid else []
             ask += 1
+        valid, failures = self.kind.to_aggregate(ex, valid), failures + ex.failures
         strategy_metrics: dict[str, Any] = {}
         if valid:
             arrays, agg_metrics = self.strategy.aggregate_train(rnd, valid)
@@ -196,7 +198,7 @@ class RoundLoop:
         state.strategy_state = get_strategy_state(self.strategy)
         state.sampler_state = self.sampler.state()
         save_checkpoint(state, self.ckpt_dir)
-        row = self._row(rnd, ev, time.perf_counter() - t0, valid, bytes_up, bytes_down, sent, failures)
+        row = self._row(rnd, ev, time.perf_counter() - t0, valid, bytes_up, bytes_down, sent, failures, ask)
         row.update({k: v for k, v in strategy_metrics.items() if k not in row})
         self._log_row(row)
         write_json(self.run_dir / "summary.json", self.metrics.summary(**self.extras))
@@ -242,6 +244,7 @@ class RoundLoop:
         bytes_down: int = 0,
         clients: int = 0,
         failures: int = 0,
+        exchanges: int = 0,
     ) -> dict[str, Any]:
         metrics = [r.content[wire.METRICS] for r in replies]
         n = sum(int(m[wire.NUM_EXAMPLES]) for m in metrics)
@@ -258,6 +261,7 @@ class RoundLoop:
             "bytes_down": bytes_down,
             "clients": clients,
             "failures": failures,
+            "exchanges": exchanges,
             "wall_s": round(wall, 3),
             "client_peak_rss_mb": rss,
             "client_train_s": round(float(np.mean(train_s)), 4) if train_s else None,

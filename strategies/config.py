@@ -157,3 +157,21 @@ class FwdLLMConfig(SeedConfig):
         check(self.variance_threshold >= 0, "strategy.variance_threshold", "a number >= 0", self.variance_threshold)
         check(self.max_asks >= 0, "strategy.max_asks", "an integer >= 0", self.max_asks)
         check(self.candidates >= 1, "strategy.candidates", "an integer >= 1", self.candidates)
+
+
+@dataclass(frozen=True)
+class SplitFedConfig(StrategyConfig):
+    """SplitFed V1 / V2 (``strategies/split.py``) for ``method=split``.
+
+    client_strategy: the delta strategy (registry name, with its default settings)
+        that aggregates the clients' parts: fedavg, fedprox, fedadam, ...
+    server_part: import path of the factory ``f(run_config) -> server part`` that loads
+        and trains the server's blocks (default: the backbone zoo's).
+    """
+
+    name: str = "sfl_v2"
+    client_strategy: str = "fedavg"
+    server_part: str = "client.split_server:make_server_part"
+
+    def __post_init__(self) -> None:
+        check(bool(self.server_part), "strategy.server_part", "an import path 'package.module:factory'", self.server_part)

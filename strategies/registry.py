@@ -23,7 +23,7 @@ from typing import Any
 from strategies import wire
 from strategies.config import (
     FedAdagradConfig, FedAvgConfig, FedAvgMConfig, FedOptConfig, FedProxConfig, FwdLLMConfig, SeedConfig,
-    StrategyConfig,
+    SplitFedConfig, StrategyConfig,
 )
 from strategies.plugins import Registry, import_string
 from strategies.runconfig import ConfigError
@@ -45,6 +45,7 @@ class RunInfo:
     seed: int = 0
     rounds: int = 1
     local_steps: int = 1
+    run_config: tuple = ()  # the flat run config as (key, value) pairs (split strategies build their server part from it)
 
 
 def _flwr(name: str) -> type:
@@ -62,8 +63,12 @@ def _seed(cls_path: str) -> Any:
     return lambda cfg, run: import_string(cls_path)(cfg, seed=run.seed, rounds=run.rounds, local_steps=run.local_steps)
 
 
+def _split(cls_path: str) -> Any:
+    return lambda cfg, run: import_string(cls_path)(cfg, run)
+
+
 STRATEGIES = Registry("strategy", StrategyConfig)
-DELTA, SEEDS = wire.KIND_DELTA, wire.KIND_SEEDS
+DELTA, SEEDS, ACTIVATIONS = wire.KIND_DELTA, wire.KIND_SEEDS, wire.KIND_ACTIVATIONS
 STRATEGIES.add("fedavg", FedAvgConfig, lambda cfg, run: _flwr("FedAvg")(**SAMPLING_KWARGS), DELTA)
 STRATEGIES.add("fedprox", FedProxConfig, lambda cfg, run: _flwr("FedProx")(proximal_mu=cfg.proximal_mu, **SAMPLING_KWARGS), DELTA)
 STRATEGIES.add("fedadam", FedOptConfig, _fedopt("FedAdam"), DELTA)
@@ -80,6 +85,8 @@ STRATEGIES.add(
 STRATEGIES.add("fedkseed", SeedConfig, _seed("strategies.fedkseed:FedKSeed"), SEEDS)
 STRATEGIES.add("fedkseed_pro", SeedConfig, _seed("strategies.fedkseed:FedKSeedPro"), SEEDS)
 STRATEGIES.add("fwdllm", FwdLLMConfig, _seed("strategies.fwdllm:FwdLLM"), SEEDS)
+STRATEGIES.add("sfl_v2", SplitFedConfig, _split("strategies.split:SplitFed"), ACTIVATIONS)
+STRATEGIES.add("sfl_v1", SplitFedConfig, _split("strategies.split:SplitFedV1"), ACTIVATIONS)
 
 
 def update_kind(strategy: Any) -> str:
@@ -107,13 +114,15 @@ def _seed_config_error(target: str) -> ConfigError:
     )
 
 
-def build_strategy(cfg: StrategyConfig, seed: int = 0, rounds: int = 1, local_steps: int = 1) -> Any:
+def build_strategy(cfg: StrategyConfig, seed: int = 0, rounds: int = 1, local_steps: int = 1,
+                   run_config: dict[str, Any] | None = None) -> Any:
     """Build the configured strategy; ``cfg.target`` (a user's class) wins over ``cfg.name``.
 
     ``seed``, ``rounds`` and ``local_steps`` are the run's; seed strategies derive their
-    seed pool, learning-rate schedule and pair budget from them.
+    seed pool, learning-rate schedule and pair budget from them. ``run_config`` (the
+    flat run config) is what split strategies build their server part from.
     """
-    run = RunInfo(seed, rounds, local_steps)
+    run = RunInfo(seed, rounds, local_steps, tuple(sorted((run_config or {}).items())))
     if cfg.target:
         return _build_user_strategy(cfg, run)
     return STRATEGIES[cfg.name].target(cfg, run)

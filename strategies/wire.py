@@ -31,3 +31,4 @@ def error_reason(msg) -> str:
 # Update kinds (each is one exchange in strategies/kinds/).
 KIND_DELTA = "delta"
 KIND_SEEDS = "seeds"
+KIND_ACTIVATIONS = "activations"

@@ -113,3 +113,46 @@ class ForwardGradConfig(SeededConfig):
         super().__post_init__()
         check_choice("method.fg_mode", self.fg_mode, ("jvp", "fd"))
         check(self.jvp_chunk >= 1, "method.jvp_chunk", "an integer >= 1", self.jvp_chunk)
+
+
+@dataclass(frozen=True)
+class SplitConfig(LoraConfig):
+    """Split training (SplitFed; SplitLoRA): LoRA on the client's first blocks, the rest
+    of the model on the server (``client/split_model.py``).
+
+    cut: blocks the client runs after the embeddings, in ``[1, depth - 1]``.
+    u_shaped: the client also keeps the last ``tail`` blocks and the head, so labels
+        never leave it (two exchanges per step instead of one).
+    activation_codec: fp32 | fp16 | bf16 | int8 (per-row scale), for activations up and
+        their gradients down (``strategies/activation_codec.py``).
+    The optimizer settings apply to both sides (each part clips its own gradients).
+    """
+
+    name: str = "split"
+    cut: int = 2
+    u_shaped: bool = False
+    tail: int = 1
+    activation_codec: str = "fp32"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from strategies.activation_codec import ACTIVATION_CODECS
+
+        check(self.cut >= 1, "method.cut", "an integer >= 1 (blocks on the client)", self.cut)
+        check(self.tail >= 1, "method.tail", "an integer >= 1 (blocks the U-shaped client keeps at the end)", self.tail)
+        check_choice("method.activation_codec", self.activation_codec, ACTIVATION_CODECS)
+        check(not self.gradient_checkpointing, "method.gradient_checkpointing",
+              "false for method=split (each part already recomputes its forward)", self.gradient_checkpointing)
+
+    @property
+    def tail_blocks(self) -> int:
+        return self.tail if self.u_shaped else 0
+
+    def prune(self):
+        from client.split_model import CLIENT_PARTS, pruner
+
+        return pruner(self.cut, self.tail_blocks, CLIENT_PARTS[self.u_shaped])
+
+    def evaluation_method(self) -> LoraConfig:
+        fields = {f: getattr(self, f) for f in LoraConfig.__dataclass_fields__ if f != "name"}
+        return LoraConfig(**fields)

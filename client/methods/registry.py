@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from client.config import MethodConfig
-from client.methods.configs import ForwardGradConfig, LoraConfig, ZoSeedConfig
+from client.methods.configs import ForwardGradConfig, LoraConfig, SplitConfig, ZoSeedConfig
 from strategies.plugins import Registry
 
 METHODS = Registry("method", MethodConfig)
 METHODS.add("lora", LoraConfig, "client.methods.lora:LoraMethod", kind="delta")
 METHODS.add("zo_seed", ZoSeedConfig, "client.methods.zo_seed:ZoSeedMethod", kind="seeds")
 METHODS.add("forward_grad", ForwardGradConfig, "client.methods.forward_grad:ForwardGradMethod", kind="seeds")
+METHODS.add("split", SplitConfig, "client.methods.split:SplitMethod", kind="activations")
 
 
 def register(name: str, config: type[MethodConfig]) -> Callable[[Any], Any]:

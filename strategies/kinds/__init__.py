@@ -15,12 +15,13 @@ Adding a kind is one file here plus one line below, and its method and strategy.
 
 from __future__ import annotations
 
-from strategies.kinds.base import RoundExchange, UpdateKind
+from strategies.kinds.activations import ActivationsKind
+from strategies.kinds.base import ClientCall, RoundExchange, UpdateKind
 from strategies.kinds.delta import DeltaKind
 from strategies.kinds.seeds import SeedsKind
 from strategies.runconfig import check_choice
 
-KINDS: dict[str, UpdateKind] = {k.name: k for k in (DeltaKind(), SeedsKind())}
+KINDS: dict[str, UpdateKind] = {k.name: k for k in (DeltaKind(), SeedsKind(), ActivationsKind())}
 
 
 def get_kind(name: str) -> UpdateKind:
@@ -29,4 +30,4 @@ def get_kind(name: str) -> UpdateKind:
     return KINDS[name]
 
 
-__all__ = ["KINDS", "RoundExchange", "UpdateKind", "get_kind"]
+__all__ = ["KINDS", "ClientCall", "RoundExchange", "UpdateKind", "get_kind"]

@@ -113,7 +113,7 @@ class SeedsKind(UpdateKind):
             )
         return reason
 
-    def followups(self, ex: RoundExchange, valid: list[Message]) -> list[Message]:
+    def followups(self, ex: RoundExchange, valid: list[Message], latest: list[Message]) -> list[Message]:
         return list(ex.strategy.configure_followup(ex.round, valid, ex.grid))
 
     def row_metrics(self, aggregated: Mapping[str, Any] | None) -> dict[str, Any]:
