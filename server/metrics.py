@@ -9,7 +9,7 @@ from typing import Any
 
 ROW_KEYS = (
     "round", "train_loss", "eval_loss", "eval_accuracy", "bytes_up", "bytes_down",
-    "clients", "failures", "wall_s", "client_peak_rss_mb",
+    "clients", "failures", "exchanges", "wall_s", "client_peak_rss_mb",
 )
 
 

@@ -183,7 +183,7 @@ def run_federation(
     session = None
     if backend == "ray" and sim.device.warm_workers:
         rc.phase("starting Ray and its workers (each imports the same and loads the backbone)")
-        session = start_ray(backend_config(sim, rc.verbose)["init_args"])
+        session = start_ray(backend_config(sim, rc.verbose)["init_args"], client_cpus=sim.device.client_cpus)
 
     write_run_info(cfg, sim, run_dir)
     preflight(sim, run_dir, rc)

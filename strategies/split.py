@@ -23,6 +23,7 @@ themselves are :mod:`strategies.kinds.activations`'s.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,7 @@ class SplitRound:
     config: dict[str, Any]  # what the client strategy adds to every downlink (e.g. proximal-mu)
     server_failures: int = 0
     server_steps: int = 0
+    server_s: float = 0.0  # time in the server part's steps
 
 
 def step_seed(seed: int, rnd: int, ident: int, step: int) -> int:
@@ -214,6 +216,7 @@ class SplitFed(Strategy):
         """The next downlink of every client whose reply just passed screening, after the
         server's side of its step (in the order given: by identity)."""
         out = []
+        t0 = time.perf_counter()
         for msg in replies:
             node = msg.metadata.src_node_id
             run = self._round.runs[node]
@@ -226,6 +229,7 @@ class SplitFed(Strategy):
                             type(err).__name__, err)
                 run.dropped = True
                 self._round.server_failures += 1
+        self._round.server_s += time.perf_counter() - t0
         return out
 
     def _serve(self, node: int, run: ClientRun) -> Message:
@@ -268,7 +272,7 @@ class SplitFed(Strategy):
             server = rnd.runs[next(iter(rnd.runs))].session.values if rnd.runs else {}
         merged = ArrayRecord({**{k: a for k, a in (client or ArrayRecord()).items()},
                               **{k: Array(v.numpy()) for k, v in server.items()}})
-        out = MetricRecord({**dict(metrics or {}), "server-steps": rnd.server_steps})
+        out = MetricRecord({**dict(metrics or {}), "server-steps": rnd.server_steps, "server-s": round(rnd.server_s, 3)})
         self._round = None
         return merged, out
 

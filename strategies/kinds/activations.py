@@ -27,6 +27,7 @@ leaves the round), computes the server side, and writes the next downlinks.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -119,7 +120,16 @@ def _acts_reply(call: ClientCall, rnd: int, step: int, progress: dict[str, Any])
 
 
 def serve_split(call: ClientCall) -> Message:
-    """The client half of one split exchange (see the module docstring)."""
+    """The client half of one split exchange (see the module docstring); ``train-s`` of
+    the final reply sums the compute of all the round's exchanges."""
+    t0 = time.perf_counter()
+    reply, progress = _serve(call)
+    progress["train-s"] = progress.get("train-s", 0.0) + time.perf_counter() - t0
+    _save(call, progress)
+    return reply
+
+
+def _serve(call: ClientCall) -> tuple[Message, dict[str, Any]]:
     m, cfg = call.method, call.round_cfg
     rnd, step, phase = int(cfg[wire.SERVER_ROUND]), int(cfg.get(STEP, 0)), str(cfg.get(PHASE, START))
     if phase == START:
@@ -160,15 +170,14 @@ def serve_split(call: ClientCall) -> Message:
         else:
             progress["expect"] = "done"
             metrics = call.metrics({wire.TRAIN_LOSS: progress["loss-sum"] / max(progress["seen"], 1),
-                                    "examples-seen": progress["seen"]})
+                                    "examples-seen": progress["seen"], wire.TRAIN_SECONDS: progress.get("train-s", 0.0)})
             content = state_content(m.trainable_state(), call.codec)
             content[wire.METRICS] = MetricRecord(metrics)
             content[ECHO] = echo(rnd, step, FINAL)
             reply = Message(content, reply_to=call.msg)
     else:
         raise StaleMessage(f"unknown split phase '{phase}'")
-    _save(call, progress)
-    return reply
+    return reply, progress
 
 
 def _server_hidden(call: ClientCall, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
