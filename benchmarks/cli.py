@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--perturbations", type=int, default=10, help="perturbations per step for forward_grad (default 10)")
     z.add_argument("--bits", default="32,8,4", help="scalar widths for the bytes cases")
     z.add_argument("--only", choices=("memory", "bytes"), help="run only the memory or only the bytes cases")
+    s = sub.add_parser("split", help="split training: client peak RSS by cut, bytes per step per codec, exchange overhead")
+    s.add_argument("--cuts", default="1,3,6", help="method.cut values of the memory cases (default 1,3,6)")
+    s.add_argument("--only", choices=("memory", "bytes", "overhead"), help="run only one part")
     f = sub.add_parser("firstuse", help="time to a config error; experiment=smoke end to end, console, accuracy")
     f.add_argument("--repeats", type=int, default=3, help="runs of each config error (the median is reported)")
     f.add_argument("--smoke-runs", type=int, default=1, help="runs of experiment=smoke timed end to end")
@@ -64,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.memory import main as memory_main
 
         return int(memory_main(["--checkpointing"] if args.checkpointing else []) or 0)
+    elif args.suite == "split":
+        from benchmarks.split import main as split_main
+
+        split_main(["--cuts", args.cuts, *(["--only", args.only] if args.only else [])])
     elif args.suite == "firstuse":
         from benchmarks.firstuse import main as firstuse_main
 

@@ -47,6 +47,7 @@ ACTS, FINAL = "acts", "final"  # reply types (GRAD is one too, U-shaped)
 SPLIT, ECHO = "split", "split-echo"  # ArrayRecord of tensors; ConfigRecord {round, step, reply} of a reply
 HIDDEN, GRADIENT, MASK, LABELS = "hidden", "grad", "attention-mask", "labels"
 PROGRESS, PARAMS, OPTIM, TAIL_GRADS = "split.progress", "split.params", "split.optim", "split.tail-grads"
+TAIL_SEEDS = 1 << 20  # the U-shaped tail's dropout seeds: (round, TAIL_SEEDS + step), apart from the front's
 
 
 class StaleMessage(RuntimeError):
@@ -93,17 +94,19 @@ def _restore(call: ClientCall, rnd: int, step: int, phase: str) -> dict[str, Any
     return progress
 
 
-def _gradient(call: ClientCall, shape: tuple[int, ...]) -> torch.Tensor:
+def _received(call: ClientCall, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The tensor ``name`` a downlink carries (a gradient, or the server blocks' output),
+    checked: codec, dtype, ``shape``, finite values; ValueError naming what is wrong."""
     content = call.msg.content
     codec = str(content.config_records.get(wire.WIRE, {}).get(wire.CODEC_KEY, ""))
     record = content.array_records.get(SPLIT)
-    reason = "no tensors" if record is None else ac.check_encoded(record, GRADIENT, codec, shape)
+    reason = "no tensors" if record is None else ac.check_encoded(record, name, codec, shape)
     if reason is None:
-        grad = ac.decode_from(record, GRADIENT, codec)
-        reason = None if bool(grad.isfinite().all()) else "non-finite values"
+        tensor = ac.decode_from(record, name, codec)
+        reason = None if bool(tensor.isfinite().all()) else "non-finite values"
     if reason is not None:
-        raise ValueError(f"bad gradient from the server for this step: {reason}")
-    return grad
+        raise ValueError(f"bad {'gradient' if name == GRADIENT else 'activations'} from the server for this step: {reason}")
+    return tensor
 
 
 def _acts_reply(call: ClientCall, rnd: int, step: int, progress: dict[str, Any]) -> Message:
@@ -144,8 +147,9 @@ def _serve(call: ClientCall) -> tuple[Message, dict[str, Any]]:
     elif phase == MID:
         progress = _restore(call, rnd, step, MID)
         batch = call.batch(rnd, step)
-        hidden = _server_hidden(call, batch)
-        with call.seeded(rnd, step + (1 << 20)):
+        b, t = batch["attention_mask"].shape
+        hidden = _received(call, HIDDEN, (int(b), int(t), int(m.hidden_size)))
+        with call.seeded(rnd, TAIL_SEEDS + step):
             loss, grad = m.back(hidden, batch)
         call.state[TAIL_GRADS] = ArrayRecord({k: Array(v.numpy()) for k, v in m.gradients().items()})
         n = int(batch["attention_mask"].shape[0])
@@ -160,7 +164,7 @@ def _serve(call: ClientCall) -> tuple[Message, dict[str, Any]]:
             m.load_gradients({k: torch.from_numpy(a.numpy()) for k, a in call.state[TAIL_GRADS].items()})
         with call.seeded(rnd, step - 1):
             hidden = m.front(batch)
-        m.backward_front(hidden, _gradient(call, tuple(hidden.shape)))
+        m.backward_front(hidden, _received(call, GRADIENT, tuple(hidden.shape)))
         m.step()
         if not m.u_shaped:
             n = int(batch["attention_mask"].shape[0])
@@ -178,22 +182,6 @@ def _serve(call: ClientCall) -> tuple[Message, dict[str, Any]]:
     else:
         raise StaleMessage(f"unknown split phase '{phase}'")
     return reply, progress
-
-
-def _server_hidden(call: ClientCall, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The server blocks' output a ``mid`` downlink carries, checked against the batch."""
-    content = call.msg.content
-    codec = str(content.config_records.get(wire.WIRE, {}).get(wire.CODEC_KEY, ""))
-    record = content.array_records.get(SPLIT)
-    b, t = batch["attention_mask"].shape
-    shape = (int(b), int(t), int(call.method.hidden_size))
-    reason = "no tensors" if record is None else ac.check_encoded(record, HIDDEN, codec, shape)
-    if reason is None:
-        hidden = ac.decode_from(record, HIDDEN, codec)
-        reason = None if bool(hidden.isfinite().all()) else "non-finite values"
-    if reason is not None:
-        raise ValueError(f"bad activations from the server for this step: {reason}")
-    return hidden
 
 
 # -- server half ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Every registered method: 2 local steps on a tiny model leave the frozen backbone
-alone; delta methods change the trainable state and round-trip exactly through the
-wire codec; seed methods reply (seed, scalar) pairs and leave the state as it was."""
+alone; delta methods (and split training's client part, trained against an in-process
+server part) change the trainable state and round-trip exactly through the wire codec;
+seed methods reply (seed, scalar) pairs and leave the state as it was."""
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ def _setup(method: str, model: str, task: str = "auto", quant: str = "none"):
     cfg = ClientConfig(
         model=ModelConfig(name=model, task=task, max_length=160),
         quant=QuantConfig(mode=quant),
-        method=METHODS[method].config(r=4),
+        method=METHODS[method].config(r=4, **({"cut": 1} if method == "split" else {})),
         lr=1e-2,
         batch_size=4,
     )
@@ -45,7 +46,14 @@ def test_method_conformance(method, model, task):
     before = m.trainable_state()
     frozen = _frozen(m.model)
     assert before and frozen
-    update = m.local_train(batch_iterator(data, cfg.batch_size, torch.Generator().manual_seed(0)), 2, {})
+    round_config = {}
+    if m.kind == wire.KIND_ACTIVATIONS:  # the client part trains against the server's part
+        from client.methods.split import SERVER
+        from client.split_server import ServerPart
+        from strategies.runconfig import flatten
+
+        round_config[SERVER] = ServerPart({**flatten(cfg), "data.label_names": NAMES})
+    update = m.local_train(batch_iterator(data, cfg.batch_size, torch.Generator().manual_seed(0)), 2, round_config)
     assert update.metrics[wire.TRAIN_LOSS] > 0
     for k, v in _frozen(m.model).items():
         assert torch.equal(v, frozen[k]), f"frozen parameter {k} changed"
@@ -55,7 +63,7 @@ def test_method_conformance(method, model, task):
         assert 1 <= len(index) == len(scalar) and np.isfinite(scalar).all() and not update.state
         assert all(torch.equal(before[k], v) for k, v in m.trainable_state().items())  # restored
         return
-    assert m.kind == wire.KIND_DELTA
+    assert m.kind in (wire.KIND_DELTA, wire.KIND_ACTIVATIONS)
     changed = [k for k in before if not torch.equal(before[k], update.state[k])]
     assert changed, "no trainable tensor changed"
     for k, v in _frozen(m.model).items():

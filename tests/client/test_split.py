@@ -189,3 +189,83 @@ def test_messages_reproduce_the_in_process_reference(name, u):
     update = ref.local_train(iter(batches), 3, {SERVER: server})  # the same three steps in one process
     for k, v in {**update.state, **server._default.values}.items():
         np.testing.assert_allclose(new[k], v.numpy(), rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+# -- screening: every bad reply is rejected with its reason, and its client leaves the round ------
+def _round_with_one_client(u=False):
+    from strategies.registry import STRATEGIES
+
+    cfg = _cfg("tiny-bert", "auto", u)
+    backbone, method = _client(cfg)
+    run = RunInfo(seed=0, rounds=1, local_steps=3, run_config=tuple(sorted(flatten(cfg).items())))
+    strategy = STRATEGIES["sfl_v1"].target(STRATEGIES["sfl_v1"].config(name="sfl_v1"), run)
+    state = strategy.compose_initial_state({k: v.numpy() for k, v in method.trainable_state().items()})
+    grid = FakeGrid([100])
+    ex = RoundExchange(1, strategy, grid, state, get_codec("fp32"))
+    (start,) = strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in state.items()}), ConfigRecord(), grid)
+    get_kind("activations").complete_downlink(ex, [start])
+    client = FakeClient(method, list(itertools.islice(_batches(backbone, cfg), 3)))
+    return strategy, client, start
+
+
+def _tampered(reply, **change):
+    tensors = reply.content[sk.SPLIT]
+    if "hidden" in change:
+        tensors[sk.HIDDEN] = Array(change["hidden"](tensors[sk.HIDDEN].numpy()))
+    if "labels" in change:
+        tensors[sk.LABELS] = Array(change["labels"])
+    if change.get("drop"):
+        del tensors[change["drop"]]
+    for key in ("step", "round"):
+        if key in change:
+            reply.content[sk.ECHO][key] = change[key]
+    if "codec" in change:
+        reply.content[wire.WIRE][wire.CODEC_KEY] = change["codec"]
+    return reply
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"hidden": lambda h: h[..., :8]}, "activations have shape"),
+    ({"hidden": lambda h: h[:1].repeat(9, 0)}, "exceed batch_size=4"),
+    ({"hidden": lambda h: h.astype(np.float64)}, "has dtype float64, expected float32"),
+    ({"hidden": lambda h: np.full_like(h, np.inf)}, "'hidden' has non-finite values"),
+    ({"labels": np.array([0, 1, 2, 9])}, "labels must be 4 class ids in [0, 4)"),
+    ({"labels": np.array([0, 1, 2, 3], dtype=np.int32)}, "labels have dtype torch.int32"),
+    ({"drop": sk.MASK}, "without their 'attention-mask'"),
+    ({"drop": sk.LABELS}, "no labels"),
+    ({"step": 2}, "stale or unexpected reply: 'acts' for step 2"),
+    ({"round": 0}, "of round 0, expected"),
+    ({"codec": "fp8"}, "unknown activation codec 'fp8'"),
+], ids=["shape", "batch", "dtype", "inf", "label-range", "label-dtype", "no-mask", "no-labels", "step", "round", "codec"])
+def test_bad_activations_are_rejected_with_their_reason(change, reason):
+    strategy, client, start = _round_with_one_client()
+    reply = _tampered(client(start), **change)
+    got = strategy.check_reply(1, reply, 0)
+    assert got is not None and reason in got, got
+    assert strategy.configure_followup(1, [], None) == []  # the client left the round
+    assert "not taking part" in strategy.check_reply(1, client(start), 0)
+
+
+def test_a_replayed_reply_and_a_stale_downlink_are_refused():
+    strategy, client, start = _round_with_one_client()
+    first = client(start)
+    assert strategy.check_reply(1, first, 0) is None
+    (grad,) = strategy.configure_followup(1, [first], None)
+    assert "stale or unexpected" in strategy.check_reply(1, first, 1)  # the step-0 activations again
+    with pytest.raises(sk.StaleMessage, match="expects 'grad' for step 1"):
+        client(_with_step(grad, 3))
+    bad = _with_gradient(grad, lambda g: np.full_like(g, np.nan))
+    with pytest.raises(ValueError, match="bad gradient from the server for this step: non-finite values"):
+        client(bad)
+
+
+def _with_step(msg, step):
+    msg.content[wire.CONFIG][sk.STEP] = step
+    return msg
+
+
+def _with_gradient(msg, fn):
+    msg.content[wire.CONFIG][sk.STEP] = 1
+    tensors = msg.content[sk.SPLIT]
+    tensors[sk.GRADIENT] = Array(fn(tensors[sk.GRADIENT].numpy()))
+    return msg

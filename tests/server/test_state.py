@@ -64,7 +64,7 @@ def test_sampled_grid_shows_only_sampled_nodes():
 def test_metrics_log_truncates_on_resume(tmp_path):
     row = dict.fromkeys(
         ["train_loss", "eval_loss", "eval_accuracy", "client_peak_rss_mb"], None
-    ) | {"bytes_up": 1, "bytes_down": 2, "clients": 1, "failures": 0, "wall_s": 0.1}
+    ) | {"bytes_up": 1, "bytes_down": 2, "clients": 1, "failures": 0, "exchanges": 1, "wall_s": 0.1}
     log = MetricsLog(tmp_path / "metrics.jsonl")
     for r in range(4):
         log.append({**row, "round": r})

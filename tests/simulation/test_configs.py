@@ -16,6 +16,8 @@ REQUIRED = {
     ("data", "hf"): ["data.hf_name=ag_news"],
     **{("method", m): ["strategy=fedkseed"] for m in ("zo_seed", "forward_grad")},
     **{("strategy", s): ["method=zo_seed"] for s in ("fedkseed", "fedkseed_pro", "fwdllm")},
+    ("method", "split"): ["strategy=sfl_v2"],
+    **{("strategy", s): ["method=split"] for s in ("sfl_v1", "sfl_v2")},
 }
 
 
@@ -46,6 +48,9 @@ def test_default_is_offline_pretrained_and_generated_data():
     [
         (["method=zo_seed"], "method=zo_seed sends seeds updates, but strategy=fedavg aggregates delta"),
         (["strategy=fwdllm"], "strategies for delta: fedadagrad"),
+        (["method=split"], "strategies for activations: sfl_v1 | sfl_v2"),
+        (["method=split", "strategy=sfl_v2", "method.cut=0"], "method.cut"),
+        (["method=split", "strategy=sfl_v2", "method.activation_codec=int4"], "method.activation_codec"),
         (["method=zo_seed", "strategy=fedkseed", "strategy.num_seeds=0"], "num_seeds"),
         (["method=zo_seed", "strategy=fedkseed", "method.zo_eps=0"], "zo_eps"),
         (["method=zo_seed", "strategy=fedkseed", "strategy.dist=uniform"], "dist"),
