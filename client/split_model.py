@@ -31,11 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from client.split_plan import BACK, CLIENT_PARTS, FRONT, MIDDLE, SERVER_PARTS, SplitPlan  # noqa: F401  (re-exported)
 from strategies.runconfig import ConfigError
 
-FRONT, MIDDLE, BACK = "front", "middle", "back"
-CLIENT_PARTS = {False: (FRONT,), True: (FRONT, BACK)}  # u_shaped -> the client's parts
-SERVER_PARTS = {False: (MIDDLE, BACK), True: (MIDDLE,)}
 
 
 @dataclass(frozen=True)
@@ -74,35 +72,6 @@ def layout_of(model: nn.Module) -> Layout:
 def depth_of(model: nn.Module) -> int:
     lay = layout_of(model)
     return len(getattr(model, lay.body).get_submodule(lay.blocks))
-
-
-@dataclass(frozen=True)
-class SplitPlan:
-    """Which blocks each part holds (see the module docstring)."""
-
-    depth: int
-    cut: int
-    tail: int = 0  # U-shaped: blocks kept by the client at the end, with the head
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.cut <= self.depth - 1:
-            raise ConfigError(f"method.cut: expected an integer in [1, {self.depth - 1}] (the model has "
-                              f"{self.depth} blocks), got {self.cut}")
-        if self.tail and self.cut + self.tail > self.depth - 1:
-            raise ConfigError(
-                f"method.cut + method.tail must leave the server at least one of the model's {self.depth} blocks "
-                f"(cut={self.cut}, tail={self.tail})")
-
-    @property
-    def u_shaped(self) -> bool:
-        return self.tail > 0
-
-    def blocks(self, part: str) -> range:
-        return {FRONT: range(0, self.cut), MIDDLE: range(self.cut, self.depth - self.tail),
-                BACK: range(self.depth - self.tail, self.depth)}[part]
-
-    def held(self, parts: tuple[str, ...]) -> list[int]:
-        return sorted(i for p in parts for i in self.blocks(p))
 
 
 def top_heads(model: nn.Module) -> tuple[str, ...]:

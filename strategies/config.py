@@ -174,4 +174,8 @@ class SplitFedConfig(StrategyConfig):
     server_part: str = "client.split_server:make_server_part"
 
     def __post_init__(self) -> None:
+        from strategies.registry import STRATEGIES
+
         check(bool(self.server_part), "strategy.server_part", "an import path 'package.module:factory'", self.server_part)
+        choices = [n for n in STRATEGIES.names("delta") if n != "fedprox"]  # no proximal term in split clients yet
+        check_choice("strategy.client_strategy", self.client_strategy, choices)
