@@ -41,8 +41,6 @@ def main(grid: Grid, run_config: dict[str, Any], trackers: Trackers | None = Non
     metrics row; without them, the ``logger`` of the config opens its own for the run.
     """
     cfg = unflatten(ServerConfig, run_config)
-    if hasattr(grid, "pull_interval"):  # Flower's in-memory grid (simulation) polls for replies every 0.1 s
-        grid.pull_interval = min(float(grid.pull_interval), 0.01)
     strategy = build_strategy(cfg.strategy, seed=cfg.seed, rounds=cfg.rounds, local_steps=cfg.local_steps,
                               run_config=run_config)
     extras = {"model": run_config.get("model.name"), "method": run_config.get("method.name")}

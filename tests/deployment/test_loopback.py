@@ -164,7 +164,11 @@ def _finished(run_dir: Path) -> bool:
         return False
 
 
-def test_two_rounds_on_superlink_and_two_supernodes(tmp_path):
+SPLIT = 'method.name="split" method.split.cut=1 strategy.name="sfl_v2"'  # many exchanges per round; Context.state between them
+
+
+@pytest.mark.parametrize("extra", ["", SPLIT], ids=["lora", "split"])
+def test_two_rounds_on_superlink_and_two_supernodes(tmp_path, extra):
     app_dir = copy_app(tmp_path / "app")
     run_dir = tmp_path / "run"
     log_dir = tmp_path / "logs"
@@ -208,7 +212,7 @@ def test_two_rounds_on_superlink_and_two_supernodes(tmp_path):
         try:
             submitted = subprocess.run(
                 [str(BIN / "flwr"), "run", str(app_dir), "loopback",
-                 "--run-config", f'{RUN_CONFIG} run_dir="{run_dir}"'],
+                 "--run-config", f'{RUN_CONFIG} {extra} run_dir="{run_dir}"'],
                 env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
             )
         except subprocess.TimeoutExpired as err:
@@ -241,6 +245,7 @@ def test_two_rounds_on_superlink_and_two_supernodes(tmp_path):
         for r in rows[1:]:
             assert r["clients"] == NODES and r["failures"] == 0, r
             assert r["bytes_up"] > 0 and r["bytes_down"] > 0, r
+            assert r["exchanges"] == (3 if extra else 1), r  # split: local_steps + 1 round trips
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["rounds"] == ROUNDS and summary["model"] == "tiny-bert", summary
     finally:

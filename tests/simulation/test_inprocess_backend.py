@@ -101,11 +101,17 @@ def test_backend_choice_and_auto_rule():
 
 @pytest.mark.integration
 def test_inprocess_run_equals_ray_run(tmp_path, caplog):
-    """Same seed, same rows (less the measured fields) and the same final checkpoint."""
+    """Same seed, same rows (less the measured fields) and the same final checkpoint, when
+    clients compute with the same threads: a Ray worker gets ``device.client_cpus``
+    threads, in-process clients the driver's (float sums depend on the thread count)."""
+    import torch
+
     caplog.set_level(logging.INFO, logger="anther.phase")
     runs = {}
+    threads = f"device.client_cpus={torch.get_num_threads()}"
     for backend in ("ray", "inprocess"):
-        run_dir = simulation.run(["experiment=smoke", "rounds=2", f"device.backend={backend}", f"hydra.run.dir={tmp_path / backend}"])
+        run_dir = simulation.run(["experiment=smoke", "rounds=2", f"device.backend={backend}", threads,
+                                  f"hydra.run.dir={tmp_path / backend}"])
         runs[backend] = fingerprint(run_dir)
         where = "in this process" if backend == "inprocess" else "on Ray"
         assert any(f"virtual clients {where}" in r.getMessage() for r in caplog.records)
