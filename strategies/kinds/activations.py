@@ -123,11 +123,15 @@ def _acts_reply(call: ClientCall, rnd: int, step: int, progress: dict[str, Any])
 
 
 def serve_split(call: ClientCall) -> Message:
-    """The client half of one split exchange (see the module docstring); ``train-s`` of
-    the final reply sums the compute of all the round's exchanges."""
+    """The client half of one split exchange (see the module docstring). The final
+    reply's ``train-s`` sums the compute of all the round's exchanges, and its
+    ``peak-rss-mb`` is the highest of their per-call peaks."""
     t0 = time.perf_counter()
     reply, progress = _serve(call)
     progress["train-s"] = progress.get("train-s", 0.0) + time.perf_counter() - t0
+    peak = call.metrics({}).get(wire.PEAK_RSS_MB)
+    if peak is not None:  # the round's peak over all its calls, for the final reply
+        progress[wire.PEAK_RSS_MB] = max(float(peak), float(progress.get(wire.PEAK_RSS_MB, 0.0)))
     _save(call, progress)
     return reply
 
@@ -175,6 +179,8 @@ def _serve(call: ClientCall) -> tuple[Message, dict[str, Any]]:
             progress["expect"] = "done"
             metrics = call.metrics({wire.TRAIN_LOSS: progress["loss-sum"] / max(progress["seen"], 1),
                                     "examples-seen": progress["seen"], wire.TRAIN_SECONDS: progress.get("train-s", 0.0)})
+            if wire.PEAK_RSS_MB in metrics:
+                metrics[wire.PEAK_RSS_MB] = max(float(metrics[wire.PEAK_RSS_MB]), float(progress.get(wire.PEAK_RSS_MB, 0.0)))
             content = state_content(m.trainable_state(), call.codec)
             content[wire.METRICS] = MetricRecord(metrics)
             content[ECHO] = echo(rnd, step, FINAL)
