@@ -67,13 +67,17 @@ class Federation:
         return sorted(self.node_of)
 
 
+MAX_POLL_S = 0.1  # the longest wait between two pulls for replies
+
+
 def send_and_receive(grid: Any, messages: list[Message], timeout: float) -> list[Message]:
     """Push ``messages`` and pull their replies until all arrived or ``timeout`` s passed.
 
     Flower's own ``Grid.send_and_receive`` sleeps a fixed interval between pulls: 0.1 s
     in simulation and 3 s over the deployment's HTTP ServerAppIo API, which split
     training's many round trips per round pay each time. This polls after 5 ms, backing
-    off by 1.5x up to 0.5 s while nothing arrives (and back to 5 ms when something does).
+    off by 1.5x up to 0.1 s while nothing arrives (and back to 5 ms when something does),
+    so no reply waits longer than Flower's simulation would let it.
     A grid without ``push_messages`` (a test double) answers through its own
     ``send_and_receive``.
     """
@@ -88,7 +92,7 @@ def send_and_receive(grid: Any, messages: list[Message], timeout: float) -> list
         pending -= {m.metadata.reply_to_message_id for m in got}
         if not pending or time.monotonic() >= end:
             break
-        delay = 0.005 if got else min(delay * 1.5, 0.5)
+        delay = 0.005 if got else min(delay * 1.5, MAX_POLL_S)
         time.sleep(min(delay, max(end - time.monotonic(), 0.0)))
     return replies
 
