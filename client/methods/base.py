@@ -74,6 +74,22 @@ class SeedMethod(LocalMethod, Protocol):
         """The perturbed tensors in the canonical (sorted-name) order."""
 
 
+class ParameterState:
+    """The trainable state of a method whose trainable tensors are the ``requires_grad``
+    parameters of ``self.model`` (LoRA, split training's parts)."""
+
+    model: torch.nn.Module
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.trainable_parameters()}
+
+    def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_named(dict(self.trainable_parameters()), state)
+
+
 def load_named(params: Mapping[str, torch.nn.Parameter], state: Mapping[str, torch.Tensor]) -> None:
     """Copy ``state`` into ``params`` exactly; shared by methods whose state is parameters."""
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))

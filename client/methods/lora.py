@@ -18,7 +18,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import TaskType, get_peft_model
 
 from client.batches import forward_loss
-from client.methods.base import Update, load_named, proximal_term
+from client.methods.base import ParameterState, Update, proximal_term
 from client.methods.configs import LoraConfig, LoraFields  # noqa: F401  (re-exported)
 from strategies import wire
 
@@ -86,7 +86,7 @@ def peft_model(backbone: Any, cfg: Any) -> torch.nn.Module:
     return model
 
 
-class LoraMethod:
+class LoraMethod(ParameterState):
     """PEFT LoRA over the backbone's attention projections (+ trainable head)."""
 
     name = "lora"
@@ -101,14 +101,6 @@ class LoraMethod:
             self.model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.eval()
 
-    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.trainable_parameters()}
-
-    def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        load_named(dict(self.trainable_parameters()), state)
 
     def local_train(self, batches: Iterator[dict[str, torch.Tensor]], steps: int, round_config: Mapping[str, Any]) -> Update:
         return train_steps(self, batches, steps, round_config)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from client.methods.base import Update, load_named
+from client.methods.base import ParameterState, Update
 from client.methods.configs import SplitConfig  # noqa: F401  (re-exported)
 from client.methods.lora import make_optimizer
 from client.split_model import BACK, CLIENT_PARTS, PartRunner, SplitPlan, depth_of, part_peft_model
@@ -32,7 +32,7 @@ from strategies import wire
 SERVER = "split-server"  # round_config key of an in-process server (local_train only)
 
 
-class SplitMethod:
+class SplitMethod(ParameterState):
     """The client part of a split model, with LoRA (+ the head when U-shaped)."""
 
     name = "split"
@@ -51,15 +51,6 @@ class SplitMethod:
         self.hidden_size = int(backbone.model.config.hidden_size)
         self.opt: torch.optim.Optimizer | None = None
 
-    # -- the trainable state ------------------------------------------------------------------
-    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.trainable_parameters()}
-
-    def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        load_named(dict(self.trainable_parameters()), state)
 
     # -- one step, in pieces ---------------------------------------------------------------------
     def start_round(self) -> None:
