@@ -128,6 +128,11 @@ class MethodConfig:
         it loads the whole model)."""
         return None
 
+    def check_backbone(self, facts: Any, model: Any) -> None:
+        """Raise ConfigError when these settings do not fit the backbone
+        (``client.model_facts.ModelFacts``) and its ``ModelConfig``; called before
+        anything loads. Default: nothing to check."""
+
     def evaluation_method(self) -> "MethodConfig":
         """The method whose model central evaluation loads the global state into (default:
         this one; split training: LoRA on the whole model)."""

@@ -54,7 +54,7 @@ class Layout:
     native_embeds: bool
 
 
-def layout_of(model: nn.Module) -> Layout:
+def layout_of(model: nn.Module, method: str = "split") -> Layout:
     """The layout of a transformers model, or a ConfigError naming what is supported."""
     prefix = getattr(model, "base_model_prefix", "")
     body = getattr(model, prefix, None)
@@ -64,7 +64,7 @@ def layout_of(model: nn.Module) -> Layout:
         return Layout(prefix, "embed_tokens", "layers", ("norm",), native_embeds=True)
     arch = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     raise ConfigError(
-        f"method=split supports BERT-style encoders (embeddings, encoder.layer) and Llama-style decoders "
+        f"method={method} supports BERT-style encoders (embeddings, encoder.layer) and Llama-style decoders "
         f"(embed_tokens, layers, norm); model type '{arch}' is neither"
     )
 

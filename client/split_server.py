@@ -24,7 +24,7 @@ from client.backbones import load_backbone
 from client.config import ClientConfig
 from client.data_source import label_names
 from client.methods.base import load_named
-from client.methods.lora import make_optimizer
+from client.methods.backprop import make_optimizer
 from client.split_model import BACK, MIDDLE, SERVER_PARTS, PartRunner, SplitPlan, depth_of, part_peft_model, pruner
 from strategies.runconfig import ConfigError, unflatten
 

@@ -41,7 +41,7 @@ def check_run(client: ClientConfig, server: ServerConfig, trackers: tuple[str, .
     if shape is not None:
         _collect(errors, lambda: check_population(client, shape))
     _collect(errors, lambda: check_model(client))
-    _collect(errors, lambda: check_split(client))
+    _collect(errors, lambda: check_method(client))
     _collect(errors, lambda: check_resume(server))
     if trackers:
         from server.trackers import check_installed
@@ -193,20 +193,14 @@ def check_model(client: ClientConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
-KNOWN_DEPTHS = {"tiny-topics": 1, "minilm": 6, "smollm2-135m": 30}  # blocks of the offline backbones
+def check_method(client: ClientConfig) -> None:
+    """The method's settings against the backbone (depth, width, context, bias terms),
+    before anything loads, for the offline backbones (hub models are checked on load)."""
+    from client.model_facts import known_facts
 
-
-def check_split(client: ClientConfig) -> None:
-    """``method.cut`` (and the U-shaped tail) within the model's blocks, before anything
-    loads, for backbones whose depth is known here (the others are checked on load)."""
-    m, model = client.method, client.model
-    if m.name != "split":
-        return
-    depth = model.layers or 2 if model.name in ("tiny-bert", "tiny-llama") else KNOWN_DEPTHS.get(model.name)
-    if depth is not None:
-        from client.split_plan import SplitPlan
-
-        SplitPlan(depth, m.cut, m.tail_blocks)
+    facts = known_facts(client.model)
+    if facts is not None:
+        client.method.check_backbone(facts, client.model)
 
 
 def check_resume(server: ServerConfig) -> None:

@@ -91,14 +91,34 @@ def check_override_keys(overrides: list[str]) -> None:
         raise ConfigError(errors[0] if len(errors) == 1 else "invalid overrides:\n  - " + "\n  - ".join(errors))
 
 
+def _compose_adding_unknown(overrides: list[str]):
+    """Compose; a key Hydra cannot override (``method.r`` for method=adapter) is composed
+    as an addition instead, so validation rejects it with the method's valid keys (Hydra's
+    "Could not override" names none)."""
+    import re
+
+    from simulation import compose_config
+
+    overrides = list(overrides)
+    for _ in range(len(overrides) + 1):
+        try:
+            return compose_config(overrides)
+        except Exception as err:
+            missing = re.match(r"Could not override '([\w.]+)'", str(err))
+            if not missing:
+                raise
+            key = missing.group(1)
+            overrides = ["+" + o if o.split("=", 1)[0] == key else o for o in overrides]
+    return compose_config(overrides)
+
+
 def prevalidate(overrides: list[str]) -> None:
     """Compose once with Hydra's compose API and validate (a sweep validates per run)."""
     from omegaconf import OmegaConf, open_dict
 
-    from simulation import compose_config
     from simulation.config import build_sim_config
 
-    cfg = compose_config(overrides)
+    cfg = _compose_adding_unknown(overrides)
     run_dir = Path(OmegaConf.select(cfg, "hydra.run.dir"))
     with open_dict(cfg):
         del cfg["hydra"]

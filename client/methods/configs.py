@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from client.config import MethodConfig
-from strategies.runconfig import check, check_choice
+from strategies.runconfig import ConfigError, check, check_choice
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ class LoraFields(MethodConfig):
 
 
 @dataclass(frozen=True)
-class LoraConfig(LoraFields):
-    """Backprop LoRA and its optimizer.
+class BackpropFields(MethodConfig):
+    """The optimizer of every backprop method (LoRA, prompts, adapters, IA3, BitFit, split).
 
     optimizer: adamw | sgd; momentum and weight_decay apply as in torch.optim.
     grad_clip: max global grad-norm (0 disables).
@@ -44,7 +44,6 @@ class LoraConfig(LoraFields):
         compute); for memory-bound devices.
     """
 
-    name: str = "lora"
     optimizer: str = "adamw"
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -53,7 +52,6 @@ class LoraConfig(LoraFields):
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         check_choice("method.optimizer", self.optimizer, ("adamw", "sgd"))
         check(self.grad_clip >= 0, "method.grad_clip", "a number >= 0", self.grad_clip)
         check(self.local_epochs >= 0, "method.local_epochs", "an integer >= 0", self.local_epochs)
@@ -62,6 +60,17 @@ class LoraConfig(LoraFields):
         if self.local_epochs > 0:
             return self.local_epochs * -(-num_examples // batch_size)
         return local_steps
+
+
+@dataclass(frozen=True)
+class LoraConfig(BackpropFields, LoraFields):
+    """Backprop LoRA (see :class:`LoraFields`) and its optimizer (:class:`BackpropFields`)."""
+
+    name: str = "lora"
+
+    def __post_init__(self) -> None:
+        LoraFields.__post_init__(self)
+        BackpropFields.__post_init__(self)
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,11 @@ class SplitConfig(LoraConfig):
     def tail_blocks(self) -> int:
         return self.tail if self.u_shaped else 0
 
+    def check_backbone(self, facts, model) -> None:
+        from client.split_plan import SplitPlan
+
+        SplitPlan(facts.depth, self.cut, self.tail_blocks)
+
     def prune(self):
         from client.split_model import CLIENT_PARTS, pruner
 
@@ -156,3 +170,128 @@ class SplitConfig(LoraConfig):
     def evaluation_method(self) -> LoraConfig:
         fields = {f: getattr(self, f) for f in LoraConfig.__dataclass_fields__ if f != "name"}
         return LoraConfig(**fields)
+
+
+PROMPT_INITS = ("text", "vocab", "random")
+
+
+@dataclass(frozen=True)
+class VirtualTokenFields(BackpropFields):
+    """Learned virtual tokens (prompt and prefix tuning).
+
+    num_virtual_tokens: how many; they count against the model's context with the input.
+    init: "text" (the embeddings, or for prefixes the keys and values, of ``init_text``'s
+        tokens, repeated to length), "vocab" (prompts only: embeddings of random vocabulary
+        tokens) or "random" (normal noise).
+    init_text: the text of ``init: text``.
+    """
+
+    num_virtual_tokens: int = 20
+    init: str = "text"
+    init_text: str = "Classify the topic of this news text:"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.num_virtual_tokens >= 1, "method.num_virtual_tokens", "an integer >= 1", self.num_virtual_tokens)
+        check(self.init != "text" or bool(self.init_text.strip()), "method.init_text",
+              "a non-empty text (method.init=text)", self.init_text)
+
+    def check_backbone(self, facts, model) -> None:
+        check_context(self.num_virtual_tokens, model.max_length, facts.context, facts.name)
+
+
+def check_context(virtual: int, max_length: int, context: int, model_name: str) -> None:
+    """Virtual tokens + the input must fit the model's positions."""
+    check(virtual + max_length <= context, "method.num_virtual_tokens",
+          f"at most {context - max_length} ({model_name} has {context} positions and model.max_length={max_length} "
+          f"of them go to the input)", virtual)
+
+
+@dataclass(frozen=True)
+class PromptConfig(VirtualTokenFields):
+    """Prompt tuning (Lester et al., 2021) through PEFT: ``num_virtual_tokens`` learned
+    input embeddings prepended to every input (+ the trainable head)."""
+
+    name: str = "prompt"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("method.init", self.init, PROMPT_INITS)
+
+
+@dataclass(frozen=True)
+class PrefixConfig(VirtualTokenFields):
+    """Prefix tuning (Li & Liang, 2021): learned keys and values prepended in every
+    attention layer (``client/methods/prefix.py``; + the trainable head)."""
+
+    name: str = "prefix"
+    num_virtual_tokens: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("method.init", self.init, ("text", "random"))
+
+
+ADAPTER_PLACEMENTS = ("houlsby", "pfeiffer")
+
+
+@dataclass(frozen=True)
+class AdapterConfig(BackpropFields):
+    """Bottleneck adapters (Houlsby et al., 2019; Pfeiffer et al., 2021; FedAdapter, Cai
+    et al., 2022), ``client/methods/adapter.py``.
+
+    adapter_dim: bottleneck width.
+    adapter_layers: adapters in the top N blocks only (0 = every block).
+    placement: "houlsby" (after the attention and the feed-forward sublayer) or
+        "pfeiffer" (after the feed-forward sublayer only).
+    """
+
+    name: str = "adapter"
+    adapter_dim: int = 16
+    adapter_layers: int = 0
+    placement: str = "houlsby"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.adapter_dim >= 1, "method.adapter_dim", "an integer >= 1", self.adapter_dim)
+        check(self.adapter_layers >= 0, "method.adapter_layers", "an integer >= 0 (0 = every block)",
+              self.adapter_layers)
+        check_choice("method.placement", self.placement, ADAPTER_PLACEMENTS)
+
+    def check_backbone(self, facts, model) -> None:
+        check(self.adapter_layers <= facts.depth, "method.adapter_layers",
+              f"at most {facts.depth} ({facts.name} has {facts.depth} blocks)", self.adapter_layers)
+
+
+@dataclass(frozen=True)
+class IA3Config(BackpropFields):
+    """IA3 (Liu et al., 2022) through PEFT: learned vectors rescaling the keys, values and
+    feed-forward activations (+ the trainable head).
+
+    target_modules / feedforward_modules: empty picks PEFT's defaults for the architecture.
+    """
+
+    name: str = "ia3"
+    target_modules: tuple[str, ...] = ()
+    feedforward_modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(set(self.feedforward_modules) <= set(self.target_modules) or not self.target_modules,
+              "method.feedforward_modules", "a subset of method.target_modules", self.feedforward_modules)
+
+
+@dataclass(frozen=True)
+class BitFitConfig(BackpropFields):
+    """BitFit (Ben Zaken et al., 2022): only the backbone's bias terms and the head train."""
+
+    name: str = "bitfit"
+
+    def check_backbone(self, facts, model) -> None:
+        if not facts.biases:
+            raise ConfigError(no_biases(facts.name))
+
+
+def no_biases(model_name: str) -> str:
+    return (f"method=bitfit trains a backbone's bias terms, and {model_name} has none (its Linear layers and "
+            "norms are bias-free): use method=lora, ia3 or adapter")

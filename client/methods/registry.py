@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from client.config import MethodConfig
-from client.methods.configs import ForwardGradConfig, LoraConfig, SplitConfig, ZoSeedConfig
+from client.methods.configs import (AdapterConfig, BitFitConfig, ForwardGradConfig, IA3Config, LoraConfig,
+                                    PrefixConfig, PromptConfig, SplitConfig, ZoSeedConfig)
 from strategies.plugins import Registry
 
 METHODS = Registry("method", MethodConfig)
@@ -18,6 +19,11 @@ METHODS.add("lora", LoraConfig, "client.methods.lora:LoraMethod", kind="delta")
 METHODS.add("zo_seed", ZoSeedConfig, "client.methods.zo_seed:ZoSeedMethod", kind="seeds")
 METHODS.add("forward_grad", ForwardGradConfig, "client.methods.forward_grad:ForwardGradMethod", kind="seeds")
 METHODS.add("split", SplitConfig, "client.methods.split:SplitMethod", kind="activations")
+METHODS.add("prompt", PromptConfig, "client.methods.peft_tuners:PromptMethod", kind="delta")
+METHODS.add("prefix", PrefixConfig, "client.methods.prefix:PrefixMethod", kind="delta")
+METHODS.add("adapter", AdapterConfig, "client.methods.adapter:AdapterMethod", kind="delta")
+METHODS.add("ia3", IA3Config, "client.methods.peft_tuners:IA3Method", kind="delta")
+METHODS.add("bitfit", BitFitConfig, "client.methods.bitfit:BitFitMethod", kind="delta")
 
 
 def register(name: str, config: type[MethodConfig]) -> Callable[[Any], Any]:

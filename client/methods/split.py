@@ -25,7 +25,7 @@ import torch
 
 from client.methods.base import ParameterState, Update
 from client.methods.configs import SplitConfig  # noqa: F401  (re-exported)
-from client.methods.lora import make_optimizer
+from client.methods.backprop import make_optimizer
 from client.split_model import BACK, CLIENT_PARTS, PartRunner, SplitPlan, depth_of, part_peft_model
 from strategies import wire
 

@@ -13,17 +13,21 @@ from client.config import ClientConfig, ModelConfig, QuantConfig
 from client.methods import METHODS, build_method
 from strategies import wire
 from strategies.codecs import get_codec
+from strategies.runconfig import ConfigError
 
 TEXTS = ["the match ended in a draw", "new chip doubles speed", "stocks fell sharply", "talks resume in geneva"] * 4
 LABELS = [0, 1, 2, 3] * 4
 NAMES = ("sports", "science", "business", "world")
+SETTINGS = {"split": {"r": 4, "cut": 1}, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4},
+            "adapter": {"adapter_dim": 4}, "ia3": {}, "bitfit": {}}
+BIASED = {"tiny-bert"}  # BitFit needs bias terms; the tiny Llama has none
 
 
 def _setup(method: str, model: str, task: str = "auto", quant: str = "none"):
     cfg = ClientConfig(
         model=ModelConfig(name=model, task=task, max_length=160),
         quant=QuantConfig(mode=quant),
-        method=METHODS[method].config(r=4, **({"cut": 1} if method == "split" else {})),
+        method=METHODS[method].config(**SETTINGS.get(method, {"r": 4})),
         lr=1e-2,
         batch_size=4,
     )
@@ -41,8 +45,15 @@ def _frozen(model):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("model, task", [("tiny-bert", "auto"), ("tiny-llama", "auto"), ("tiny-llama", "classification")])
-def test_method_conformance(method, model, task):
-    cfg, m, data = _setup(method, model, task)
+@pytest.mark.parametrize("quant", ["none", "nf4"])
+def test_method_conformance(method, model, task, quant):
+    if quant == "nf4" and model != "tiny-llama":
+        pytest.skip("k-bit backbones are checked on the tiny Llama")
+    if method == "bitfit" and model not in BIASED:
+        with pytest.raises(ConfigError, match="has none"):
+            _setup(method, model, task, quant)
+        return
+    cfg, m, data = _setup(method, model, task, quant)
     before = m.trainable_state()
     frozen = _frozen(m.model)
     assert before and frozen
@@ -64,6 +75,7 @@ def test_method_conformance(method, model, task):
         assert all(torch.equal(before[k], v) for k, v in m.trainable_state().items())  # restored
         return
     assert m.kind in (wire.KIND_DELTA, wire.KIND_ACTIVATIONS)
+    assert all(v.dtype == torch.float32 for v in update.state.values())
     changed = [k for k in before if not torch.equal(before[k], update.state[k])]
     assert changed, "no trainable tensor changed"
     for k, v in _frozen(m.model).items():

@@ -62,6 +62,28 @@ def test_seed_method_and_strategy_errors(overrides, match):
         _validate(overrides)
 
 
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["method=bitfit", "model=smollm2-135m"], "bitfit trains a backbone's bias terms, and smollm2-135m has none"),
+        (["method=bitfit", "model=tiny-llama"], "tiny-llama has none"),
+        (["method=prompt", "method.num_virtual_tokens=500"], r"at most 448 \(minilm has 512 positions"),
+        (["method=prefix", "method.num_virtual_tokens=0"], "method.num_virtual_tokens: expected an integer >= 1"),
+        (["method=prefix", "method.init=vocab"], "method.init='vocab' is not known; valid choices: random, text"),
+        (["method=adapter", "method.placement=middle"], "valid choices: houlsby, pfeiffer"),
+        (["method=adapter", "method.adapter_layers=7"], r"at most 6 \(minilm has 6 blocks\)"),
+        (["method=adapter", "+method.r=4"], "unknown key.*method.r.*valid keys: adapter_dim"),
+        (["method=split", "strategy=sfl_v2", "method.cut=6"], r"\[1, 5\] \(the model has 6 blocks\)"),
+    ],
+)
+def test_method_settings_against_the_backbone(overrides, match):
+    """Checked before anything loads (``simulation.checks.check_method``)."""
+    from simulation.checks import check_method
+
+    with pytest.raises(ConfigError, match=match):
+        check_method(_validate(overrides).client)
+
+
 def test_experiment_overrides_root_values():
     sim = _validate(["experiment=agnews_minilm"])
     assert sim.server.num_clients == 100 and sim.server.clients_per_round == 10
