@@ -30,8 +30,7 @@ def is_decoder(model: torch.nn.Module) -> bool:
 def left_align(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Forward pre-hook: move right padding to the left, so a decoder's sequence
     classifier, which pools the last position when it gets embeddings instead of ids,
-    pools the last real token. Exact for rotary positions (relative), as HF's batched
-    generation does."""
+    pools the last real token (positions then come from :func:`contiguous_positions`)."""
     mask = kwargs.get("attention_mask")
     if mask is None or "input_ids" not in kwargs:
         return args, kwargs
@@ -39,6 +38,16 @@ def left_align(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tup
     shift = length - mask.sum(1, keepdim=True)  # (B, 1) padding at the end of each row
     index = (torch.arange(length, device=mask.device)[None, :] - shift) % length
     kwargs = dict(kwargs, input_ids=kwargs["input_ids"].gather(1, index), attention_mask=mask.gather(1, index))
+    return args, kwargs
+
+
+def contiguous_positions(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook on a decoder under prompt tuning: positions count the unmasked
+    tokens (virtual ones first), so the prompt sits right before the text however much
+    left padding the row has (PEFT drops the batch's own ``position_ids``)."""
+    mask = kwargs.get("attention_mask")
+    if mask is not None and kwargs.get("position_ids") is None and mask.dim() == 2:
+        kwargs = dict(kwargs, position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0))
     return args, kwargs
 
 
@@ -59,8 +68,10 @@ class PromptMethod(BackpropMethod):
         model = get_peft_model(backbone.model, peft_cfg)
         if m.init == "text":  # PEFT's own TEXT init loads a tokenizer by name (a hub call): do it here
             self._init_from_text(model, backbone.tokenizer, m.init_text, m.num_virtual_tokens)
-        if backbone.task == "classification" and is_decoder(backbone.model):
-            model.register_forward_pre_hook(left_align, with_kwargs=True)
+        if is_decoder(backbone.model):
+            if backbone.task == "classification":
+                model.register_forward_pre_hook(left_align, with_kwargs=True)
+            model.base_model.register_forward_pre_hook(contiguous_positions, with_kwargs=True)
         return model
 
     @staticmethod
