@@ -3,7 +3,8 @@
 Suites: overhead (ClientApp call overhead with vs without the backbone cache),
 memory (client peak RSS, fp32 vs nf4/int8 backbones), kernels (seeded perturbation
 throughput vs torch normal_ + add_), zo (uplink bytes and client memory of zo_seed and
-forward_grad next to LoRA FedAvg), firstuse (time to a config error, experiment=smoke
+forward_grad next to LoRA FedAvg), split (split training's client memory, bytes and
+exchange overhead), methods (client peak RSS of each PEFT method beside LoRA's), firstuse (time to a config error, experiment=smoke
 end to end with its start-up phases and console, and its accuracy vs chance).
 """
 
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("split", help="split training: client peak RSS by cut, bytes per step per codec, exchange overhead")
     s.add_argument("--cuts", default="1,3,6", help="method.cut values of the memory cases (default 1,3,6)")
     s.add_argument("--only", choices=("memory", "bytes", "overhead"), help="run only one part")
+    pm = sub.add_parser("methods", help="client peak RSS of each PEFT method on smollm2-135m (nf4) beside LoRA's")
+    pm.add_argument("--quant", default="nf4", choices=("none", "nf4", "int8"), help="backbone quantization (default nf4)")
+    pm.add_argument("--methods", default="lora,prompt,prefix,adapter,ia3,bitfit", help="comma-separated methods")
     f = sub.add_parser("firstuse", help="time to a config error; experiment=smoke end to end, console, accuracy")
     f.add_argument("--repeats", type=int, default=3, help="runs of each config error (the median is reported)")
     f.add_argument("--smoke-runs", type=int, default=1, help="runs of experiment=smoke timed end to end")
@@ -71,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.split import main as split_main
 
         split_main(["--cuts", args.cuts, *(["--only", args.only] if args.only else [])])
+    elif args.suite == "methods":
+        from benchmarks.methods import main as methods_main
+
+        methods_main(["--quant", args.quant, "--methods", args.methods])
     elif args.suite == "firstuse":
         from benchmarks.firstuse import main as firstuse_main
 

@@ -74,8 +74,8 @@ def run_child(module: str, child_args: list[str], what: str, env: dict[str, str]
     return json.loads(lines[-1])
 
 
-def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2) -> dict:
-    """One real ClientApp train call on smollm2-135m with ``quant.mode=mode``.
+def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2, method: str = "lora") -> dict:
+    """One real ClientApp train call on smollm2-135m with ``quant.mode=mode`` and ``method``.
 
     The call goes through :func:`client.app.handle_train` exactly as in a simulation
     (backbone load, LoRA wrap, causal-LM prompts with the loss on the answer tokens,
@@ -86,7 +86,7 @@ def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2) 
 
     from client.app import handle_train
     from client.config import ClientConfig, ModelConfig, QuantConfig
-    from client.methods.lora import LoraConfig
+    from client.methods import METHODS
     from client.partitioners import IidConfig
     from strategies import wire
     from strategies.codecs import get_codec
@@ -98,7 +98,7 @@ def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2) 
         quant=QuantConfig(mode=mode),
         data=bench_data(),
         partition=IidConfig(),
-        method=LoraConfig(gradient_checkpointing=checkpointing),
+        method=METHODS[method].config(gradient_checkpointing=checkpointing),
         num_clients=10,
         local_steps=steps,
         batch_size=batch,
@@ -117,8 +117,9 @@ def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2) 
     if reply.has_error():
         raise RuntimeError(reply.error.reason)
     m = reply.content[wire.METRICS]
-    assert get_codec("fp32").decode(reply.content[wire.ARRAYS])
-    return {"mode": mode, "import_mb": import_mb, "load_s": load_s, "train_s": float(m[wire.TRAIN_SECONDS]),
+    state = get_codec("fp32").decode(reply.content[wire.ARRAYS])
+    return {"mode": mode, "method": method, "trainable": sum(t.numel() for t in state.values()),
+            "reply_bytes": sum(a.numpy().nbytes for a in reply.content[wire.ARRAYS].values()), "import_mb": import_mb, "load_s": load_s, "train_s": float(m[wire.TRAIN_SECONDS]),
             "call_peak_mb": float(m[wire.PEAK_RSS_MB]), "process_peak_mb": _peak_mb(),
             "loss": float(m[wire.TRAIN_LOSS])}
 

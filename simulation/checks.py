@@ -42,6 +42,7 @@ def check_run(client: ClientConfig, server: ServerConfig, trackers: tuple[str, .
         _collect(errors, lambda: check_population(client, shape))
     _collect(errors, lambda: check_model(client))
     _collect(errors, lambda: check_method(client))
+    _collect(errors, lambda: check_ranks(client, server))
     _collect(errors, lambda: check_resume(server))
     if trackers:
         from server.trackers import check_installed
@@ -201,6 +202,16 @@ def check_method(client: ClientConfig) -> None:
     facts = known_facts(client.model)
     if facts is not None:
         client.method.check_backbone(facts, client.model)
+
+
+def check_ranks(client: ClientConfig, server: ServerConfig) -> None:
+    """Heterogeneous ranks need a strategy that gives each client its rank."""
+    from strategies.registry import HETERO_RANK
+
+    strategy = server.strategy
+    if getattr(client.method, "rank_choices", ()) and not strategy.target and strategy.name not in HETERO_RANK:
+        raise ConfigError(f"method.rank_choices needs a strategy that aggregates heterogeneous ranks: "
+                          f"strategy={' | '.join(HETERO_RANK)} (got strategy={strategy.name})")
 
 
 def check_resume(server: ServerConfig) -> None:

@@ -179,3 +179,23 @@ class SplitFedConfig(StrategyConfig):
         check(bool(self.server_part), "strategy.server_part", "an import path 'package.module:factory'", self.server_part)
         choices = [n for n in STRATEGIES.names("delta") if n != "fedprox"]  # no proximal term in split clients yet
         check_choice("strategy.client_strategy", self.client_strategy, choices)
+
+
+@dataclass(frozen=True)
+class HetRankConfig(StrategyConfig):
+    """FLoRA / FlexLoRA (``strategies/hetrank.py``) for ``method=lora`` with
+    ``method.rank_choices``: no hyper-parameters of their own."""
+
+    name: str = "flora"
+
+
+@dataclass(frozen=True)
+class HetLoRAConfig(HetRankConfig):
+    """HetLoRA (``strategies/hetrank.py``). weighting: "examples" (by ``num-examples``)
+    or "norm" (HetLoRA's sparsity-weighted aggregation: by ``||B_k A_k||_F`` per module)."""
+
+    name: str = "hetlora"
+    weighting: str = "examples"
+
+    def __post_init__(self) -> None:
+        check_choice("strategy.weighting", self.weighting, ("examples", "norm"))

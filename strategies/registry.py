@@ -22,8 +22,8 @@ from typing import Any
 
 from strategies import wire
 from strategies.config import (
-    FedAdagradConfig, FedAvgConfig, FedAvgMConfig, FedOptConfig, FedProxConfig, FwdLLMConfig, SeedConfig,
-    SplitFedConfig, StrategyConfig,
+    FedAdagradConfig, FedAvgConfig, FedAvgMConfig, FedOptConfig, FedProxConfig, FwdLLMConfig, HetLoRAConfig,
+    HetRankConfig, SeedConfig, SplitFedConfig, StrategyConfig,
 )
 from strategies.plugins import Registry, import_string
 from strategies.runconfig import ConfigError
@@ -87,6 +87,10 @@ STRATEGIES.add("fedkseed_pro", SeedConfig, _seed("strategies.fedkseed:FedKSeedPr
 STRATEGIES.add("fwdllm", FwdLLMConfig, _seed("strategies.fwdllm:FwdLLM"), SEEDS)
 STRATEGIES.add("sfl_v2", SplitFedConfig, _split("strategies.split:SplitFed"), ACTIVATIONS)
 STRATEGIES.add("sfl_v1", SplitFedConfig, _split("strategies.split:SplitFedV1"), ACTIVATIONS)
+STRATEGIES.add("hetlora", HetLoRAConfig, _split("strategies.hetrank:HetLoRA"), DELTA)
+STRATEGIES.add("flora", HetRankConfig, _split("strategies.hetrank:FLoRA"), DELTA)
+STRATEGIES.add("flexlora", HetRankConfig, _split("strategies.hetrank:FlexLoRA"), DELTA)
+HETERO_RANK = ("hetlora", "flora", "flexlora")  # the strategies that give clients different LoRA ranks
 
 
 def update_kind(strategy: Any) -> str:

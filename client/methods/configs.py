@@ -11,6 +11,9 @@ from client.config import MethodConfig
 from strategies.runconfig import ConfigError, check, check_choice
 
 
+RANK_ASSIGNMENTS = ("cycle", "random", "by_device")
+
+
 @dataclass(frozen=True)
 class LoraFields(MethodConfig):
     """Where LoRA goes (shared by every method that trains or perturbs LoRA).
@@ -18,6 +21,13 @@ class LoraFields(MethodConfig):
     r, lora_alpha, dropout: rank, scale numerator (scale = lora_alpha / r) and dropout.
     target_modules: adapted Linear layers; empty picks the architecture's defaults.
     lora_layers: LoRA on the top ``lora_layers`` transformer layers only (0 = all).
+    rank_choices: heterogeneous ranks (HetLoRA, FLoRA, FlexLoRA): each client trains one
+        of these ranks, ``r`` being the global model's (at least the largest); empty:
+        every client trains rank ``r``. Every client scales by ``lora_alpha / r``, so the
+        first ``k`` rank components mean the same on every device.
+    rank_assignment: which client trains which rank: "cycle" (client i gets
+        ``rank_choices[i % n]``), "random" (drawn once per client from the run's seed) or
+        "by_device" (from the device profile).
     """
 
     r: int = 8
@@ -25,11 +35,25 @@ class LoraFields(MethodConfig):
     dropout: float = 0.0
     target_modules: tuple[str, ...] = ()
     lora_layers: int = 0
+    rank_choices: tuple[int, ...] = ()
+    rank_assignment: str = "cycle"
 
     def __post_init__(self) -> None:
         check(self.r >= 1, "method.r", "an integer >= 1", self.r)
         check(0.0 <= self.dropout < 1.0, "method.dropout", "a number in [0, 1)", self.dropout)
         check(self.lora_layers >= 0, "method.lora_layers", "an integer >= 0 (0 = every layer)", self.lora_layers)
+        check(all(isinstance(k, int) and k >= 1 for k in self.rank_choices), "method.rank_choices",
+              "integers >= 1", list(self.rank_choices))
+        check(not self.rank_choices or max(self.rank_choices) <= self.r, "method.r",
+              f"at least the largest of method.rank_choices ({max(self.rank_choices, default=0)}): it is the global "
+              "model's rank", self.r)
+        check_choice("method.rank_assignment", self.rank_assignment, RANK_ASSIGNMENTS)
+        if self.rank_assignment == "by_device":
+            raise ConfigError("method.rank_assignment=by_device needs device profiles, which this version does "
+                              "not have yet: use cycle or random")
+
+    def check_backbone(self, facts, model) -> None:
+        check(self.r <= facts.hidden, "method.r", f"at most {facts.hidden} ({facts.name}'s width)", self.r)
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,8 @@ class SeededConfig(LoraFields):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.zo_eps > 0, "method.zo_eps", "a number > 0", self.zo_eps)
+        check(not self.rank_choices, "method.rank_choices", "empty: heterogeneous ranks are for method=lora",
+              list(self.rank_choices))
         check_choice("method.zo_params", self.zo_params, ("peft", "head", "all"))
 
 
@@ -150,6 +176,8 @@ class SplitConfig(LoraConfig):
         check(self.cut >= 1, "method.cut", "an integer >= 1 (blocks on the client)", self.cut)
         check(self.tail >= 1, "method.tail", "an integer >= 1 (blocks the U-shaped client keeps at the end)", self.tail)
         check_choice("method.activation_codec", self.activation_codec, ACTIVATION_CODECS)
+        check(not self.rank_choices, "method.rank_choices", "empty: heterogeneous ranks are for method=lora",
+              list(self.rank_choices))
         check(not self.gradient_checkpointing, "method.gradient_checkpointing",
               "false for method=split (each part already recomputes its forward)", self.gradient_checkpointing)
 
@@ -158,6 +186,7 @@ class SplitConfig(LoraConfig):
         return self.tail if self.u_shaped else 0
 
     def check_backbone(self, facts, model) -> None:
+        super().check_backbone(facts, model)
         from client.split_plan import SplitPlan
 
         SplitPlan(facts.depth, self.cut, self.tail_blocks)

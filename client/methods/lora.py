@@ -5,10 +5,20 @@ Each adapted Linear computes ``h = W0 x + (alpha / r) * B A x`` with ``W0`` froz
 in fp32; the classification head stays trainable (PEFT ``modules_to_save``). Local
 training minimises ``L(w) + mu/2 ||w - w_global||^2`` when the strategy sends
 ``proximal-mu`` (FedProx, Li et al., 2020), with AdamW or SGD and global-norm clipping.
+
+Heterogeneous ranks: the model is built at the global rank ``r``; a state whose LoRA
+tensors have ``k < r`` components (``A (k x d_in)``, ``B (d_out x k)``) makes the client
+train rank ``k``: the first ``k`` components hold it, the others stay zero (their
+gradients are masked), the scale stays ``alpha / r``, and the trainable state (the
+reply) is the first ``k`` components. A state may also carry a dense frozen
+``<module>.base_delta`` (``d_out x d_in``) per adapted Linear, added to its output
+(FLoRA's merged updates, FlexLoRA's global product in central evaluation):
+``h = W0 x + dW x + (alpha / r) B A x``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -16,6 +26,8 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import TaskType, get_peft_model
 
 from client.methods.backprop import BackpropMethod, make_optimizer, seeded, train_steps  # noqa: F401  (re-exported)
+from client.methods.base import load_named
+from client.ranks import BASE_DELTA, is_a, module_of, rank_of, truncated
 from client.methods.configs import LoraConfig, LoraFields  # noqa: F401  (re-exported)
 
 
@@ -50,5 +62,67 @@ class LoraMethod(BackpropMethod):
 
     name = "lora"
 
+    def __init__(self, backbone: Any, cfg: Any) -> None:
+        super().__init__(backbone, cfg)
+        self.full_rank = int(cfg.method.r)
+        self.rank = self.full_rank
+        self._deltas: dict[str, torch.Tensor] = {}
+        for name, p in self.trainable_parameters():
+            if module_of(name) is not None:
+                p.register_hook(self._masked(name))
+
     def build(self, backbone: Any, cfg: Any) -> torch.nn.Module:
         return peft_model(backbone, cfg)
+
+    def _masked(self, name: str):
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            if self.rank == self.full_rank:
+                return grad
+            grad = grad.clone()
+            if is_a(name):
+                grad[self.rank:] = 0
+            else:
+                grad[:, self.rank:] = 0
+            return grad
+
+        return hook
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: truncated(n, p.detach(), self.rank).clone() for n, p in self.trainable_parameters()}
+
+    def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        deltas = {k: v for k, v in state.items() if k.endswith(BASE_DELTA)}
+        state = {k: v for k, v in state.items() if k not in deltas}
+        rank = rank_of(state) or self.full_rank
+        if not 1 <= rank <= self.full_rank:
+            raise ValueError(f"LoRA rank {rank} outside [1, {self.full_rank}] (method.r is the global rank)")
+        params = dict(self.trainable_parameters())
+        padded = {}
+        for k, v in state.items():
+            p = params.get(k)
+            if p is not None and module_of(k) is not None and rank < self.full_rank:
+                full = torch.zeros_like(p)
+                truncated(k, full, rank).copy_(v)
+                v = full
+            padded[k] = v
+        load_named(params, padded)
+        self.rank = rank
+        self._load_deltas(deltas)
+
+    def _load_deltas(self, deltas: Mapping[str, torch.Tensor]) -> None:
+        for key, value in deltas.items():
+            module = key[: -len(BASE_DELTA)]
+            layer = self.model.get_submodule(module)
+            base = getattr(layer, "base_layer", None)
+            if base is None:
+                raise KeyError(f"'{key}': {module} is not a LoRA-adapted layer")
+            if module not in self._deltas:
+                base.register_forward_hook(self._add_delta(module))
+            self._deltas[module] = value.detach().float().clone()
+
+    def _add_delta(self, module: str):
+        def hook(_layer: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            delta = self._deltas[module]
+            return output + torch.nn.functional.linear(inputs[0].to(delta.dtype), delta).to(output.dtype)
+
+        return hook

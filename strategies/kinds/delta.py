@@ -28,6 +28,10 @@ def state_content(state: Mapping[str, torch.Tensor], codec: Codec) -> RecordDict
     return RecordDict({wire.ARRAYS: codec.encode(state), wire.WIRE: wire_record(wire.KIND_DELTA, codec.name)})
 
 
+def _content(state: Mapping[str, np.ndarray], codec: Codec) -> RecordDict:
+    return state_content({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, codec)
+
+
 def decode_state(msg: Message) -> dict[str, torch.Tensor]:
     """The fp32 tensors of a message built by :func:`state_content`."""
     return wire_codec(msg).decode(msg.content[wire.ARRAYS])
@@ -83,13 +87,26 @@ class DeltaKind(UpdateKind):
     name = wire.KIND_DELTA
 
     def complete_downlink(self, ex: RoundExchange, messages: list[Message]) -> None:
-        content = state_content({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ex.global_state.items()}, ex.codec)
+        """The global state to every client, or, from a strategy with ``client_state(global,
+        node id)`` (heterogeneous ranks), each client's own view of it."""
+        personal = getattr(ex.strategy, "client_state", None)
+        if personal and len({id(m.content) for m in messages}) < len(messages):
+            raise RuntimeError(f"{type(ex.strategy).__name__}.client_state: its configure_train must give every "
+                               "message its own content (Flower's FedAvg shares one)")
+        shared = None if personal else _content(ex.global_state, ex.codec)
         for msg in messages:
+            content = shared or _content(personal(ex.global_state, msg.metadata.dst_node_id), ex.codec)
             msg.content[wire.ARRAYS] = content[wire.ARRAYS]
             msg.content[wire.WIRE] = content[wire.WIRE]
 
+    def initial_state(self, strategy: Any, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        hook = getattr(strategy, "initial_global", None)
+        return hook(state) if hook else state
+
     def screen(self, ex: RoundExchange, reply: Message, ask: int) -> str | None:
-        decoded, reason = check_reply(reply, ex.shapes, ex.max_examples)
+        shapes_of = getattr(ex.strategy, "reply_shapes", None)  # e.g. each client's LoRA rank
+        expected = shapes_of(ex.shapes, reply.metadata.src_node_id) if shapes_of else ex.shapes
+        decoded, reason = check_reply(reply, expected, ex.max_examples)
         if reason is None:
             reply.content[wire.ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in decoded.items()})
             if wire.WIRE in reply.content.config_records:

@@ -1,0 +1,62 @@
+"""Which LoRA rank each client trains when ranks are heterogeneous (light: no torch).
+
+The server decides (the heterogeneous-rank strategies send each client the global state
+truncated to its rank); the rule is a pure function of the client's stable identity
+(its partition id in simulation), so it is the same across rounds and after a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def client_rank(identity: int, choices: Sequence[int], assignment: str, seed: int) -> int:
+    """The rank client ``identity`` trains: ``choices[identity % n]`` (cycle) or a draw
+    seeded by ``(seed, identity)`` (random)."""
+    if not choices:
+        raise ValueError("no rank choices")
+    if assignment == "cycle":
+        return int(choices[identity % len(choices)])
+    if assignment == "random":
+        return int(np.random.default_rng([seed, identity, 0x52414E4B]).choice(list(choices)))
+    raise ValueError(f"rank assignment {assignment!r} is not supported here")
+
+
+# -- LoRA tensor names (PEFT's): A (r x d_in) and B (d_out x r), for Linear and Embedding layers
+A_TAGS, B_TAGS = (".lora_A.", ".lora_embedding_A."), (".lora_B.", ".lora_embedding_B.")
+BASE_DELTA = ".base_delta"  # a dense frozen update of an adapted Linear (FLoRA, FlexLoRA)
+
+
+def is_a(name: str) -> bool:
+    return any(t in name for t in A_TAGS)
+
+
+def is_b(name: str) -> bool:
+    return any(t in name for t in B_TAGS)
+
+
+def module_of(name: str) -> str | None:
+    """The adapted module of a LoRA tensor name (None for other tensors)."""
+    for tag in A_TAGS + B_TAGS:
+        if tag in name:
+            return name.split(tag, 1)[0]
+    return None
+
+
+def truncated(name: str, value, rank: int):
+    """The first ``rank`` components of a LoRA tensor (numpy or torch); others as they are."""
+    if is_a(name):
+        return value[:rank]
+    if is_b(name):
+        return value[:, :rank]
+    return value
+
+
+def rank_of(state) -> int | None:
+    """The LoRA rank of a state (the rows of its A tensors); None without LoRA."""
+    ranks = {int(v.shape[0]) for k, v in state.items() if is_a(k)}
+    if len(ranks) > 1:
+        raise ValueError(f"LoRA tensors of different ranks in one state: {sorted(ranks)}")
+    return ranks.pop() if ranks else None

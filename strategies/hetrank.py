@@ -1,0 +1,254 @@
+"""Heterogeneous LoRA ranks: one global model, each client training the rank its
+configuration gives it (``method.rank_choices``, ``method.rank_assignment``;
+:func:`client.ranks.client_rank`).
+
+Notation: for each adapted Linear, client ``k`` trains ``A_k (r_k x d_in)`` and
+``B_k (d_out x r_k)``; ``p_k = n_k / sum n`` are example weights; ``s = lora_alpha / r``
+with ``r`` the global rank (``method.r``, at least the largest choice). **Scaling across
+ranks**: every client computes ``W0 x + s B_k A_k x`` with the same ``s`` (PEFT builds
+the model at rank ``r``; a rank-``r_k`` client uses its first ``r_k`` components), so
+a truncation means the same thing on every device and the products below are comparable
+across ranks without rescaling.
+
+- :class:`HetLoRA` (Cho et al., 2024): the server holds LoRA at rank ``r``. Down: each
+  client gets the first ``r_k`` components. Up: its ``r_k`` components. Aggregation:
+  zero-pad to ``r`` and average, weighted by examples or (``weighting=norm``, HetLoRA's
+  sparsity-weighted aggregation) by ``||B_k A_k||_F`` per module.
+- :class:`FLoRA` (Wang et al., 2024): stacking. The server holds the merged update
+  ``dW`` per adapted Linear (a dense ``<module>.base_delta``) and LoRA's initial
+  factors. Down: ``dW`` (the client adds it to its frozen layer) and fresh adapters
+  (the initial ``A`` truncated to ``r_k``, ``B = 0``). Up: ``A_k, B_k``. Aggregation:
+  stack ``B = [p_1 s B_1 | ... | p_K s B_K]``, ``A = [A_1; ...; A_K]`` (rank ``sum r_k``),
+  whose product is exactly ``sum_k p_k s B_k A_k``, and merge it: ``dW += B A``. The
+  stack is merged every round rather than kept: a sampled, stateless client would need
+  every earlier round's stack, so keeping it would grow the downlink without bound.
+- :class:`FlexLoRA` (Bai et al., 2024): the server holds the full-size global update
+  ``dW = sum_k p_k s B_k A_k`` (a dense ``<module>.base_delta``). Down: a truncated SVD
+  of ``dW / s`` at the client's rank, ``B = U_r S_r^1/2``, ``A = S_r^1/2 V_r^T``
+  (components with a zero singular value get LoRA's initial ``A`` row and ``B = 0``,
+  so they can still learn); no dense tensor. Up: ``A_k, B_k``. At full rank the
+  truncation is exact.
+
+The classification head (and any other non-LoRA tensor) is averaged by examples in all
+three. Central evaluation loads the global state as it is: LoRA at rank ``r`` plus, for
+FLoRA and FlexLoRA, the dense ``dW`` (:class:`client.methods.lora.LoraMethod`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from client.config import ClientConfig
+from client.ranks import BASE_DELTA, client_rank, is_a, is_b, module_of, rank_of, truncated
+from strategies import wire
+from strategies.runconfig import ConfigError, unflatten
+
+def lora_pairs(state: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Adapted module -> (its A tensor's name, its B tensor's name)."""
+    pairs: dict[str, dict[str, str]] = {}
+    for name in state:
+        module = module_of(name)
+        if module is not None:
+            pairs.setdefault(module, {})["A" if is_a(name) else "B"] = name
+    return {m: (p["A"], p["B"]) for m, p in pairs.items() if "A" in p and "B" in p}
+
+
+def stack(factors: list[tuple[np.ndarray, np.ndarray]], weights: list[float], scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """FLoRA's stacking: ``(B_stack, A_stack)`` with ``B_stack @ A_stack = sum_k w_k s B_k A_k``."""
+    b = np.concatenate([w * scale * b_k for (a_k, b_k), w in zip(factors, weights)], axis=1)
+    a = np.concatenate([a_k for a_k, _ in factors], axis=0)
+    return b, a
+
+
+def svd_factors(delta: np.ndarray, rank: int, scale: float, init_a: np.ndarray,
+                svd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """FlexLoRA's redistribution: ``(A, B)`` of rank ``rank`` with ``s B A`` the best
+    rank-``rank`` approximation of ``delta``; components with a zero singular value get
+    ``init_a``'s row and ``B = 0`` (LoRA's own initialisation). ``svd``: ``delta / s``'s
+    SVD when already computed."""
+    u, sv, vt = svd if svd is not None else np.linalg.svd(delta / scale, full_matrices=False)
+    k = min(rank, sv.shape[0])
+    root = np.sqrt(sv[:k])
+    a = np.zeros((rank, delta.shape[1]), dtype=np.float32)
+    b = np.zeros((delta.shape[0], rank), dtype=np.float32)
+    a[:k] = root[:, None] * vt[:k]
+    b[:, :k] = u[:, :k] * root[None, :]
+    alive = np.zeros(rank, dtype=bool)
+    alive[:k] = sv[:k] > (sv.max() * 1e-6 if sv.size else 0.0)
+    a[~alive] = init_a[:rank][~alive]
+    b[:, ~alive] = 0.0
+    return a, b
+
+
+def weighted_mean(values: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    return sum(w * v for v, w in zip(values, weights)).astype(np.float32)
+
+
+class HetRankStrategy(FedAvg):
+    """What the three share: ranks per client, per-client downlink and reply shapes
+    (:class:`strategies.kinds.delta.DeltaKind` asks for them), example-weighted heads."""
+
+    update_kind = wire.KIND_DELTA
+    dense = False  # the global state holds a dense ``base_delta`` per adapted module
+
+    def __init__(self, cfg: Any, run: Any) -> None:
+        from strategies.registry import SAMPLING_KWARGS
+
+        super().__init__(**SAMPLING_KWARGS)
+        self.cfg = cfg
+        method = unflatten(ClientConfig, dict(run.run_config)).method if run.run_config else None
+        if method is not None and method.name != "lora":
+            raise ConfigError(f"strategy={cfg.name} aggregates heterogeneous LoRA ranks: use method=lora "
+                              f"(got method={method.name})")
+        self.rank = int(getattr(method, "r", 8))
+        self.scale = float(getattr(method, "lora_alpha", 16)) / self.rank
+        self.choices = tuple(getattr(method, "rank_choices", ()) or (self.rank,))
+        self.assignment = str(getattr(method, "rank_assignment", "cycle"))
+        self.seed = int(run.seed)
+        self._ranks: dict[int, int] = {}  # node id -> rank, this round
+        self.current: dict[str, np.ndarray] = {}  # the global state this round trains from
+        self._svd: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # FlexLoRA: per module, this round
+        self._identity: dict[int, int] = {}  # node id -> stable identity, this round
+
+    # -- ranks -------------------------------------------------------------------------------------
+    def rank_for(self, identity: int) -> int:
+        return client_rank(identity, self.choices, self.assignment, self.seed)
+
+    def node_rank(self, node_id: int) -> int:
+        return self._ranks.get(node_id, self.rank)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any) -> Iterable[Message]:
+        self.current = {k: a.numpy() for k, a in arrays.items()}
+        self._svd, self._ranks = {}, {}
+        self._identity = dict(getattr(grid, "identity_of", {}))
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def _construct_messages(self, record: RecordDict, node_ids: list[int], message_type: str) -> list[Message]:
+        """One content per client (FedAvg shares one): each carries its own rank, and the
+        delta kind puts each client's own view of the state in it."""
+        messages = []
+        for node in node_ids:
+            self._ranks[node] = rank = self.rank_for(self._identity.get(node, node))
+            config = ConfigRecord({**dict(record[wire.CONFIG]), "lora-rank": rank})
+            content = RecordDict({wire.ARRAYS: record[wire.ARRAYS], wire.CONFIG: config})
+            messages.append(Message(content=content, message_type=message_type, dst_node_id=node))
+        return messages
+
+    # -- what the delta kind asks -------------------------------------------------------------------
+    def initial_global(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.dense:
+            return state
+        out = dict(state)
+        if any(".lora_embedding_" in k for k in state):
+            raise ConfigError(f"strategy={self.cfg.name} merges LoRA products into Linear layers; LoRA on embeddings "
+                              "(method.target_modules) works with strategy=hetlora only")
+        for module, (a, b) in lora_pairs(state).items():
+            out[module + BASE_DELTA] = np.zeros((state[b].shape[0], state[a].shape[1]), dtype=np.float32)
+        return out
+
+    def client_state(self, global_state: Mapping[str, np.ndarray], node_id: int) -> dict[str, np.ndarray]:
+        rank = self.node_rank(node_id)
+        return {k: truncated(k, v, rank) for k, v in global_state.items() if not k.endswith(BASE_DELTA)}
+
+    def reply_shapes(self, global_shapes: Mapping[str, tuple[int, ...]], node_id: int) -> dict[str, tuple[int, ...]]:
+        rank = self.node_rank(node_id)
+        out = {}
+        for k, shape in global_shapes.items():
+            if k.endswith(BASE_DELTA):
+                continue
+            out[k] = (rank, shape[1]) if is_a(k) else (shape[0], rank) if is_b(k) else tuple(shape)
+        return out
+
+    # -- aggregation ------------------------------------------------------------------------------------
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = [m.content for m in valid]
+        states = [{k: a.numpy() for k, a in c[wire.ARRAYS].items()} for c in contents]
+        weights = np.array([float(c[wire.METRICS][wire.NUM_EXAMPLES]) for c in contents])
+        weights = list(weights / weights.sum())
+        new = self.aggregate_states(states, weights, self.current)
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+        return ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in new.items()}), metrics
+
+    def aggregate_states(self, states: list[dict[str, np.ndarray]], weights: list[float],
+                         global_state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    @staticmethod
+    def others(states: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
+        """Every non-LoRA tensor (the head), averaged by examples."""
+        return {k: weighted_mean([s[k] for s in states], weights) for k in states[0] if module_of(k) is None}
+
+
+def padded(name: str, value: np.ndarray, rank: int) -> np.ndarray:
+    if is_a(name):
+        out = np.zeros((rank, value.shape[1]), np.float32)
+        out[: value.shape[0]] = value
+        return out
+    out = np.zeros((value.shape[0], rank), np.float32)
+    out[:, : value.shape[1]] = value
+    return out
+
+
+class HetLoRA(HetRankStrategy):
+    """Zero-padding aggregation (see the module docstring)."""
+
+    def aggregate_states(self, states, weights, global_state):
+        out = self.others(states, weights)
+        for module, (a, b) in lora_pairs(states[0]).items():
+            w = weights
+            if self.cfg.weighting == "norm":  # HetLoRA's sparsity-weighted aggregation
+                norms = [float(np.linalg.norm(s[b] @ s[a])) for s in states]
+                total = sum(norms)
+                w = [n / total for n in norms] if total > 0 else weights
+            out[a] = weighted_mean([padded(a, s[a], self.rank) for s in states], w)
+            out[b] = weighted_mean([padded(b, s[b], self.rank) for s in states], w)
+        return out
+
+
+class FLoRA(HetRankStrategy):
+    """Stacking, merged into the dense global update (see the module docstring)."""
+
+    dense = True
+
+    def client_state(self, global_state, node_id):
+        rank = self.node_rank(node_id)
+        return {k: v if k.endswith(BASE_DELTA) else truncated(k, v, rank) for k, v in global_state.items()}
+
+    def aggregate_states(self, states, weights, global_state):
+        out = self.others(states, weights)
+        for module, (a, b) in lora_pairs(states[0]).items():
+            b_stack, a_stack = stack([(s[a], s[b]) for s in states], weights, self.scale)
+            out[module + BASE_DELTA] = (global_state[module + BASE_DELTA] + b_stack @ a_stack).astype(np.float32)
+            out[a], out[b] = global_state[a], global_state[b]  # fresh adapters next round: the initial ones
+        return out
+
+
+class FlexLoRA(HetRankStrategy):
+    """Full-size average of the products, SVD down (see the module docstring)."""
+
+    dense = True
+
+    def client_state(self, global_state, node_id):
+        rank = self.node_rank(node_id)
+        out = {k: v for k, v in global_state.items() if module_of(k) is None and not k.endswith(BASE_DELTA)}
+        for module, (a, b) in lora_pairs(global_state).items():
+            delta = global_state[module + BASE_DELTA]
+            if module not in self._svd:
+                self._svd[module] = np.linalg.svd(delta / self.scale, full_matrices=False)
+            out[a], out[b] = svd_factors(delta, rank, self.scale, global_state[a], self._svd[module])
+        return out
+
+    def aggregate_states(self, states, weights, global_state):
+        out = self.others(states, weights)
+        for module, (a, b) in lora_pairs(states[0]).items():
+            out[module + BASE_DELTA] = weighted_mean([self.scale * s[b] @ s[a] for s in states], weights)
+            out[a], out[b] = global_state[a], np.zeros_like(global_state[b])  # the product lives in base_delta
+        return out

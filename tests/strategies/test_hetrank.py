@@ -1,0 +1,113 @@
+"""Heterogeneous LoRA ranks: each aggregation against hand-computed results on small
+matrices, the per-client downlink and reply shapes, and the rank assignment."""
+
+import types
+
+import numpy as np
+import pytest
+
+from client.ranks import client_rank, truncated
+from strategies.config import HetLoRAConfig, HetRankConfig
+from strategies.hetrank import FLoRA, FlexLoRA, HetLoRA, stack, svd_factors
+from strategies.runconfig import ConfigError
+
+A, B, HEAD = "m.q.lora_A.default.weight", "m.q.lora_B.default.weight", "classifier.weight"
+DELTA = "m.q.base_delta"
+RUN = {"method.name": "lora", "method.lora.r": 4, "method.lora.lora_alpha": 8, "method.lora.rank_choices": "[1, 2, 4]"}
+
+
+def _strategy(cls, cfg, run_config=RUN):
+    return cls(cfg, types.SimpleNamespace(run_config=tuple(run_config.items()), seed=0))
+
+
+def _client(rank, seed):
+    rng = np.random.default_rng(seed)
+    return {A: rng.normal(size=(rank, 3)).astype(np.float32), B: rng.normal(size=(5, rank)).astype(np.float32),
+            HEAD: rng.normal(size=(2, 5)).astype(np.float32)}
+
+
+def test_hetlora_zero_pads_and_averages():
+    s = _strategy(HetLoRA, HetLoRAConfig())
+    c1, c2 = _client(1, 0), _client(2, 1)
+    out = s.aggregate_states([c1, c2], [0.25, 0.75], {})
+    a = np.zeros((4, 3)); a[:1] += 0.25 * c1[A]; a[:2] += 0.75 * c2[A]
+    b = np.zeros((5, 4)); b[:, :1] += 0.25 * c1[B]; b[:, :2] += 0.75 * c2[B]
+    np.testing.assert_allclose(out[A], a, rtol=1e-6)
+    np.testing.assert_allclose(out[B], b, rtol=1e-6)
+    np.testing.assert_allclose(out[HEAD], 0.25 * c1[HEAD] + 0.75 * c2[HEAD], rtol=1e-6)
+
+
+def test_hetlora_norm_weighting_uses_the_products_norms():
+    s = _strategy(HetLoRA, HetLoRAConfig(weighting="norm"))
+    c1, c2 = _client(2, 0), _client(2, 1)
+    n1, n2 = np.linalg.norm(c1[B] @ c1[A]), np.linalg.norm(c2[B] @ c2[A])
+    out = s.aggregate_states([c1, c2], [0.5, 0.5], {})
+    w1 = n1 / (n1 + n2)
+    np.testing.assert_allclose(out[A][:2], w1 * c1[A] + (1 - w1) * c2[A], rtol=1e-5)
+    np.testing.assert_allclose(out[HEAD], 0.5 * c1[HEAD] + 0.5 * c2[HEAD], rtol=1e-6)  # heads: by examples
+
+
+def test_flora_stack_product_is_the_weighted_sum_of_products():
+    clients = [_client(r, i) for i, r in enumerate((1, 2, 4))]
+    weights, scale = [0.2, 0.3, 0.5], 2.0
+    b_stack, a_stack = stack([(c[A], c[B]) for c in clients], weights, scale)
+    assert b_stack.shape == (5, 7) and a_stack.shape == (7, 3)  # rank = 1 + 2 + 4
+    expected = sum(w * scale * c[B] @ c[A] for c, w in zip(clients, weights))
+    np.testing.assert_allclose(b_stack @ a_stack, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_flora_merges_into_the_dense_update_and_sends_fresh_adapters():
+    s = _strategy(FLoRA, HetRankConfig())
+    init = _client(4, 9)
+    init[B] = np.zeros_like(init[B])
+    glob = s.initial_global(init)
+    assert glob[DELTA].shape == (5, 3) and not glob[DELTA].any()
+    glob[DELTA] = np.ones((5, 3), np.float32)
+    clients, weights = [_client(1, 0), _client(4, 1)], [0.4, 0.6]
+    out = s.aggregate_states(clients, weights, glob)
+    expected = 1.0 + sum(w * s.scale * c[B] @ c[A] for c, w in zip(clients, weights))
+    np.testing.assert_allclose(out[DELTA], expected, rtol=1e-5)
+    assert np.array_equal(out[A], init[A]) and not out[B].any()  # the initial adapters again
+    s._ranks = {7: 2}
+    down = s.client_state(out, 7)
+    assert down[A].shape == (2, 3) and down[B].shape == (5, 2) and down[DELTA].shape == (5, 3)
+    assert s.reply_shapes({k: v.shape for k, v in out.items()}, 7) == {A: (2, 3), B: (5, 2), HEAD: (2, 5)}
+
+
+def test_flexlora_truncation_at_full_rank_is_exact():
+    rng = np.random.default_rng(0)
+    delta = (rng.normal(size=(5, 2)) @ rng.normal(size=(2, 3))).astype(np.float32)  # rank 2
+    for rank in (2, 3, 4):
+        a, b = svd_factors(delta, rank, 2.0, np.full((4, 3), 7.0, np.float32))
+        np.testing.assert_allclose(2.0 * b @ a, delta, rtol=1e-5, atol=1e-5)
+        assert a.shape == (rank, 3) and b.shape == (5, rank)
+        if rank > 2:  # a zero singular value: LoRA's initial A row, B = 0 (still learns)
+            assert np.all(a[2:] == 7.0) and not b[:, 2:].any()
+    a1, b1 = svd_factors(delta, 1, 2.0, np.zeros((4, 3), np.float32))
+    u, sv, vt = np.linalg.svd(delta)
+    np.testing.assert_allclose(2.0 * b1 @ a1, sv[0] * np.outer(u[:, 0], vt[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_flexlora_averages_full_size_products():
+    s = _strategy(FlexLoRA, HetRankConfig(name="flexlora"))
+    glob = s.initial_global({**_client(4, 9), B: np.zeros((5, 4), np.float32)})
+    clients, weights = [_client(2, 0), _client(4, 1)], [0.5, 0.5]
+    out = s.aggregate_states(clients, weights, glob)
+    expected = sum(w * s.scale * c[B] @ c[A] for c, w in zip(clients, weights))
+    np.testing.assert_allclose(out[DELTA], expected, rtol=1e-5)
+    s._ranks, s._svd = {3: 4}, {}
+    down = s.client_state(out, 3)
+    assert DELTA not in down
+    np.testing.assert_allclose(s.scale * down[B] @ down[A], expected, rtol=1e-4, atol=1e-5)  # rank 4 >= rank(dW)
+
+
+def test_rank_assignment_and_truncation():
+    assert [client_rank(i, (2, 4, 8), "cycle", 0) for i in range(5)] == [2, 4, 8, 2, 4]
+    draws = [client_rank(i, (2, 4, 8, 16), "random", 3) for i in range(40)]
+    assert draws == [client_rank(i, (2, 4, 8, 16), "random", 3) for i in range(40)] and set(draws) == {2, 4, 8, 16}
+    assert truncated(A, np.ones((4, 3)), 2).shape == (2, 3) and truncated(B, np.ones((5, 4)), 2).shape == (5, 2)
+
+
+def test_strategies_need_lora():
+    with pytest.raises(ConfigError, match="use method=lora"):
+        _strategy(HetLoRA, HetLoRAConfig(), {"method.name": "adapter"})
