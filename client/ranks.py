@@ -24,6 +24,12 @@ def client_rank(identity: int, choices: Sequence[int], assignment: str, seed: in
     raise ValueError(f"rank assignment {assignment!r} is not supported here")
 
 
+def prune_width(rank: int, gamma: float) -> int:
+    """Components HetLoRA's self-pruning may drop from a rank-``rank`` client (>= 1, and
+    always leaving at least one)."""
+    return min(max(1, round(gamma * rank)), rank - 1)
+
+
 # -- LoRA tensor names (PEFT's): A (r x d_in) and B (d_out x r), for Linear and Embedding layers
 A_TAGS, B_TAGS = (".lora_A.", ".lora_embedding_A."), (".lora_B.", ".lora_embedding_B.")
 BASE_DELTA = ".base_delta"  # a dense frozen update of an adapted Linear (FLoRA, FlexLoRA)
@@ -58,5 +64,5 @@ def rank_of(state) -> int | None:
     """The LoRA rank of a state (the rows of its A tensors); None without LoRA."""
     ranks = {int(v.shape[0]) for k, v in state.items() if is_a(k)}
     if len(ranks) > 1:
-        raise ValueError(f"LoRA tensors of different ranks in one state: {sorted(ranks)}")
+        raise ValueError(f"LoRA tensor shapes disagree on the rank: {sorted(ranks)}")
     return ranks.pop() if ranks else None

@@ -44,7 +44,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg
 
 from client.config import ClientConfig
-from client.ranks import BASE_DELTA, client_rank, is_a, is_b, module_of, rank_of, truncated
+from client.ranks import BASE_DELTA, client_rank, is_a, is_b, module_of, prune_width, rank_of, truncated
 from strategies import wire
 from strategies.runconfig import ConfigError, unflatten
 
@@ -119,6 +119,10 @@ class HetRankStrategy(FedAvg):
     def rank_for(self, identity: int) -> int:
         return client_rank(identity, self.choices, self.assignment, self.seed)
 
+    def round_config(self) -> dict[str, Any]:
+        """What every client's train message carries besides its rank."""
+        return {}
+
     def node_rank(self, node_id: int) -> int:
         return self._ranks.get(node_id, self.rank)
 
@@ -134,7 +138,7 @@ class HetRankStrategy(FedAvg):
         messages = []
         for node in node_ids:
             self._ranks[node] = rank = self.rank_for(self._identity.get(node, node))
-            config = ConfigRecord({**dict(record[wire.CONFIG]), "lora-rank": rank})
+            config = ConfigRecord({**dict(record[wire.CONFIG]), **self.round_config(), wire.LORA_RANK: rank})
             content = RecordDict({wire.ARRAYS: record[wire.ARRAYS], wire.CONFIG: config})
             messages.append(Message(content=content, message_type=message_type, dst_node_id=node))
         return messages
@@ -155,8 +159,12 @@ class HetRankStrategy(FedAvg):
         rank = self.node_rank(node_id)
         return {k: truncated(k, v, rank) for k, v in global_state.items() if not k.endswith(BASE_DELTA)}
 
-    def reply_shapes(self, global_shapes: Mapping[str, tuple[int, ...]], node_id: int) -> dict[str, tuple[int, ...]]:
-        rank = self.node_rank(node_id)
+    def reply_rank(self, reply: Message) -> int:
+        """The rank a reply must have: its client's."""
+        return self.node_rank(reply.metadata.src_node_id)
+
+    def reply_shapes(self, global_shapes: Mapping[str, tuple[int, ...]], reply: Message) -> dict[str, tuple[int, ...]]:
+        rank = self.reply_rank(reply)
         out = {}
         for k, shape in global_shapes.items():
             if k.endswith(BASE_DELTA):
@@ -198,7 +206,44 @@ def padded(name: str, value: np.ndarray, rank: int) -> np.ndarray:
 
 
 class HetLoRA(HetRankStrategy):
-    """Zero-padding aggregation (see the module docstring)."""
+    """Zero-padding aggregation (see the module docstring), with HetLoRA's rank
+    self-pruning as an option (``strategy.self_pruning``): a client may reply with
+    ``prune_width(rank, gamma)`` fewer components, and trains that rank from then on."""
+
+    def __init__(self, cfg: Any, run: Any) -> None:
+        super().__init__(cfg, run)
+        self.pruned: dict[int, int] = {}  # identity -> its pruned rank
+
+    def rank_for(self, identity: int) -> int:
+        return min(super().rank_for(identity), self.pruned.get(identity, self.rank))
+
+    def round_config(self) -> dict[str, Any]:
+        if not self.cfg.self_pruning:
+            return {}
+        return {wire.PRUNE_LAMBDA: float(self.cfg.prune_lambda), wire.PRUNE_GAMMA: float(self.cfg.prune_gamma)}
+
+    def reply_rank(self, reply: Message) -> int:
+        given = super().reply_rank(reply)
+        if self.cfg.self_pruning and not reply.has_error() and wire.ARRAYS in reply.content.array_records:
+            got = rank_of({k: a for k, a in reply.content[wire.ARRAYS].items()})
+            if got == given - prune_width(given, self.cfg.prune_gamma):
+                return got
+        return given
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            got = rank_of({k: a.numpy() for k, a in reply.content[wire.ARRAYS].items()})
+            if got and got < self.node_rank(node):
+                self.pruned[self._identity.get(node, node)] = got
+        return super().aggregate_train(server_round, replies)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"pruned": np.array(sorted(self.pruned.items()), dtype=np.int64).reshape(-1, 2)}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.pruned = {int(i): int(r) for i, r in np.asarray(state.get("pruned", np.zeros((0, 2)))).reshape(-1, 2)}
 
     def aggregate_states(self, states, weights, global_state):
         out = self.others(states, weights)

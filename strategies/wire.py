@@ -15,6 +15,9 @@ CODEC_KEY = "codec"
 NUM_EXAMPLES = "num-examples"  # weighting key (examples, never batches)
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
+LORA_RANK = "lora-rank"  # heterogeneous ranks: the rank a client trains (down) / replies at (up)
+PRUNE_LAMBDA = "lora-prune-lambda"  # HetLoRA self-pruning: the tail components' regularisation weight
+PRUNE_GAMMA = "lora-prune-gamma"  # HetLoRA self-pruning: the fraction of components a client may prune
 
 # Reply metrics every Anther client sends.
 TRAIN_LOSS = "train-loss"

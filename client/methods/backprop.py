@@ -10,7 +10,7 @@ trains them with :func:`train_steps`; its trainable state is exactly those tenso
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,9 +29,11 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Op
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=m.weight_decay)
 
 
-def train_steps(method: Any, batches: Iterator[dict[str, torch.Tensor]], steps: int, round_config: Mapping[str, Any]) -> Update:
+def train_steps(method: Any, batches: Iterator[dict[str, torch.Tensor]], steps: int, round_config: Mapping[str, Any],
+                regularizer: Callable[[], torch.Tensor] | None = None) -> Update:
     """Backprop local training shared by parameter-efficient methods; FedProx's
-    ``mu/2 ||w - w_global||^2`` when the strategy sends ``proximal-mu``."""
+    ``mu/2 ||w - w_global||^2`` when the strategy sends ``proximal-mu``, and the method's
+    own ``regularizer()`` added to every step's loss."""
     params = dict(method.trainable_parameters())
     plist = list(params.values())
     opt = make_optimizer(plist, method.cfg)
@@ -51,6 +53,8 @@ def train_steps(method: Any, batches: Iterator[dict[str, torch.Tensor]], steps: 
         seen += n
         if mu > 0:
             loss = loss + proximal_term(plist, anchors, mu)
+        if regularizer is not None:
+            loss = loss + regularizer()
         loss.backward()
         if method.cfg.method.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(plist, method.cfg.method.grad_clip)

@@ -26,8 +26,9 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import TaskType, get_peft_model
 
 from client.methods.backprop import BackpropMethod, make_optimizer, seeded, train_steps  # noqa: F401  (re-exported)
-from client.methods.base import load_named
-from client.ranks import BASE_DELTA, is_a, module_of, rank_of, truncated
+from client.methods.base import Update, load_named
+from client.ranks import BASE_DELTA, is_a, module_of, prune_width, rank_of, truncated
+from strategies import wire
 from client.methods.configs import LoraConfig, LoraFields  # noqa: F401  (re-exported)
 
 
@@ -89,6 +90,41 @@ class LoraMethod(BackpropMethod):
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {n: truncated(n, p.detach(), self.rank).clone() for n, p in self.trainable_parameters()}
+
+    def local_train(self, batches: Any, steps: int, round_config: Mapping[str, Any]) -> Update:
+        """Backprop local training; with HetLoRA's self-pruning (``lora-prune-lambda``),
+        the top ``g = prune_width(rank, gamma)`` components are regularised by
+        ``lambda * sum ||B_tail A_tail||_F`` and pruned when their norm fell this round."""
+        lam = float(round_config.get(wire.PRUNE_LAMBDA, 0.0) or 0.0)
+        if lam <= 0 or self.rank <= 1:
+            return train_steps(self, batches, steps, round_config)
+        g = prune_width(self.rank, float(round_config.get(wire.PRUNE_GAMMA, 0.25)))
+        pairs = self._pairs()
+        before = float(self._tail_norm(pairs, g))
+        update = train_steps(self, batches, steps, round_config, lambda: lam * self._tail_norm(pairs, g))
+        if float(self._tail_norm(pairs, g)) < before:
+            with torch.no_grad():
+                for a, b in pairs:
+                    a[self.rank - g:] = 0
+                    b[:, self.rank - g:] = 0
+            self.rank -= g
+            update.state = self.trainable_state()
+        update.metrics[wire.LORA_RANK] = self.rank
+        return update
+
+    def _pairs(self) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter]]:
+        params = dict(self.trainable_parameters())
+        out = []
+        for name, p in params.items():
+            if is_a(name):
+                b = params.get(name.replace(".lora_A.", ".lora_B.").replace(".lora_embedding_A.", ".lora_embedding_B."))
+                if b is not None:
+                    out.append((p, b))
+        return out
+
+    def _tail_norm(self, pairs: list, g: int) -> torch.Tensor:
+        lo, hi = self.rank - g, self.rank
+        return sum(torch.linalg.matrix_norm(b[:, lo:hi] @ a[lo:hi]) for a, b in pairs)
 
     def load_trainable_state(self, state: Mapping[str, torch.Tensor]) -> None:
         deltas = {k: v for k, v in state.items() if k.endswith(BASE_DELTA)}

@@ -105,7 +105,7 @@ class DeltaKind(UpdateKind):
 
     def screen(self, ex: RoundExchange, reply: Message, ask: int) -> str | None:
         shapes_of = getattr(ex.strategy, "reply_shapes", None)  # e.g. each client's LoRA rank
-        expected = shapes_of(ex.shapes, reply.metadata.src_node_id) if shapes_of else ex.shapes
+        expected = shapes_of(ex.shapes, reply) if shapes_of else ex.shapes
         decoded, reason = check_reply(reply, expected, ex.max_examples)
         if reason is None:
             reply.content[wire.ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in decoded.items()})

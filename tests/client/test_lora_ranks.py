@@ -58,3 +58,18 @@ def test_base_delta_is_added_to_the_adapted_layer():
         m._deltas[module].zero_()
         merged = m.model(**inputs).logits
     torch.testing.assert_close(with_delta, merged, rtol=1e-5, atol=1e-5)
+
+
+def test_self_pruning_drops_fading_top_components():
+    from strategies import wire
+
+    m, data, _ = _lora()
+    state = m.trainable_state()
+    for k in state:
+        if module_of(k) and not is_a(k):
+            state[k] = torch.randn_like(state[k]) * 0.1  # a trained B: the top components carry something
+    m.load_trainable_state(state)
+    config = {wire.PRUNE_LAMBDA: 10.0, wire.PRUNE_GAMMA: 0.25}
+    update = m.local_train(batch_iterator(data, 4, torch.Generator().manual_seed(0)), 3, config)
+    assert m.rank == 6 and update.metrics[wire.LORA_RANK] == 6
+    assert all(v.shape[0] == 6 for k, v in update.state.items() if is_a(k))

@@ -71,7 +71,8 @@ def test_flora_merges_into_the_dense_update_and_sends_fresh_adapters():
     s._ranks = {7: 2}
     down = s.client_state(out, 7)
     assert down[A].shape == (2, 3) and down[B].shape == (5, 2) and down[DELTA].shape == (5, 3)
-    assert s.reply_shapes({k: v.shape for k, v in out.items()}, 7) == {A: (2, 3), B: (5, 2), HEAD: (2, 5)}
+    reply = types.SimpleNamespace(metadata=types.SimpleNamespace(src_node_id=7))
+    assert s.reply_shapes({k: v.shape for k, v in out.items()}, reply) == {A: (2, 3), B: (5, 2), HEAD: (2, 5)}
 
 
 def test_flexlora_truncation_at_full_rank_is_exact():
@@ -111,3 +112,23 @@ def test_rank_assignment_and_truncation():
 def test_strategies_need_lora():
     with pytest.raises(ConfigError, match="use method=lora"):
         _strategy(HetLoRA, HetLoRAConfig(), {"method.name": "adapter"})
+
+
+def test_hetlora_self_pruning_accepts_the_pruned_rank_and_keeps_it():
+    from flwr.app import Array, ArrayRecord, RecordDict
+
+    s = _strategy(HetLoRA, HetLoRAConfig(self_pruning=True, prune_gamma=0.25))
+    s._ranks, s._identity = {7: 4}, {7: 2}
+    assert s.round_config() == {"lora-prune-lambda": 0.01, "lora-prune-gamma": 0.25}
+
+    def reply(rank):
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in _client(rank, 0).items()})})
+        return types.SimpleNamespace(metadata=types.SimpleNamespace(src_node_id=7), content=content,
+                                     has_error=lambda: False)
+
+    assert s.reply_rank(reply(3)) == 3 and s.reply_rank(reply(2)) == 4  # 4 - round(0.25 * 4) only
+    s.pruned[2] = 3
+    assert s.rank_for(2) == 3 and s.rank_for(1) == 2  # identity 1 cycles to rank 2 anyway
+    restored = _strategy(HetLoRA, HetLoRAConfig(self_pruning=True))
+    restored.load_state_dict(s.state_dict())
+    assert restored.pruned == {2: 3}
