@@ -76,6 +76,8 @@ def test_method_conformance(method, model, task, quant):
         return
     assert m.kind in (wire.KIND_DELTA, wire.KIND_ACTIVATIONS)
     assert all(v.dtype == torch.float32 for v in update.state.values())
+    # what travels is exactly the trainable tensors
+    assert sum(v.numel() for v in update.state.values()) == sum(p.numel() for _, p in m.trainable_parameters())
     changed = [k for k in before if not torch.equal(before[k], update.state[k])]
     assert changed, "no trainable tensor changed"
     for k, v in _frozen(m.model).items():
@@ -119,3 +121,5 @@ def test_qlora_nf4_trains_adapters_only():
     update = m.local_train(batch_iterator(data, 4, torch.Generator().manual_seed(0)), 2, {})
     assert any(not torch.equal(before[k], update.state[k]) for k in before)
     assert all(v.dtype == torch.float32 for v in update.state.values())
+    # what travels is exactly the trainable tensors
+    assert sum(v.numel() for v in update.state.values()) == sum(p.numel() for _, p in m.trainable_parameters())
