@@ -45,11 +45,11 @@ def main(grid: Grid, run_config: dict[str, Any], trackers: Trackers | None = Non
                               run_config=run_config)
     extras = {"model": run_config.get("model.name"), "method": run_config.get("method.name")}
     if trackers is not None:
-        return run_server(grid, cfg, strategy, make_evaluate_fn(cfg, run_config), extras, trackers)
+        return run_server(grid, cfg, strategy, make_evaluate_fn(cfg, run_config), extras, trackers, run_config)
     own = Trackers.open(cfg.logger, Path(cfg.run_dir), run_name=Path(cfg.run_dir).name, group=cfg.logger_group or None,
                         config=run_config, resume=cfg.resume != "false")
     with own:
-        summary = run_server(grid, cfg, strategy, make_evaluate_fn(cfg, run_config), extras, own)
+        summary = run_server(grid, cfg, strategy, make_evaluate_fn(cfg, run_config), extras, own, run_config)
         own.log_summary(summary)
         own.log_files([Path(cfg.run_dir) / n for n in ("summary.json", "metrics.jsonl")])
     return summary

@@ -28,6 +28,7 @@ from flwr.common.serde import recorddict_to_proto
 from server.config import ServerConfig
 from server.metrics import MetricsLog, write_json
 from server.progress import RoundProgress
+from server.run_identity import check_resumable, record_run_config
 from server.sampling import ClientSampler, SampledGrid
 from server.state import ServerState, load_checkpoint, save_checkpoint
 from server.trackers import Trackers
@@ -149,7 +150,7 @@ class RoundLoop:
 
     def __init__(
         self, grid: Any, strategy: Any, cfg: ServerConfig, evaluate_fn: EvaluateFn | None, extras: dict[str, Any] | None = None,
-        trackers: Trackers | None = None,
+        trackers: Trackers | None = None, run_config: dict[str, Any] | None = None,
     ) -> None:
         self.grid, self.strategy, self.cfg, self.evaluate_fn = grid, strategy, cfg, evaluate_fn
         self.trackers = trackers or Trackers.open((), Path(cfg.run_dir), run_name="")
@@ -160,6 +161,7 @@ class RoundLoop:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.sampler = ClientSampler(cfg.seed)
+        self.run_config = dict(run_config or {})
 
     def _log_row(self, row: dict[str, Any]) -> None:
         self.metrics.append(row)
@@ -168,6 +170,10 @@ class RoundLoop:
     # -- set-up ---------------------------------------------------------------------
     def _start_state(self, fed: Federation) -> ServerState:
         ckpt = load_checkpoint(self.ckpt_dir) if self.cfg.resume != "false" else None
+        if ckpt is not None and self.run_config:
+            check_resumable(self.ckpt_dir, self.run_config)
+        if ckpt is None and self.run_config:
+            record_run_config(self.ckpt_dir, self.run_config)
         if ckpt is not None:
             log.info("resuming from checkpoint after round %d", ckpt.round)
             set_strategy_state(self.strategy, ckpt.strategy_state)
@@ -302,9 +308,10 @@ class RoundLoop:
 
 def run_server(
     grid: Any, cfg: ServerConfig, strategy: Any, evaluate_fn: EvaluateFn | None, extras: dict[str, Any] | None = None,
-    trackers: Trackers | None = None,
+    trackers: Trackers | None = None, run_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run a whole federation and write summary.json; returns the summary."""
-    summary = RoundLoop(grid, strategy, cfg, evaluate_fn, extras, trackers).run()
+    """Run a whole federation and write summary.json; returns the summary. ``run_config``
+    (the flat run config) is recorded beside the checkpoints, and a resume must match it."""
+    summary = RoundLoop(grid, strategy, cfg, evaluate_fn, extras, trackers, run_config).run()
     write_json(Path(cfg.run_dir) / "summary.json", summary)
     return summary

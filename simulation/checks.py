@@ -43,7 +43,7 @@ def check_run(client: ClientConfig, server: ServerConfig, trackers: tuple[str, .
     _collect(errors, lambda: check_model(client))
     _collect(errors, lambda: check_method(client))
     _collect(errors, lambda: check_ranks(client, server))
-    _collect(errors, lambda: check_resume(server))
+    _collect(errors, lambda: check_resume(server, client))
     if trackers:
         from server.trackers import check_installed
 
@@ -214,12 +214,20 @@ def check_ranks(client: ClientConfig, server: ServerConfig) -> None:
                           f"strategy={' | '.join(HETERO_RANK)} (got strategy={strategy.name})")
 
 
-def check_resume(server: ServerConfig) -> None:
-    """``resume=true`` needs a checkpoint in the run directory."""
-    if server.resume != "true":
+def check_resume(server: ServerConfig, client: ClientConfig | None = None) -> None:
+    """``resume=true`` needs a checkpoint in the run directory, and a resume (``true``, or
+    ``auto`` finding a checkpoint) the settings of the run that wrote it."""
+    if server.resume == "false":
         return
-    latest = Path(server.run_dir) / "checkpoints" / "latest.json"
-    if not latest.is_file():
+    ckpt_dir = Path(server.run_dir) / "checkpoints"
+    latest = ckpt_dir / "latest.json"
+    if latest.is_file() and client is not None:
+        from server.run_identity import check_resumable
+        from strategies.runconfig import flatten
+
+        check_resumable(ckpt_dir, {**flatten(client), **flatten(server)})
+        return
+    if server.resume == "true" and not latest.is_file():
         raise ConfigError(
             f"resume=true: {Path(server.run_dir) / 'checkpoints'} holds no checkpoint to continue from; "
             "use resume=auto to continue when there is one and start afresh otherwise, or drop resume=true"

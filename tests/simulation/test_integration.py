@@ -84,3 +84,19 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert json.loads((straight / "checkpoints/round-0002/state.json").read_text())["sampler_state"] == json.loads(
         (resumed / "checkpoints/round-0002/state.json").read_text()
     )["sampler_state"]
+
+
+def test_resume_refuses_other_settings_before_touching_the_run(tmp_path):
+    from strategies.runconfig import ConfigError
+
+    base = [*TINY, "num_clients=4", "clients_per_round=2", f"hydra.run.dir={tmp_path}"]
+    simulation.run([*base, "rounds=1"])
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError) as err:
+        simulation.run([*base, "rounds=2", "resume=true", "method.r=2", "strategy=fedprox", "seed=3"])
+    for key in ("method.lora.r: 8 -> 2", "strategy.name: 'fedavg' -> 'fedprox'", "seed: 0 -> 3"):
+        assert key in str(err.value)
+    assert "rounds" not in str(err.value).split("Differences:")[1].split("Resume with")[0]  # rounds may change
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written
+    with pytest.raises(ConfigError, match="num_clients: 4 -> 5"):
+        simulation.run([*base, "rounds=2", "resume=auto", "num_clients=5"])
