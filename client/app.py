@@ -30,6 +30,7 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client import memory
+from client.attacks import craft_reply, craft_update, flips_labels, is_attacker
 from client.batches import batch_iterator
 from client.config import ClientConfig
 from client.data_source import encoded_partition, label_names
@@ -81,7 +82,9 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     kind = get_kind(rt.method.kind)
     round_cfg = dict(msg.content[wire.CONFIG]) if wire.CONFIG in msg.content.config_records else {}
     ident = _identity(context)
-    data = encoded_partition(cfg, _partition_key(context), rt.backbone.task, rt.backbone.tokenizer)
+    attacking = is_attacker(cfg.attack, ident, cfg.num_clients, cfg.seed)
+    data = encoded_partition(cfg, _partition_key(context), rt.backbone.task, rt.backbone.tokenizer,
+                             flips_labels(cfg.attack, attacking))
     steps = cfg.method.steps(cfg.local_steps, len(data), cfg.batch_size)
 
     def batches(rnd: int) -> Iterator[dict[str, torch.Tensor]]:  # per (seed, round, client): the same for every request
@@ -89,9 +92,11 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
 
     def train(round_cfg: dict[str, Any]) -> Any:
         rnd, ask = int(round_cfg.get(wire.SERVER_ROUND, 0)), int(round_cfg.get(ASK, 0))
+        start = {k: v.detach().clone() for k, v in rt.method.trainable_state().items()} if attacking and kind.name == wire.KIND_DELTA else None
         with torch.random.fork_rng():  # dropout: per (seed, round, client[, request]); never the caller's RNG
             torch.manual_seed(_round_seed(cfg.seed, rnd, ident, ask))
-            return rt.method.local_train(batches(rnd), steps, round_cfg)
+            update = rt.method.local_train(batches(rnd), steps, round_cfg)
+        return craft_update(cfg.attack, update, start, (cfg.seed, rnd, ident)) if attacking else update
 
     def batch(rnd: int, k: int) -> dict[str, torch.Tensor]:
         return next(itertools.islice(batches(rnd), k, None))
@@ -114,7 +119,8 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     call = ClientCall(msg=msg, method=rt.method, round_cfg=round_cfg, state=context.state, codec=get_codec(cfg.codec.name),
                       steps=steps, initial_state=lambda: rt.initial_state, train=train, batch=batch, seeded=seeded,
                       metrics=metrics)
-    return kind.serve(call)
+    reply = kind.serve(call)
+    return craft_reply(cfg.attack, reply, (cfg.seed, int(round_cfg.get(wire.SERVER_ROUND, 0)), ident)) if attacking else reply
 
 
 def _env_run_config() -> dict[str, Any]:

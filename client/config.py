@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from strategies.adversary import AttackConfig
 from strategies.codecs import CodecConfig
 from strategies.plugins import import_string
 from strategies.runconfig import check, check_choice
@@ -157,6 +158,7 @@ class ClientConfig:
         default_factory=_default("client.methods.lora:LoraConfig"), metadata={"registry": "client.methods:METHODS"}
     )
     codec: CodecConfig = field(default_factory=CodecConfig, metadata={"registry": "strategies.codecs:CODECS"})
+    attack: AttackConfig = field(default_factory=AttackConfig, metadata={"registry": "strategies.adversary:ATTACKS"})
     num_clients: int = 10
     local_steps: int = 10
     batch_size: int = 16

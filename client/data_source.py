@@ -42,7 +42,10 @@ def local_dataset(cfg: ClientConfig, node_config: dict[str, Any]):
 
 
 @lru_cache(maxsize=256)
-def encoded_partition(cfg: ClientConfig, partition_key: tuple, task: str, tokenizer) -> Encoded:
-    """Tokenized local data, cached per (config, partition, tokenizer)."""
+def encoded_partition(cfg: ClientConfig, partition_key: tuple, task: str, tokenizer, flip_labels: bool = False) -> Encoded:
+    """Tokenized local data, cached per (config, partition, tokenizer); ``flip_labels``
+    (a label-flipping attacker) maps label ``y`` to ``C - 1 - y`` first."""
     ds = local_dataset(cfg, dict(partition_key))
-    return encode(task, tokenizer, ds["text"], ds["label"], label_names(cfg), cfg.model.max_length)
+    names = label_names(cfg)
+    labels = [len(names) - 1 - int(y) for y in ds["label"]] if flip_labels else ds["label"]
+    return encode(task, tokenizer, ds["text"], labels, names, cfg.model.max_length)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from server.screening import ScreenConfig
 from server.trackers import parse_logger
+from strategies.adversary import AttackConfig
 from strategies.codecs import CodecConfig
+from strategies.robust import RobustConfig
 from strategies.config import FedAvgConfig, StrategyConfig
 from strategies.runconfig import check, check_choice
 
@@ -25,10 +28,17 @@ class ServerConfig:
         tensorboard, mlflow, wandb; several allowed.
     logger_group: the trackers' group of runs (a sweep's folder; MLflow experiment,
         W&B group); empty for a single run.
+    screen: per-reply and per-round screening limits (``server/screening.py``).
+    robust: the robust rule in front of the strategy (``strategies/robust.py``).
+    attack: the simulated adversaries (``strategies/adversary.py``); the server only
+        counts the attackers it sampled.
     """
 
     strategy: StrategyConfig = field(default_factory=FedAvgConfig, metadata={"registry": "strategies.registry:STRATEGIES"})
     codec: CodecConfig = field(default_factory=CodecConfig, metadata={"registry": "strategies.codecs:CODECS"})
+    robust: RobustConfig = field(default_factory=RobustConfig, metadata={"registry": "strategies.robust:ROBUST"})
+    attack: AttackConfig = field(default_factory=AttackConfig, metadata={"registry": "strategies.adversary:ATTACKS"})
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
     num_clients: int = 10
     clients_per_round: int = 5
     rounds: int = 5

@@ -29,6 +29,7 @@ from server.config import ServerConfig
 from server.metrics import MetricsLog, write_json
 from server.progress import RoundProgress
 from server.run_identity import check_resumable, record_run_config
+from server.screening import RoundFailed, common_metrics, norm_outliers, reply_limit_bytes, size_reason, transport_reason
 from server.sampling import ClientSampler, SampledGrid
 from server.state import ServerState, load_checkpoint, save_checkpoint
 from server.trackers import Trackers
@@ -71,7 +72,8 @@ class Federation:
 MAX_POLL_S = 0.1  # the longest wait between two pulls for replies
 
 
-def send_and_receive(grid: Any, messages: list[Message], timeout: float) -> list[Message]:
+def send_and_receive(grid: Any, messages: list[Message], timeout: float,
+                     strays: list[tuple[Message, str]] | None = None) -> list[Message]:
     """Push ``messages`` and pull their replies until all arrived or ``timeout`` s passed.
 
     Flower's own ``Grid.send_and_receive`` sleeps a fixed interval between pulls: 0.1 s
@@ -79,18 +81,27 @@ def send_and_receive(grid: Any, messages: list[Message], timeout: float) -> list
     training's many round trips per round pay each time. This polls after 5 ms, backing
     off by 1.5x up to 0.1 s while nothing arrives (and back to 5 ms when something does),
     so no reply waits longer than Flower's simulation would let it.
-    A grid without ``push_messages`` (a test double) answers through its own
-    ``send_and_receive``.
+    A reply that answers none of the pending messages, a second reply to one, or one
+    from a node other than the one asked is not returned: with ``strays`` given, it goes
+    there with the reason. A grid without ``push_messages`` (a test double) answers
+    through its own ``send_and_receive``.
     """
     if not hasattr(grid, "push_messages"):
         return list(grid.send_and_receive(messages, timeout=timeout))
     pending = set(grid.push_messages(messages))
+    sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
     replies: list[Message] = []
     delay, end = 0.005, time.monotonic() + timeout
     while pending:
-        got = list(grid.pull_messages(list(pending)))
+        got = []
+        for reply in grid.pull_messages(list(pending)):
+            reason = transport_reason(reply, pending, sent_to)
+            if reason is None:
+                got.append(reply)
+                pending.discard(reply.metadata.reply_to_message_id)
+            elif strays is not None:
+                strays.append((reply, reason))
         replies += got
-        pending -= {m.metadata.reply_to_message_id for m in got}
         if not pending or time.monotonic() >= end:
             break
         delay = 0.005 if got else min(delay * 1.5, MAX_POLL_S)
@@ -145,6 +156,23 @@ def initial_state(grid: Any, fed: Federation, cfg: ServerConfig) -> dict[str, np
     raise RuntimeError("no client could provide the initial trainable state")
 
 
+@dataclass
+class RoundTally:
+    """What one round counts: clients asked (identities; node -> identity), messages,
+    bytes both ways, rejected replies and all failures (rejected or missing), requests
+    (``asks``), clients asked beyond the first sample (``resampled``)."""
+
+    asked: set[int] = field(default_factory=set)
+    ident_of: dict[int, int] = field(default_factory=dict)
+    sent: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    failures: int = 0
+    rejected: int = 0
+    asks: int = 0
+    resampled: int = 0
+
+
 class RoundLoop:
     """Runs rounds ``start..cfg.rounds`` of a strategy over a Flower grid."""
 
@@ -162,6 +190,7 @@ class RoundLoop:
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.sampler = ClientSampler(cfg.seed)
         self.run_config = dict(run_config or {})
+        self.attackers = cfg.attack.attackers(cfg.num_clients, cfg.seed) if cfg.attack.name != "none" else None
 
     def _log_row(self, row: dict[str, Any]) -> None:
         self.metrics.append(row)
@@ -200,64 +229,115 @@ class RoundLoop:
 
     # -- one round --------------------------------------------------------------------
     def _round(self, rnd: int, state: ServerState, fed: Federation) -> dict[str, Any]:
-        """Sample, exchange through the strategy's update kind, aggregate, evaluate,
-        checkpoint, and write the metrics row; the same for every kind."""
+        """Sample, exchange through the strategy's update kind, screen (per reply, then the
+        round's norm bound; further clients while too few are valid), aggregate,
+        evaluate, checkpoint, and write the metrics row; the same for every kind."""
         t0 = time.perf_counter()
+        screen = self.cfg.screen
+        ex = RoundExchange(rnd, self.strategy, None, state.global_state, self.codec, self.cfg.max_examples_per_client)
+        tally = RoundTally()
         idents = self.sampler.sample(fed.identities, self.cfg.clients_per_round)
-        ident_of = {fed.node_of[i]: i for i in idents}
-        grid = SampledGrid(self.grid, ident_of)
-        ex = RoundExchange(rnd, self.strategy, grid, state.global_state, self.codec, self.cfg.max_examples_per_client)
-        messages = list(self.strategy.configure_train(rnd, _to_record(state.global_state), ConfigRecord(), grid))
-        self.kind.complete_downlink(ex, messages)
-        sent, valid = len(messages), []
-        bytes_up = bytes_down = failures = 0
-        ask = 0
-        while messages:  # the round's first request, then the kind's follow-ups
-            bytes_down += sum(payload_bytes(m) for m in messages)
-            replies = send_and_receive(self.grid, messages, self.cfg.timeout_s)
-            bytes_up += sum(payload_bytes(r) for r in replies)
-            got, rejected = self._screen(rnd, replies, ident_of, lambda r, a=ask: self.kind.screen(ex, r, a))
-            valid, failures = valid + got, failures + rejected + max(0, len(messages) - len(replies))
-            messages = self.kind.followups(ex, valid, got) if valid else []
-            ask += 1
-        valid, failures = self.kind.to_aggregate(ex, valid), failures + ex.failures
-        strategy_metrics: dict[str, Any] = {}
-        if valid:
-            arrays, agg_metrics = self.strategy.aggregate_train(rnd, valid)
-            if arrays is not None:
-                state.global_state = _from_record(arrays)
-            strategy_metrics = self.kind.row_metrics(agg_metrics)
-        else:
-            log.warning("round %d: no valid replies; the global state is unchanged", rnd)
+        valid: list[Message] = []
+        for attempt in range(screen.max_resamples + 1):
+            valid = self._bounded(rnd, ex, valid + self._exchange(ex, idents, fed, tally), tally)
+            short = screen.min_valid_replies - len(valid)
+            untried = [i for i in fed.identities if i not in tally.asked]
+            if short <= 0 or attempt == screen.max_resamples or not untried or not self.kind.resamplable:
+                break
+            idents = self.sampler.sample(untried, short)
+            tally.resampled += len(idents)
+            log.warning("round %d: %d valid update(s), fewer than screen.min_valid_replies=%d; asking %d more client(s)",
+                        rnd, len(valid), screen.min_valid_replies, len(idents))
+        if len(valid) < screen.min_valid_replies:
+            raise RoundFailed(
+                f"round {rnd}: {len(valid)} valid update(s) from {len(tally.asked)} client(s) asked, fewer than "
+                f"screen.min_valid_replies={screen.min_valid_replies} after {tally.resampled} further client(s); the "
+                f"checkpoint after round {rnd - 1} is kept (see the rejections above; resume=true continues)"
+            )
+        reported = common_metrics(valid, wire.METRICS)
+        arrays, agg_metrics = self.strategy.aggregate_train(rnd, valid)
+        if arrays is not None:
+            state.global_state = _from_record(arrays)
+        strategy_metrics = self.kind.row_metrics(agg_metrics)
         state.round = rnd
         ev = self._evaluate(rnd, state.global_state) if self._should_eval(rnd) else {}
         state.strategy_state = get_strategy_state(self.strategy)
         state.sampler_state = self.sampler.state()
         save_checkpoint(state, self.ckpt_dir)
-        row = self._row(rnd, ev, time.perf_counter() - t0, valid, bytes_up, bytes_down, sent, failures, ask)
+        row = self._row(rnd, ev, time.perf_counter() - t0, reported, tally.bytes_up, tally.bytes_down, tally.sent,
+                        tally.failures, tally.asks)
+        row.update(rejected=tally.rejected, resampled=tally.resampled)
+        if self.attackers is not None:
+            row["attackers"] = len(self.attackers & tally.asked)
         row.update({k: v for k, v in strategy_metrics.items() if k not in row})
         self._log_row(row)
         write_json(self.run_dir / "summary.json", self.metrics.summary(**self.extras))
         return row
 
+    def _exchange(self, ex: RoundExchange, idents: list[int], fed: Federation, tally: RoundTally) -> list[Message]:
+        """One batch of clients through the kind's whole exchange (first request and
+        follow-ups); returns the replies the strategy aggregates."""
+        ident_of = {fed.node_of[i]: i for i in idents}
+        tally.asked.update(idents)
+        tally.ident_of.update(ident_of)
+        ex.grid = SampledGrid(self.grid, tally.ident_of)  # follow-ups see every client of the round
+        messages = list(self.strategy.configure_train(ex.round, _to_record(ex.global_state), ConfigRecord(),
+                                                      SampledGrid(self.grid, ident_of)))
+        self.kind.complete_downlink(ex, messages)
+        limit = reply_limit_bytes(self.cfg.screen, ex.global_state) if self.kind.name == wire.KIND_DELTA else (
+            reply_limit_bytes(self.cfg.screen, {}))
+        tally.sent += len(messages)
+        valid: list[Message] = []
+        failures_before = ex.failures
+        while messages:  # the round's first request, then the kind's follow-ups
+            tally.bytes_down += sum(payload_bytes(m) for m in messages)
+            strays: list[tuple[Message, str]] = []
+            replies = send_and_receive(self.grid, messages, self.cfg.timeout_s, strays)
+            sizes = {id(r): payload_bytes(r) for r in replies}
+            tally.bytes_up += sum(sizes.values()) + sum(payload_bytes(r) for r, _ in strays)
+            for reply, reason in strays:
+                self._reject(ex.round, tally, reply, reason)
+
+            def check(r: Message, a: int = tally.asks) -> str | None:
+                return size_reason(sizes[id(r)], limit) or self.kind.screen(ex, r, a)
+
+            got = self._screen(ex.round, replies, tally, check)
+            valid += got
+            tally.failures += max(0, len(messages) - len(replies))
+            messages = self.kind.followups(ex, valid, got) if valid else []
+            tally.asks += 1
+        tally.failures += ex.failures - failures_before
+        return self.kind.to_aggregate(ex, valid)
+
+    def _bounded(self, rnd: int, ex: RoundExchange, valid: list[Message], tally: RoundTally) -> list[Message]:
+        """``valid`` less the updates whose norm breaks the round's bound (each rejected)."""
+        norms = {id(m): ex.norms[id(m)] for m in valid if id(m) in ex.norms}
+        out = norm_outliers(norms, self.cfg.screen.norm_bound)
+        for msg in valid:
+            if id(msg) in out:
+                self._reject(rnd, tally, msg, out[id(msg)])
+        return [m for m in valid if id(m) not in out]
+
     @staticmethod
-    def _screen(
-        rnd: int, replies: list[Message], ident_of: dict[int, int], check: Callable[[Message], str | None]
-    ) -> tuple[list[Message], int]:
+    def _reject(rnd: int, tally: RoundTally, reply: Message, reason: str) -> None:
+        ident = tally.ident_of.get(reply.metadata.src_node_id, reply.metadata.src_node_id)
+        log.warning("round %d: rejected client %s: %s", rnd, ident, reason)
+        tally.failures += 1
+        tally.rejected += 1
+
+    @classmethod
+    def _screen(cls, rnd: int, replies: list[Message], tally: RoundTally, check: Callable[[Message], str | None]) -> list[Message]:
         """Valid replies sorted by client identity (aggregation order independent of
-        arrival order) and the number rejected; each rejection is logged with its reason."""
+        arrival order); each rejection is logged with its reason and counted."""
         valid: list[tuple[int, Message]] = []
-        failures = 0
         for reply in replies:
-            ident = ident_of.get(reply.metadata.src_node_id, reply.metadata.src_node_id)
             reason = check(reply)
             if reason is not None:
-                log.warning("round %d: rejected client %s: %s", rnd, ident, reason)
-                failures += 1
+                cls._reject(rnd, tally, reply, reason)
                 continue
-            valid.append((ident, reply))
+            valid.append((tally.ident_of.get(reply.metadata.src_node_id, reply.metadata.src_node_id), reply))
         valid.sort(key=lambda p: p[0])
-        return [m for _, m in valid], failures
+        return [m for _, m in valid]
 
     # -- helpers ------------------------------------------------------------------------
     def _should_eval(self, rnd: int) -> bool:
@@ -275,16 +355,19 @@ class RoundLoop:
         rnd: int,
         ev: dict[str, float],
         wall: float,
-        replies: list[Message] = (),
+        metrics: list[Any] = (),
         bytes_up: int = 0,
         bytes_down: int = 0,
         clients: int = 0,
         failures: int = 0,
         exchanges: int = 0,
     ) -> dict[str, Any]:
-        metrics = [r.content[wire.METRICS] for r in replies]
+        metrics = [m for m in metrics if m is not None and wire.NUM_EXAMPLES in m]
         n = sum(int(m[wire.NUM_EXAMPLES]) for m in metrics)
-        loss = sum(float(m[wire.TRAIN_LOSS]) * int(m[wire.NUM_EXAMPLES]) for m in metrics) / n if n else None
+        losses = [(float(m[wire.TRAIN_LOSS]), int(m[wire.NUM_EXAMPLES])) for m in metrics
+                  if np.isfinite(float(m.get(wire.TRAIN_LOSS, np.nan)))]  # a reply's metrics are its client's word
+        n_loss = sum(k for _, k in losses)
+        loss = sum(v * k for v, k in losses) / n_loss if n_loss else None
         rss = max((float(m[wire.PEAK_RSS_MB]) for m in metrics if wire.PEAK_RSS_MB in m), default=None)
         train_s = [float(m[wire.TRAIN_SECONDS]) for m in metrics if wire.TRAIN_SECONDS in m]
         call_s = [float(m[wire.CALL_SECONDS]) for m in metrics if wire.CALL_SECONDS in m]

@@ -23,7 +23,8 @@ from strategies.runconfig import ConfigError
 RUN_CONFIG_FILE = "run_config.json"
 # what may change between a run and its resumption: length, reporting, where, how long to wait
 RESUMABLE = frozenset({"rounds", "eval_every", "resume", "logger", "logger_group", "run_dir", "timeout_s",
-                       "evaluator"})
+                       "evaluator", "screen.max_reply_mb", "screen.norm_bound", "screen.min_valid_replies",
+                       "screen.max_resamples"})
 
 
 def record_run_config(ckpt_dir: Path, run_config: Mapping[str, Any]) -> None:

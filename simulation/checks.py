@@ -44,6 +44,7 @@ def check_run(client: ClientConfig, server: ServerConfig, trackers: tuple[str, .
     _collect(errors, lambda: check_method(client))
     _collect(errors, lambda: check_ranks(client, server))
     _collect(errors, lambda: check_resume(server, client))
+    _collect(errors, lambda: check_trust(client, server))
     if trackers:
         from server.trackers import check_installed
 
@@ -212,6 +213,31 @@ def check_ranks(client: ClientConfig, server: ServerConfig) -> None:
     if getattr(client.method, "rank_choices", ()) and not strategy.target and strategy.name not in HETERO_RANK:
         raise ConfigError(f"method.rank_choices needs a strategy that aggregates heterogeneous ranks: "
                           f"strategy={' | '.join(HETERO_RANK)} (got strategy={strategy.name})")
+
+
+def check_trust(client: ClientConfig, server: ServerConfig) -> None:
+    """A robust rule or an attack must fit the strategy's update kind and the round size."""
+    from strategies.adversary import DELTA_ONLY
+    from strategies.registry import DELTA, HETERO_RANK, strategy_kind
+
+    kind = strategy_kind(server.strategy)
+    robust, attack = server.robust, client.attack
+    if robust.name != "none":
+        if kind != DELTA or (not server.strategy.target and server.strategy.name in HETERO_RANK):
+            raise ConfigError(f"robust={robust.name} aggregates equal-shaped delta updates; strategy="
+                              f"{server.strategy.target or server.strategy.name} aggregates "
+                              f"{'heterogeneous-rank ' if kind == DELTA else ''}{kind} updates (use robust=none)")
+        if server.clients_per_round < robust.min_replies():
+            raise ConfigError(f"robust={robust.name} with num_malicious={robust.num_malicious} needs "
+                              f"{robust.requirement()} replies per round; clients_per_round={server.clients_per_round}")
+    if attack.name != "none":
+        if attack.fraction <= 0:
+            raise ConfigError(f"attack={attack.name} needs attack.fraction in (0, 1), got {attack.fraction}")
+        if attack.name in DELTA_ONLY and kind != DELTA:
+            raise ConfigError(f"attack={attack.name} crafts delta replies; strategy="
+                              f"{server.strategy.target or server.strategy.name} aggregates {kind} updates")
+        if kind == "activations":
+            raise ConfigError(f"attack={attack.name}: adversaries are not simulated in split training (method=split)")
 
 
 def check_resume(server: ServerConfig, client: ClientConfig | None = None) -> None:

@@ -24,10 +24,12 @@ from strategies.runconfig import ConfigError, build, check, check_choice, flatte
 
 TOP_LEVEL_KEYS = (
     "model quant data partition method strategy codec device num_clients clients_per_round "
-    "rounds local_steps batch_size lr seed eval_every resume logger"
+    "rounds local_steps batch_size lr seed eval_every resume logger screen robust attack"
 ).split()
-CLIENT_KEYS = ("model", "quant", "data", "partition", "method", "codec", "num_clients", "local_steps", "batch_size", "lr", "seed")
-SERVER_KEYS = ("strategy", "codec", "num_clients", "clients_per_round", "rounds", "local_steps", "eval_every", "seed", "resume", "logger")
+CLIENT_KEYS = ("model", "quant", "data", "partition", "method", "codec", "attack", "num_clients", "local_steps", "batch_size",
+               "lr", "seed")
+SERVER_KEYS = ("strategy", "codec", "robust", "attack", "screen", "num_clients", "clients_per_round", "rounds", "local_steps",
+               "eval_every", "seed", "resume", "logger")
 
 
 BACKENDS = ("auto", "ray", "inprocess")

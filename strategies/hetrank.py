@@ -128,8 +128,9 @@ class HetRankStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: Any, grid: Any) -> Iterable[Message]:
         self.current = {k: a.numpy() for k, a in arrays.items()}
-        self._svd, self._ranks = {}, {}
-        self._identity = dict(getattr(grid, "identity_of", {}))
+        if server_round != getattr(self, "_configured", None):  # a round's further clients keep the first ones' ranks
+            self._svd, self._ranks, self._identity, self._configured = {}, {}, {}, server_round
+        self._identity.update(getattr(grid, "identity_of", {}))
         return super().configure_train(server_round, arrays, config, grid)
 
     def _construct_messages(self, record: RecordDict, node_ids: list[int], message_type: str) -> list[Message]:

@@ -142,8 +142,9 @@ class SeedStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any) -> Iterable[Message]:
         self.current = {k: a.numpy() for k, a in arrays.items()}
         nodes = list(grid.get_node_ids())
-        self._ident = dict(getattr(grid, "identity_of", {}))
-        self.assigned, self._accepted = {}, {}
+        if server_round != getattr(self, "_configured", None):  # a round's further clients keep the first ones' requests
+            self._ident, self.assigned, self._accepted, self._configured = {}, {}, {}, server_round
+        self._ident.update(getattr(grid, "identity_of", {}))
         return [self.build_message(n, server_round) for n in nodes]
 
     def check_reply(self, server_round: int, msg: Message, ask: int | None = 0) -> tuple[sd.SeedReply | None, str | None]:

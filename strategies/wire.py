@@ -11,6 +11,7 @@ METRICS = "metrics"  # MetricRecord: reply metrics
 WIRE = "wire"  # ConfigRecord: {KIND_KEY: "delta"|"seeds"|"activations", CODEC_KEY: codec name}
 KIND_KEY = "kind"
 CODEC_KEY = "codec"
+ROUND_KEY = "round"  # in a reply's wire record: the server round it answers
 
 NUM_EXAMPLES = "num-examples"  # weighting key (examples, never batches)
 SERVER_ROUND = "server-round"

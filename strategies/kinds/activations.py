@@ -38,7 +38,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from strategies import activation_codec as ac
 from strategies import wire
 from strategies.codecs import Codec
-from strategies.kinds.base import ClientCall, RoundExchange, UpdateKind, wire_record
+from strategies.kinds.base import ClientCall, RoundExchange, UpdateKind, update_norm, wire_record
 from strategies.kinds.delta import decode_state, state_content
 
 PHASE, STEP, LOSS = "split-phase", "split-step", "split-loss"  # downlink config keys
@@ -203,8 +203,13 @@ class ActivationsKind(UpdateKind):
             msg.content[wire.ARRAYS] = content[wire.ARRAYS]
             msg.content[wire.WIRE] = content[wire.WIRE]
 
+    resamplable = False  # a round's clients train in lock-step with the server's part
+
     def screen(self, ex: RoundExchange, reply: Message, ask: int) -> str | None:
-        return ex.strategy.check_reply(ex.round, reply, ask)
+        reason = ex.strategy.check_reply(ex.round, reply, ask)
+        if reason is None and reply.content.config_records.get(ECHO, {}).get("reply") == FINAL:
+            ex.norms[id(reply)] = update_norm({k: a.numpy() for k, a in reply.content[wire.ARRAYS].items()}, ex.global_state)
+        return reason
 
     def followups(self, ex: RoundExchange, valid: list[Message], latest: list[Message]) -> list[Message]:
         messages = list(ex.strategy.configure_followup(ex.round, latest, ex.grid))

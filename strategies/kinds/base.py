@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -23,6 +23,9 @@ class RoundExchange:
     the round's sampled nodes. global_state: the trainable state the round trains from.
     codec: the run's wire codec. max_examples: the largest plausible ``num-examples``.
     failures: clients the kind dropped outside screening; the loop counts them.
+    norms: ``id(reply) -> update norm`` of the replies a kind accepted (the loop bounds
+    them against the round's median, :mod:`server.screening`). downlinks: ``node id ->``
+    the state a kind sent that node, when it differs from ``global_state``.
     """
 
     round: int
@@ -32,6 +35,8 @@ class RoundExchange:
     codec: Codec
     max_examples: int = 10**9
     failures: int = 0  # clients dropped outside screening (e.g. a failed server-side split step)
+    norms: dict[int, float] = field(default_factory=dict)
+    downlinks: dict[int, Mapping[str, np.ndarray]] = field(default_factory=dict)
 
     @cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -72,6 +77,7 @@ class UpdateKind:
     (reaching the global state, encoding the reply). Subclasses override what differs."""
 
     name: str = ""
+    resamplable: bool = True  # a round may ask further clients after its first ones answered
 
     # -- server --------------------------------------------------------------------------
     def complete_downlink(self, ex: RoundExchange, messages: list[Message]) -> None:
@@ -118,9 +124,42 @@ class UpdateKind:
         raise NotImplementedError
 
 
-def wire_record(kind: str, codec: str) -> ConfigRecord:
-    """The ``wire`` record naming a message's update kind and codec."""
-    return ConfigRecord({wire.KIND_KEY: kind, wire.CODEC_KEY: codec})
+def wire_record(kind: str, codec: str, rnd: int | None = None) -> ConfigRecord:
+    """The ``wire`` record naming a message's update kind and codec (and, in a reply,
+    the round it answers)."""
+    record = ConfigRecord({wire.KIND_KEY: kind, wire.CODEC_KEY: codec})
+    if rnd is not None:
+        record[wire.ROUND_KEY] = int(rnd)
+    return record
+
+
+def wire_mismatch(msg: Message, kind: str, rnd: int) -> str | None:
+    """Why a reply's ``wire`` record does not fit this exchange (another update kind, or
+    another round); None when it fits or says nothing (a plain Flower reply)."""
+    record = msg.content.config_records.get(wire.WIRE)
+    if record is None:
+        return None
+    got = record.get(wire.KIND_KEY, kind)
+    if got != kind:
+        return f"reply is a '{got}' update; this run aggregates '{kind}' updates"
+    answered = record.get(wire.ROUND_KEY, rnd)
+    if answered != rnd:
+        return f"reply answers round {answered!r}, not round {rnd} (stale or replayed)"
+    return None
+
+
+def update_norm(state: Mapping[str, Any], reference: Mapping[str, np.ndarray]) -> float:
+    """L2 norm (float64) of ``state - reference`` over the tensors ``state`` holds; a
+    tensor smaller than its reference (a lower LoRA rank) is compared with its leading
+    block."""
+    total = 0.0
+    for key, value in state.items():
+        v = np.asarray(value, dtype=np.float64)
+        ref = reference.get(key)
+        if ref is not None:
+            v = v - np.asarray(ref, dtype=np.float64)[tuple(slice(0, n) for n in v.shape)]
+        total += float(np.dot(v.ravel(), v.ravel()))
+    return float(np.sqrt(total))
 
 
 def wire_codec_name(msg: Message) -> str:

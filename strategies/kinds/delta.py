@@ -4,8 +4,9 @@ Down: the global trainable state, encoded once per round with the run's codec (t
 strategy's own ``arrays`` are replaced). Up: the client's trainable state after local
 training, encoded with its codec, plus its metrics. Screening (a malformed or hostile
 update must never reach the aggregate): a Flower error, the expected records, a known
-codec, a plausible example count, the exact set of tensor names, their shapes and wire
-dtype, finiteness. A valid reply is left holding the decoded fp32 tensors, so any
+codec, the update kind and round its ``wire`` record names, a plausible example count,
+the exact set of tensor names, their shapes and wire dtype, finiteness; then its norm
+(against the state its client was sent) goes to the round's norm bound. A valid reply is left holding the decoded fp32 tensors, so any
 Flower strategy aggregates it as it is.
 """
 
@@ -20,12 +21,14 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from strategies import wire
 from strategies.codecs import CODECS, Codec
-from strategies.kinds.base import RoundExchange, UpdateKind, wire_codec, wire_codec_name, wire_record
+from strategies.kinds.base import (
+    RoundExchange, UpdateKind, update_norm, wire_codec, wire_codec_name, wire_mismatch, wire_record,
+)
 
 
-def state_content(state: Mapping[str, torch.Tensor], codec: Codec) -> RecordDict:
-    """A trainable state as ``arrays`` + ``wire`` records."""
-    return RecordDict({wire.ARRAYS: codec.encode(state), wire.WIRE: wire_record(wire.KIND_DELTA, codec.name)})
+def state_content(state: Mapping[str, torch.Tensor], codec: Codec, rnd: int | None = None) -> RecordDict:
+    """A trainable state as ``arrays`` + ``wire`` records (a reply's names its round)."""
+    return RecordDict({wire.ARRAYS: codec.encode(state), wire.WIRE: wire_record(wire.KIND_DELTA, codec.name, rnd)})
 
 
 def _content(state: Mapping[str, np.ndarray], codec: Codec) -> RecordDict:
@@ -74,7 +77,10 @@ def check_reply(
             return None, f"tensor '{key}' has shape {tuple(arr.shape)}, expected {tuple(expected[key])}"
         if np.dtype(arr.dtype) != codec.wire_dtype:
             return None, f"tensor '{key}' has dtype {arr.dtype}, expected {codec.wire_dtype} for codec {codec.name}"
-    decoded = codec.decode(arrays)
+    try:
+        decoded = codec.decode(arrays)
+    except Exception as err:  # noqa: BLE001 - a payload that does not parse is the client's fault
+        return None, f"undecodable tensors: {type(err).__name__}: {err}"
     for key, t in decoded.items():
         if not bool(t.isfinite().all()):
             return None, f"tensor '{key}' has non-finite values"
@@ -95,7 +101,10 @@ class DeltaKind(UpdateKind):
                                "message its own content (Flower's FedAvg shares one)")
         shared = None if personal else _content(ex.global_state, ex.codec)
         for msg in messages:
-            content = shared or _content(personal(ex.global_state, msg.metadata.dst_node_id), ex.codec)
+            if shared is None:
+                node = msg.metadata.dst_node_id
+                ex.downlinks[node] = personal(ex.global_state, node)
+            content = shared or _content(ex.downlinks[node], ex.codec)
             msg.content[wire.ARRAYS] = content[wire.ARRAYS]
             msg.content[wire.WIRE] = content[wire.WIRE]
 
@@ -106,8 +115,11 @@ class DeltaKind(UpdateKind):
     def screen(self, ex: RoundExchange, reply: Message, ask: int) -> str | None:
         shapes_of = getattr(ex.strategy, "reply_shapes", None)  # e.g. each client's LoRA rank
         expected = shapes_of(ex.shapes, reply) if shapes_of else ex.shapes
-        decoded, reason = check_reply(reply, expected, ex.max_examples)
+        reason = wire_mismatch(reply, self.name, ex.round) if not reply.has_error() else None
+        decoded, reason = (None, reason) if reason else check_reply(reply, expected, ex.max_examples)
         if reason is None:
+            sent = ex.downlinks.get(reply.metadata.src_node_id, ex.global_state)
+            ex.norms[id(reply)] = update_norm({k: v.numpy() for k, v in decoded.items()}, sent)
             reply.content[wire.ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in decoded.items()})
             if wire.WIRE in reply.content.config_records:
                 del reply.content.config_records[wire.WIRE]
@@ -118,6 +130,6 @@ class DeltaKind(UpdateKind):
         return round_cfg
 
     def reply(self, msg: Message, update: Any, round_cfg: Mapping[str, Any], metrics: dict[str, Any], codec: Codec) -> Message:
-        content = state_content(update.state, codec)
+        content = state_content(update.state, codec, round_cfg.get(wire.SERVER_ROUND))
         content[wire.METRICS] = MetricRecord(metrics)
         return Message(content, reply_to=msg)

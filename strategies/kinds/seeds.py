@@ -108,6 +108,7 @@ class SeedsKind(UpdateKind):
     def screen(self, ex: RoundExchange, reply: Message, ask: int) -> str | None:
         parsed, reason = ex.strategy.check_reply(ex.round, reply, ask)
         if parsed is not None:
+            ex.norms[id(reply)] = float(np.linalg.norm(np.asarray(parsed.scalar, dtype=np.float64)))
             reply.content[wire.METRICS] = MetricRecord(
                 {k: v for k, v in parsed.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             )

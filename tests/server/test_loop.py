@@ -14,6 +14,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from client.methods.base import Update
 from server.config import ServerConfig
+from server.screening import ScreenConfig
 from server.loop import payload_bytes, run_server
 from strategies import seeds as sd
 from strategies import wire
@@ -144,3 +145,107 @@ def test_every_kind_is_registered_with_its_strategies_and_methods(kind):
         assert update_kind(build_strategy(cfg)) == kind, name
     for name in METHODS.names(kind):
         assert METHODS[name].resolve().kind == kind
+
+
+# -- screening beyond each kind's checks (server/screening.py) ------------------------------------
+def _delta_reply(msg: Message, state: dict, examples: int = 10, codec: str = "fp32") -> Message:
+    rnd = int(msg.content[wire.CONFIG][wire.SERVER_ROUND])
+    content = state_content(state, get_codec(codec), rnd)
+    content[wire.METRICS] = MetricRecord({wire.NUM_EXAMPLES: examples, wire.TRAIN_LOSS: 0.5})
+    return Message(content, reply_to=msg)
+
+
+def _screened_run(tmp_path, train, **cfg_kwargs) -> tuple[list[dict], dict]:
+    from safetensors.numpy import load_file
+
+    cfg = ServerConfig(**{"strategy": FedAvgConfig(), "num_clients": 3, "clients_per_round": 3, "rounds": 1,
+                          "eval_every": 0, "run_dir": str(tmp_path), "evaluator": "", **cfg_kwargs})
+    run_server(FakeGrid(train), cfg, build_strategy(cfg.strategy), None)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    return rows, load_file(str(tmp_path / "checkpoints" / f"round-{cfg.rounds:04d}" / "global.safetensors"))
+
+
+def _honest(msg: Message, step: float = 1.0) -> dict:
+    return {k: v + step for k, v in decode_state(msg).items()}
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("huge", "exceeds 10 x the round's median"),
+    ("stale", "answers round 0, not round 1"),
+    ("kind", "reply is a 'seeds' update"),
+    ("oversized", "exceeds the limit"),
+    ("undecodable", "undecodable tensors"),
+    ("examples", "'num-examples' must be an integer"),
+])
+def test_each_screening_reason_rejects_the_reply_and_the_rest_is_aggregated(tmp_path, caplog, case, reason):
+    from flwr.app import ConfigRecord
+
+    def train(pid: int, msg: Message) -> Message:
+        if pid != 0:
+            return _delta_reply(msg, _honest(msg, 1.0 + pid))
+        if case == "huge":
+            return _delta_reply(msg, {k: torch.full_like(v, 1e30) for k, v in decode_state(msg).items()})
+        reply = _delta_reply(msg, _honest(msg), examples=10**12 if case == "examples" else 10)
+        if case in ("stale", "kind"):
+            key, value = (wire.ROUND_KEY, 0) if case == "stale" else (wire.KIND_KEY, wire.KIND_SEEDS)
+            reply.content[wire.WIRE] = ConfigRecord({**dict(reply.content[wire.WIRE]), key: value})
+        if case == "oversized":
+            reply.content[wire.ARRAYS]["w"] = Array(np.zeros(1 << 19, dtype=np.float32))
+        if case == "undecodable":
+            a = reply.content[wire.ARRAYS]["w"]
+            reply.content[wire.ARRAYS]["w"] = Array(dtype=a.dtype, shape=tuple(a.shape), stype=a.stype, data=a.data[:9])
+        return reply
+
+    (row,), final = _screened_run(tmp_path, train)
+    assert row["failures"] == row["rejected"] == 1 and row["examples"] == 20
+    assert reason in caplog.text and "rejected client 0" in caplog.text
+    np.testing.assert_allclose(final["w"], np.full(8, 2.5, dtype=np.float32))  # mean of the two honest clients
+
+
+def test_too_few_valid_replies_ask_further_clients(tmp_path, caplog):
+    asked: list[int] = []
+
+    def train(pid: int, msg: Message) -> Message:
+        asked.append(pid)
+        state = _honest(msg)
+        if pid == 0:
+            state["w"][0] = float("nan")
+        return _delta_reply(msg, state)
+
+    # two of three clients per round; one of the first two sends NaN, so a third is asked
+    rows, final = _screened_run(tmp_path, train, clients_per_round=2, screen=ScreenConfig(min_valid_replies=2),
+                                rounds=2)
+    assert all(r["clients"] + r["resampled"] >= 2 for r in rows)
+    for r in rows:
+        assert r["examples"] == 20  # always two valid updates aggregated
+        assert r["resampled"] == (1 if r["failures"] else 0)
+    assert sorted(set(asked)) == [0, 1, 2] and "asking 1 more client" in caplog.text
+
+
+def test_a_round_that_stays_short_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
+    from server.screening import RoundFailed
+
+    def train(pid: int, msg: Message) -> Message:
+        state = _honest(msg)
+        if pid != 0:
+            state["w"][0] = float("nan")
+        return _delta_reply(msg, state)
+
+    cfg = ServerConfig(strategy=FedAvgConfig(), num_clients=3, clients_per_round=3, rounds=1, eval_every=0,
+                       run_dir=str(tmp_path), evaluator="", screen=ScreenConfig(min_valid_replies=2, max_resamples=2))
+    with pytest.raises(RoundFailed, match="round 1: 1 valid update.*min_valid_replies=2"):
+        run_server(FakeGrid(train), cfg, build_strategy(cfg.strategy), None)
+    assert not (tmp_path / "checkpoints" / "round-0001").exists()
+
+
+def test_a_reply_without_a_train_loss_does_not_break_the_row(tmp_path):
+    def train(pid: int, msg: Message) -> Message:
+        reply = _delta_reply(msg, _honest(msg))
+        if pid == 1:
+            reply.content[wire.METRICS] = MetricRecord({wire.NUM_EXAMPLES: 10, wire.TRAIN_LOSS: float("nan")})
+        if pid == 2:
+            reply.content[wire.METRICS] = MetricRecord({wire.NUM_EXAMPLES: 10})
+        return reply
+
+    (row,), _ = _screened_run(tmp_path, train)
+    assert row["train_loss"] == 0.5 and row["failures"] == 0

@@ -14,6 +14,7 @@ REQUIRED = {
     ("model", "hf"): ["model.path={tmp}"],  # a local folder
     ("data", "file"): ["data.path={tmp}/x.csv"],
     ("data", "hf"): ["data.hf_name=ag_news"],
+    ("robust", "bulyan"): ["clients_per_round=7"],  # n >= 4f + 3
     **{("method", m): ["strategy=fedkseed"] for m in ("zo_seed", "forward_grad")},
     **{("strategy", s): ["method=zo_seed"] for s in ("fedkseed", "fedkseed_pro", "fwdllm")},
     ("method", "split"): ["strategy=sfl_v2"],
@@ -164,18 +165,21 @@ def test_dataclass_defaults_equal_the_yaml_defaults():
     from client.partitioners import PARTITIONERS
     from server.config import ServerConfig
     from simulation.config import DeviceProfile
+    from strategies.adversary import ATTACKS
     from strategies.codecs import CODECS
     from strategies.registry import STRATEGIES
+    from strategies.robust import ROBUST
 
     sim = _validate([])
     assert sim.client == ClientConfig()
     assert dataclasses.replace(sim.server, run_dir=ServerConfig().run_dir) == ServerConfig()
     assert sim.device == DeviceProfile()
-    for group, registry in (("method", METHODS), ("strategy", STRATEGIES), ("codec", CODECS), ("partition", PARTITIONERS)):
+    for group, registry in (("method", METHODS), ("strategy", STRATEGIES), ("codec", CODECS), ("partition", PARTITIONERS),
+                            ("robust", ROBUST), ("attack", ATTACKS)):
         assert set(group_choices(group)) == set(registry), group  # a YAML per plug-in, a plug-in per YAML
         for name in registry:
             sim = _validate([f"{group}={name}", *REQUIRED.get((group, name), [])])
-            got = getattr(sim.server if group == "strategy" else sim.client, group)
+            got = getattr(sim.server if group in ("strategy", "robust") else sim.client, group)
             assert got == registry[name].config(name=name), (group, name)
 
 
