@@ -1,0 +1,63 @@
+"""Adversaries through Flower's real Simulation Engine on a tiny model: crafted replies
+take the ClientApp's own path, and the server rejects or absorbs them."""
+
+import json
+
+import pytest
+
+import simulation
+from simulation.config import build_sim_config
+from strategies.runconfig import ConfigError
+
+pytestmark = pytest.mark.integration
+TINY = ["model=tiny-bert", "data.num_examples=160", "data.test_size=30", "local_steps=2", "batch_size=8"]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fuzzing_clients_are_all_rejected_and_the_run_goes_on(tmp_path, caplog):
+    """A quarter of the population sends a malformed reply every round it is sampled:
+    each is rejected with a reason, the honest ones are aggregated."""
+    run_dir = simulation.run([*TINY, "num_clients=8", "clients_per_round=8", "rounds=2", "attack=fuzz",
+                              "attack.fraction=0.25", f"hydra.run.dir={tmp_path}"])
+    for r in rows(run_dir)[1:]:
+        assert r["attackers"] == 2 and r["rejected"] == 2 and r["failures"] == 2, r
+        assert r["eval_accuracy"] is not None and r["examples"] > 0
+    assert "rejected client" in caplog.text
+
+
+def test_scaling_attackers_behind_the_median(tmp_path):
+    run_dir = simulation.run([*TINY, "num_clients=6", "clients_per_round=6", "rounds=1", "attack=scale",
+                              "attack.fraction=0.34", "robust=median", "screen.norm_bound=0",
+                              f"hydra.run.dir={tmp_path}"])
+    (row,) = rows(run_dir)[1:]
+    assert row["attackers"] == 2 and row["rejected"] == 0 and row["clients"] == 6  # the median absorbs them
+
+
+def _check(overrides, tmp_path):
+    from simulation import compose_config
+    from omegaconf import open_dict
+
+    cfg = compose_config([*TINY, *overrides])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return build_sim_config(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["robust=krum", "robust.num_malicious=2", "clients_per_round=5"], r"needs n > 2f \+ 2 = 6 replies per round"),
+    (["robust=bulyan", "clients_per_round=5"], r"needs n >= 4f \+ 3 = 7"),
+    (["robust=median", "strategy=hetlora", "method.rank_choices=[2,4]"], "heterogeneous-rank delta"),
+    (["robust=median", "method=zo_seed", "strategy=fedkseed"], "aggregates seeds updates"),
+    (["attack=scale", "attack.fraction=1.0"], r"attack.fraction: expected a number in \[0, 1\)"),
+    (["attack=fuzz", "method=zo_seed", "strategy=fedkseed"], "crafts delta replies"),
+    (["attack=bogus"], "unknown attack; choose one of freerider"),
+    (["robust=bogus"], "unknown robust; choose one of bulyan"),
+    (["screen.norm_bound=0.5"], "screen.norm_bound"),
+    (["screen.min_valid_replies=0"], "screen.min_valid_replies"),
+])
+def test_bad_trust_settings_are_config_errors(overrides, match, tmp_path):
+    with pytest.raises(ConfigError, match=match):
+        _check(overrides, tmp_path)
