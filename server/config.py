@@ -28,6 +28,9 @@ class ServerConfig:
         tensorboard, mlflow, wandb; several allowed.
     logger_group: the trackers' group of runs (a sweep's folder; MLflow experiment,
         W&B group); empty for a single run.
+    timeout_s: how long a round waits for its replies; a client that crashes, hangs or
+        disappears past it counts as a failure and the round goes on.
+    keep_checkpoints: the newest round checkpoints kept (0: all).
     screen: per-reply and per-round screening limits (``server/screening.py``).
     robust: the robust rule in front of the strategy (``strategies/robust.py``).
     attack: the simulated adversaries (``strategies/adversary.py``); the server only
@@ -51,6 +54,7 @@ class ServerConfig:
     run_dir: str = "outputs/flwr-run"
     evaluator: str = "client.evaluate:make_central_evaluate"
     timeout_s: float = 3600.0
+    keep_checkpoints: int = 3
     max_examples_per_client: int = 10**9
 
     def __post_init__(self) -> None:
@@ -64,4 +68,6 @@ class ServerConfig:
         check(self.rounds >= 1, "rounds", "an integer >= 1", self.rounds)
         check_choice("resume", self.resume, RESUME_MODES)
         object.__setattr__(self, "logger", parse_logger(self.logger))
+        check(self.keep_checkpoints >= 0, "keep_checkpoints", "an integer >= 0 (0: keep all)", self.keep_checkpoints)
+        check(self.timeout_s > 0, "timeout_s", "a number > 0 (seconds)", self.timeout_s)
         check(self.eval_every >= 0, "eval_every", "an integer >= 0 (0 = only after the last round)", self.eval_every)

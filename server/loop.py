@@ -263,14 +263,14 @@ class RoundLoop:
         ev = self._evaluate(rnd, state.global_state) if self._should_eval(rnd) else {}
         state.strategy_state = get_strategy_state(self.strategy)
         state.sampler_state = self.sampler.state()
-        save_checkpoint(state, self.ckpt_dir)
         row = self._row(rnd, ev, time.perf_counter() - t0, reported, tally.bytes_up, tally.bytes_down, tally.sent,
                         tally.failures, tally.asks)
         row.update(rejected=tally.rejected, resampled=tally.resampled)
         if self.attackers is not None:
             row["attackers"] = len(self.attackers & tally.asked)
         row.update({k: v for k, v in strategy_metrics.items() if k not in row})
-        self._log_row(row)
+        self._log_row(row)  # the row first: a crash before the checkpoint re-runs the round and rewrites it
+        save_checkpoint(state, self.ckpt_dir, self.cfg.keep_checkpoints)
         write_json(self.run_dir / "summary.json", self.metrics.summary(**self.extras))
         return row
 

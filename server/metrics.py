@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,20 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl``; a last line cut short by a crash is dropped (the
+    round it belonged to is not checkpointed yet, so a resume writes it again)."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON; the file was edited or is damaged") from None
+    return rows
+
+
 class MetricsLog:
     """Append-only ``metrics.jsonl`` that survives resume (rows past a round are dropped)."""
 
@@ -26,7 +41,7 @@ class MetricsLog:
         self.path = path
         self.rows: list[dict[str, Any]] = []
         if path.exists():
-            self.rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.rows = _read_rows(path)
 
     def truncate_after(self, last_round: int) -> None:
         """Keep rows up to ``last_round`` (a resumed run rewrites later ones)."""
@@ -45,6 +60,8 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def _rewrite(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from strategies.runconfig import ConfigError
 RUN_CONFIG_FILE = "run_config.json"
 # what may change between a run and its resumption: length, reporting, where, how long to wait
 RESUMABLE = frozenset({"rounds", "eval_every", "resume", "logger", "logger_group", "run_dir", "timeout_s",
-                       "evaluator", "screen.max_reply_mb", "screen.norm_bound", "screen.min_valid_replies",
+                       "evaluator", "keep_checkpoints", "screen.max_reply_mb", "screen.norm_bound", "screen.min_valid_replies",
                        "screen.max_resamples"})
 
 

@@ -30,6 +30,27 @@ def test_checkpoint_roundtrip_and_latest(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
 
+def test_only_the_newest_checkpoints_are_kept_and_crash_leftovers_go(tmp_path):
+    (tmp_path / ".round-0002-abc").mkdir(parents=True)  # a write interrupted by a crash
+    for rnd in range(1, 6):
+        save_checkpoint(ServerState(round=rnd, global_state={"a": np.full(2, rnd, np.float32)}), tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "round-0004", "round-0005"]
+    assert load_checkpoint(tmp_path).global_state["a"][0] == 5
+    save_checkpoint(ServerState(round=6, global_state={"a": np.zeros(2, np.float32)}), tmp_path, keep=0)
+    assert (tmp_path / "round-0004").exists()  # keep=0 keeps all
+
+
+def test_a_metrics_line_cut_short_by_a_crash_is_dropped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"round": 0, "wall_s": 1.0}\n{"round": 1, "wall_s": 2.0}\n{"round": 2, "wa')
+    assert [r["round"] for r in MetricsLog(path).rows] == [0, 1]
+    path.write_text('{"round": 0}\n{"rou\n{"round": 2}\n')
+    import pytest
+
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        MetricsLog(path)
+
+
 def test_no_checkpoint_is_none(tmp_path):
     assert load_checkpoint(tmp_path) is None
 
