@@ -116,7 +116,7 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
             wire.CALL_SECONDS: time.perf_counter() - t0,
         }
 
-    call = ClientCall(msg=msg, method=rt.method, round_cfg=round_cfg, state=context.state, codec=get_codec(cfg.codec.name),
+    call = ClientCall(msg=msg, method=rt.method, round_cfg=round_cfg, state=context.state, codec=get_codec(cfg.codec),
                       steps=steps, initial_state=lambda: rt.initial_state, train=train, batch=batch, seeded=seeded,
                       metrics=metrics)
     reply = kind.serve(call)

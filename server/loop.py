@@ -183,7 +183,7 @@ class RoundLoop:
         self.grid, self.strategy, self.cfg, self.evaluate_fn = grid, strategy, cfg, evaluate_fn
         self.trackers = trackers or Trackers.open((), Path(cfg.run_dir), run_name="")
         self.extras = {"strategy": cfg.strategy.target or cfg.strategy.name, "num_clients": cfg.num_clients, **(extras or {})}
-        self.codec = get_codec(cfg.codec.name)
+        self.codec = get_codec(cfg.codec)
         self.kind = get_kind(update_kind(strategy))
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"

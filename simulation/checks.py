@@ -216,12 +216,19 @@ def check_ranks(client: ClientConfig, server: ServerConfig) -> None:
 
 
 def check_trust(client: ClientConfig, server: ServerConfig) -> None:
-    """A robust rule or an attack must fit the strategy's update kind and the round size."""
+    """A compressing codec, a robust rule or an attack must fit the strategy's update kind
+    (and a robust rule the round size)."""
     from strategies.adversary import DELTA_ONLY
     from strategies.registry import DELTA, HETERO_RANK, strategy_kind
 
+    from strategies.codecs import LOSSLESS_CASTS
+
     kind = strategy_kind(server.strategy)
     robust, attack = server.robust, client.attack
+    if server.codec.name not in LOSSLESS_CASTS and kind != DELTA:
+        raise ConfigError(f"codec={server.codec.name} compresses delta updates; strategy="
+                          f"{server.strategy.target or server.strategy.name} exchanges {kind} updates "
+                          f"(codec={' | '.join(LOSSLESS_CASTS)})")
     if robust.name != "none":
         if kind != DELTA or (not server.strategy.target and server.strategy.name in HETERO_RANK):
             raise ConfigError(f"robust={robust.name} aggregates equal-shaped delta updates; strategy="

@@ -25,7 +25,8 @@ class RoundExchange:
     failures: clients the kind dropped outside screening; the loop counts them.
     norms: ``id(reply) -> update norm`` of the replies a kind accepted (the loop bounds
     them against the round's median, :mod:`server.screening`). downlinks: ``node id ->``
-    the state a kind sent that node, when it differs from ``global_state``.
+    the state a kind sent that node, as the node decoded it, when it differs from
+    ``global_state``; reference: the same for a downlink shared by all.
     """
 
     round: int
@@ -37,6 +38,11 @@ class RoundExchange:
     failures: int = 0  # clients dropped outside screening (e.g. a failed server-side split step)
     norms: dict[int, float] = field(default_factory=dict)
     downlinks: dict[int, Mapping[str, np.ndarray]] = field(default_factory=dict)
+    reference: Mapping[str, np.ndarray] | None = None  # the shared downlink as clients decode it (lossy codecs)
+
+    def sent(self, node: int) -> Mapping[str, np.ndarray]:
+        """The state ``node`` trained from, as it decoded it."""
+        return self.downlinks.get(node, self.reference if self.reference is not None else self.global_state)
 
     @cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -167,5 +173,8 @@ def wire_codec_name(msg: Message) -> str:
     return str(msg.content.config_records.get(wire.WIRE, {}).get(wire.CODEC_KEY, "fp32"))
 
 
-def wire_codec(msg: Message) -> Codec:
-    return get_codec(wire_codec_name(msg))
+def wire_codec(msg: Message, run_codec: Codec | None = None) -> Codec:
+    """The codec a message names: the run's own (with its settings) when the names
+    agree, else that codec with its default settings."""
+    name = wire_codec_name(msg)
+    return run_codec if run_codec is not None and run_codec.name == name else get_codec(name)

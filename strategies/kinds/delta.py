@@ -22,7 +22,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from strategies import wire
 from strategies.codecs import CODECS, Codec
 from strategies.kinds.base import (
-    RoundExchange, UpdateKind, update_norm, wire_codec, wire_codec_name, wire_mismatch, wire_record,
+    ClientCall, RoundExchange, UpdateKind, update_norm, wire_codec, wire_codec_name, wire_mismatch, wire_record,
 )
 
 
@@ -35,13 +35,22 @@ def _content(state: Mapping[str, np.ndarray], codec: Codec) -> RecordDict:
     return state_content({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, codec)
 
 
-def decode_state(msg: Message) -> dict[str, torch.Tensor]:
+def decode_state(msg: Message, run_codec: Codec | None = None) -> dict[str, torch.Tensor]:
     """The fp32 tensors of a message built by :func:`state_content`."""
-    return wire_codec(msg).decode(msg.content[wire.ARRAYS])
+    return wire_codec(msg, run_codec).decode(msg.content[wire.ARRAYS])
+
+
+RESIDUAL = "anther-ef-residual"  # Context.state record: what error feedback left unsent
+
+
+def _residual(state: RecordDict) -> dict[str, np.ndarray] | None:
+    record = state.array_records.get(RESIDUAL)
+    return {k: a.numpy() for k, a in record.items()} if record is not None else None
 
 
 def check_reply(
-    msg: Message, expected: Mapping[str, tuple[int, ...]], max_examples: int = 10**9
+    msg: Message, expected: Mapping[str, tuple[int, ...]], max_examples: int = 10**9, run_codec: Codec | None = None,
+    reference: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, torch.Tensor] | None, str | None]:
     """Validate a delta reply; return ``(decoded fp32 tensors, None)`` or ``(None, reason)``.
 
@@ -63,28 +72,29 @@ def check_reply(
     codec_name = wire_codec_name(msg)
     if codec_name not in CODECS:
         return None, f"unknown codec '{codec_name}'"
-    codec = CODECS[codec_name].target
+    codec = wire_codec(msg, run_codec)
     n = content[wire.METRICS].get(wire.NUM_EXAMPLES)
     if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= max_examples:
         return None, f"'{wire.NUM_EXAMPLES}' must be an integer in [1, {max_examples}], got {n!r}"
     arrays = content[wire.ARRAYS]
-    got = set(arrays.keys())
-    if got != set(expected):
-        missing, extra = sorted(set(expected) - got), sorted(got - set(expected))
-        return None, f"tensor names differ from the global state (missing {missing[:3]}, unexpected {extra[:3]})"
-    for key, arr in arrays.items():
-        if tuple(arr.shape) != tuple(expected[key]):
-            return None, f"tensor '{key}' has shape {tuple(arr.shape)}, expected {tuple(expected[key])}"
-        if np.dtype(arr.dtype) != codec.wire_dtype:
-            return None, f"tensor '{key}' has dtype {arr.dtype}, expected {codec.wire_dtype} for codec {codec.name}"
+    if codec.relative and reference is None:
+        return None, f"codec {codec.name} sends updates against the downlink; this exchange has none to add them to"
+    reason = codec.update_layout_reason(arrays, expected) if codec.relative else codec.layout_reason(arrays, expected)
+    if reason is not None:
+        return None, reason
     try:
-        decoded = codec.decode(arrays)
+        decoded = codec.decode_update(arrays, reference, expected) if codec.relative else codec.decode(arrays)
     except Exception as err:  # noqa: BLE001 - a payload that does not parse is the client's fault
         return None, f"undecodable tensors: {type(err).__name__}: {err}"
     for key, t in decoded.items():
         if not bool(t.isfinite().all()):
             return None, f"tensor '{key}' has non-finite values"
     return decoded, None
+
+
+def _as_sent(content: RecordDict, codec: Codec) -> dict[str, np.ndarray]:
+    """A downlink's state as its clients decode it (a lossy codec's rounding included)."""
+    return {k: v.numpy() for k, v in codec.decode(content[wire.ARRAYS]).items()}
 
 
 class DeltaKind(UpdateKind):
@@ -100,11 +110,15 @@ class DeltaKind(UpdateKind):
             raise RuntimeError(f"{type(ex.strategy).__name__}.client_state: its configure_train must give every "
                                "message its own content (Flower's FedAvg shares one)")
         shared = None if personal else _content(ex.global_state, ex.codec)
+        if shared is not None and ex.codec.relative:
+            ex.reference = _as_sent(shared, ex.codec)
         for msg in messages:
             if shared is None:
                 node = msg.metadata.dst_node_id
                 ex.downlinks[node] = personal(ex.global_state, node)
             content = shared or _content(ex.downlinks[node], ex.codec)
+            if shared is None and ex.codec.relative:
+                ex.downlinks[node] = _as_sent(content, ex.codec)
             msg.content[wire.ARRAYS] = content[wire.ARRAYS]
             msg.content[wire.WIRE] = content[wire.WIRE]
 
@@ -116,14 +130,31 @@ class DeltaKind(UpdateKind):
         shapes_of = getattr(ex.strategy, "reply_shapes", None)  # e.g. each client's LoRA rank
         expected = shapes_of(ex.shapes, reply) if shapes_of else ex.shapes
         reason = wire_mismatch(reply, self.name, ex.round) if not reply.has_error() else None
-        decoded, reason = (None, reason) if reason else check_reply(reply, expected, ex.max_examples)
+        sent = ex.sent(reply.metadata.src_node_id)
+        decoded, reason = (None, reason) if reason else check_reply(reply, expected, ex.max_examples, ex.codec, sent)
         if reason is None:
-            sent = ex.downlinks.get(reply.metadata.src_node_id, ex.global_state)
             ex.norms[id(reply)] = update_norm({k: v.numpy() for k, v in decoded.items()}, sent)
             reply.content[wire.ARRAYS] = ArrayRecord({k: Array(v.numpy()) for k, v in decoded.items()})
             if wire.WIRE in reply.content.config_records:
                 del reply.content.config_records[wire.WIRE]
         return reason
+
+    def serve(self, call: ClientCall) -> Message:
+        """As every kind (load, train, reply); with a relative codec the reply encodes the
+        update against the downlink as decoded here, and error feedback keeps what it
+        left unsent in the node's ``Context.state``."""
+        if not call.codec.relative:
+            return super().serve(call)
+        reference = decode_state(call.msg, call.codec)
+        call.method.load_trainable_state(reference)
+        update = call.train(call.round_cfg)
+        record, left = call.codec.encode_update(update.state, reference, _residual(call.state))
+        if left is not None:
+            call.state[RESIDUAL] = ArrayRecord({k: Array(v) for k, v in left.items()})
+        content = RecordDict({wire.ARRAYS: record, wire.WIRE: wire_record(self.name, call.codec.name,
+                                                                         call.round_cfg.get(wire.SERVER_ROUND))})
+        content[wire.METRICS] = MetricRecord(call.metrics(update.metrics))
+        return Message(content, reply_to=call.msg)
 
     def prepare(self, method: Any, initial_state: Callable[[], dict], msg: Message, round_cfg: dict) -> dict:
         method.load_trainable_state(decode_state(msg))
