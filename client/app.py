@@ -30,7 +30,7 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client import memory
-from client.attacks import craft_reply, craft_update, flips_labels, is_attacker
+from client.attacks import clipped_update, craft_reply, craft_update, flips_labels, is_attacker
 from client.batches import batch_iterator
 from client.config import ClientConfig
 from client.data_source import encoded_partition, label_names
@@ -92,10 +92,13 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
 
     def train(round_cfg: dict[str, Any]) -> Any:
         rnd, ask = int(round_cfg.get(wire.SERVER_ROUND, 0)), int(round_cfg.get(ASK, 0))
-        start = {k: v.detach().clone() for k, v in rt.method.trainable_state().items()} if attacking and kind.name == wire.KIND_DELTA else None
+        keep_start = kind.name == wire.KIND_DELTA and (attacking or cfg.dp.name == "client")
+        start = {k: v.detach().clone() for k, v in rt.method.trainable_state().items()} if keep_start else None
         with torch.random.fork_rng():  # dropout: per (seed, round, client[, request]); never the caller's RNG
             torch.manual_seed(_round_seed(cfg.seed, rnd, ident, ask))
             update = rt.method.local_train(batches(rnd), steps, round_cfg)
+        if cfg.dp.name == "client" and start is not None:
+            update = clipped_update(update, start, cfg.dp.clip)
         return craft_update(cfg.attack, update, start, (cfg.seed, rnd, ident)) if attacking else update
 
     def batch(rnd: int, k: int) -> dict[str, torch.Tensor]:

@@ -1,5 +1,6 @@
-"""The attacking client's side of ``attack=`` (settings and semantics:
-:mod:`strategies.adversary`).
+"""What a client does to its update beyond training: the attacking client's side of
+``attack=`` (settings and semantics: :mod:`strategies.adversary`), and ``dp=client``'s
+clipping (:func:`clipped_update`).
 
 An attacker trains like an honest client (so its reply metrics look plausible), then
 :func:`craft_update` rewrites the update before its kind encodes it; ``fuzz`` instead
@@ -61,6 +62,19 @@ def craft_update(cfg: AttackConfig, update: Update, start: Mapping[str, torch.Te
             "noise": lambda: g + torch.from_numpy(rng.normal(0.0, factor, tuple(g.shape)).astype(np.float32)),
             "freerider": lambda: g.clone(),
         }[name]()
+    return Update(state=state, metrics=update.metrics, pairs=update.pairs)
+
+
+def clipped_update(update: Update, start: Mapping[str, torch.Tensor], clip: float) -> Update:
+    """``dp=client``: the update scaled so that ``state - start`` has L2 norm <= ``clip``
+    (what an honest client does; :mod:`strategies.dp`)."""
+    from strategies.dp import clip_update
+
+    deltas = {k: (v.detach().double() - start[k].double()[tuple(slice(0, n) for n in v.shape)]).numpy()
+              for k, v in update.state.items()}
+    clipped, _ = clip_update(deltas, clip)
+    state = {k: (start[k].double()[tuple(slice(0, n) for n in v.shape)] + torch.from_numpy(clipped[k])).float()
+             for k, v in update.state.items()}
     return Update(state=state, metrics=update.metrics, pairs=update.pairs)
 
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from strategies.adversary import AttackConfig
 from strategies.codecs import CodecConfig
+from strategies.dp import DPConfig
 from strategies.plugins import import_string
 from strategies.runconfig import check, check_choice
 
@@ -159,6 +160,7 @@ class ClientConfig:
     )
     codec: CodecConfig = field(default_factory=CodecConfig, metadata={"registry": "strategies.codecs:CODECS"})
     attack: AttackConfig = field(default_factory=AttackConfig, metadata={"registry": "strategies.adversary:ATTACKS"})
+    dp: DPConfig = field(default_factory=DPConfig, metadata={"registry": "strategies.dp:DP"})
     num_clients: int = 10
     local_steps: int = 10
     batch_size: int = 16

@@ -313,6 +313,11 @@ class RoundLoop:
         """``valid`` less the updates whose norm breaks the round's bound (each rejected)."""
         norms = {id(m): ex.norms[id(m)] for m in valid if id(m) in ex.norms}
         out = norm_outliers(norms, self.cfg.screen.norm_bound)
+        unclipped = getattr(self.strategy, "check_clipped", None)  # dp=client: clients must have clipped
+        for key, norm in norms.items() if unclipped else ():
+            reason = unclipped(norm)
+            if reason and key not in out:
+                out[key] = reason
         for msg in valid:
             if id(msg) in out:
                 self._reject(rnd, tally, msg, out[id(msg)])

@@ -237,6 +237,19 @@ def check_trust(client: ClientConfig, server: ServerConfig) -> None:
         if server.clients_per_round < robust.min_replies():
             raise ConfigError(f"robust={robust.name} with num_malicious={robust.num_malicious} needs "
                               f"{robust.requirement()} replies per round; clients_per_round={server.clients_per_round}")
+    dp = server.dp
+    if dp.name != "none":
+        name = server.strategy.target or server.strategy.name
+        if kind != DELTA or (not server.strategy.target and server.strategy.name in HETERO_RANK):
+            raise ConfigError(f"dp={dp.name} clips and noises equal-shaped delta updates; strategy={name} aggregates "
+                              f"{'heterogeneous-rank ' if kind == DELTA else ''}{kind} updates (seed updates: not yet)")
+        if robust.name != "none":
+            raise ConfigError(f"dp={dp.name} with robust={robust.name}: the privacy wrapper's clipping already bounds "
+                              "every update; use one of them")
+        if dp.target_epsilon > 0:
+            from strategies.dp import noise_for
+
+            noise_for(dp.target_epsilon, server.rounds, server.clients_per_round, server.num_clients, dp.delta)
     if attack.name != "none":
         if attack.fraction <= 0:
             raise ConfigError(f"attack={attack.name} needs attack.fraction in (0, 1), got {attack.fraction}")

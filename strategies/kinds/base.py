@@ -109,8 +109,9 @@ class UpdateKind:
         return state
 
     def row_metrics(self, aggregated: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Which of the strategy's aggregated metrics join the round's metrics row."""
-        return {}
+        """Which of the strategy's aggregated metrics join the round's metrics row
+        (default: the privacy wrapper's ``dp-*``, as ``dp_*``)."""
+        return {k.replace("-", "_"): v for k, v in dict(aggregated or {}).items() if k.startswith("dp-")}
 
     # -- client --------------------------------------------------------------------------
     def serve(self, call: ClientCall) -> Message:

@@ -10,7 +10,8 @@ from simulation.config import build_sim_config
 from strategies.runconfig import ConfigError
 
 pytestmark = pytest.mark.integration
-TINY = ["model=tiny-bert", "data.num_examples=160", "data.test_size=30", "local_steps=2", "batch_size=8"]
+TINY = ["model=tiny-bert", "data.num_examples=160", "data.test_size=30", "local_steps=2", "batch_size=8",
+        "device.backend=inprocess"]
 
 
 def rows(run_dir):
@@ -36,6 +37,17 @@ def test_scaling_attackers_behind_the_median(tmp_path):
     assert row["attackers"] == 2 and row["rejected"] == 0 and row["clients"] == 6  # the median absorbs them
 
 
+def test_client_level_dp_reports_epsilon_and_rejects_unclipped_updates(tmp_path):
+    """dp=client: honest clients clip, a scaling attacker does not and is rejected; the
+    accountant's epsilon grows every round."""
+    run_dir = simulation.run([*TINY, "num_clients=6", "clients_per_round=6", "rounds=2", "dp=client", "dp.clip=0.5",
+                              "dp.noise_multiplier=1.0", "attack=scale", "attack.fraction=0.17", "screen.norm_bound=0",
+                              f"hydra.run.dir={tmp_path}"])
+    got = rows(run_dir)[1:]
+    assert [r["rejected"] for r in got] == [r["attackers"] for r in got] and sum(r["attackers"] for r in got) > 0
+    assert 0 < got[0]["dp_epsilon"] < got[1]["dp_epsilon"] and got[0]["dp_noise_multiplier"] == 1.0
+
+
 def _check(overrides, tmp_path):
     from simulation import compose_config
     from omegaconf import open_dict
@@ -55,6 +67,10 @@ def _check(overrides, tmp_path):
     (["attack=fuzz", "method=zo_seed", "strategy=fedkseed"], "crafts delta replies"),
     (["attack=bogus"], "unknown attack; choose one of freerider"),
     (["robust=bogus"], "unknown robust; choose one of bulyan"),
+    (["dp=server", "robust=median"], "use one of them"),
+    (["dp=server", "method=zo_seed", "strategy=fedkseed"], "seed updates: not yet"),
+    (["dp=server", "dp.noise_multiplier=-1"], "dp.noise_multiplier"),
+    (["codec=int8", "method=zo_seed", "strategy=fedkseed"], "compresses delta updates"),
     (["screen.norm_bound=0.5"], "screen.norm_bound"),
     (["screen.min_valid_replies=0"], "screen.min_valid_replies"),
 ])
