@@ -37,7 +37,7 @@ from client.data_source import encoded_partition, label_names
 from client.runtime import get_runtime
 from strategies import wire
 from strategies.codecs import get_codec
-from strategies.kinds import ClientCall, get_kind
+from strategies.kinds import ClientCall, serving_kind
 from strategies.kinds.delta import state_content
 from strategies.runconfig import unflatten
 from strategies.seeds import ASK
@@ -79,7 +79,7 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     t0 = time.perf_counter()
     memory.reset_peak()
     rt = get_runtime(cfg, len(label_names(cfg)))
-    kind = get_kind(rt.method.kind)
+    kind = serving_kind(rt.method.kind, msg.content.config_records.get(wire.WIRE, {}).get(wire.KIND_KEY))
     round_cfg = dict(msg.content[wire.CONFIG]) if wire.CONFIG in msg.content.config_records else {}
     ident = _identity(context)
     attacking = is_attacker(cfg.attack, ident, cfg.num_clients, cfg.seed)

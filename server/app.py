@@ -23,6 +23,7 @@ from strategies.plugins import import_string
 from strategies.registry import build_strategy
 from strategies.dp import wrap as dp_wrap
 from strategies.robust import wrap
+from strategies.secagg import wrap as secagg_wrap
 from strategies.runconfig import unflatten
 
 log = logging.getLogger("anther.server")
@@ -46,6 +47,7 @@ def main(grid: Grid, run_config: dict[str, Any], trackers: Trackers | None = Non
     strategy = wrap(build_strategy(cfg.strategy, seed=cfg.seed, rounds=cfg.rounds, local_steps=cfg.local_steps,
                                    run_config=run_config), cfg.robust)
     strategy = dp_wrap(strategy, cfg.dp, cfg.num_clients, cfg.clients_per_round, cfg.seed, cfg.rounds)
+    strategy = secagg_wrap(strategy, cfg.secagg, cfg.seed)
     extras = {"model": run_config.get("model.name"), "method": run_config.get("method.name")}
     if trackers is not None:
         return run_server(grid, cfg, strategy, make_evaluate_fn(cfg, run_config), extras, trackers, run_config)

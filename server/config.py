@@ -10,6 +10,7 @@ from strategies.adversary import AttackConfig
 from strategies.codecs import CodecConfig
 from strategies.dp import DPConfig
 from strategies.robust import RobustConfig
+from strategies.secagg import SecAggConfig
 from strategies.config import FedAvgConfig, StrategyConfig
 from strategies.runconfig import check, check_choice
 
@@ -34,6 +35,7 @@ class ServerConfig:
     keep_checkpoints: the newest round checkpoints kept (0: all).
     screen: per-reply and per-round screening limits (``server/screening.py``).
     robust: the robust rule in front of the strategy (``strategies/robust.py``).
+    secagg: secure aggregation of delta updates (``strategies/secagg.py``).
     dp: client-level differential privacy (``strategies/dp.py``).
     attack: the simulated adversaries (``strategies/adversary.py``); the server only
         counts the attackers it sampled.
@@ -44,6 +46,7 @@ class ServerConfig:
     robust: RobustConfig = field(default_factory=RobustConfig, metadata={"registry": "strategies.robust:ROBUST"})
     attack: AttackConfig = field(default_factory=AttackConfig, metadata={"registry": "strategies.adversary:ATTACKS"})
     dp: DPConfig = field(default_factory=DPConfig, metadata={"registry": "strategies.dp:DP"})
+    secagg: SecAggConfig = field(default_factory=SecAggConfig, metadata={"registry": "strategies.secagg:SECAGG"})
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     num_clients: int = 10
     clients_per_round: int = 5

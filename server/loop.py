@@ -184,7 +184,7 @@ class RoundLoop:
         self.trackers = trackers or Trackers.open((), Path(cfg.run_dir), run_name="")
         self.extras = {"strategy": cfg.strategy.target or cfg.strategy.name, "num_clients": cfg.num_clients, **(extras or {})}
         self.codec = get_codec(cfg.codec)
-        self.kind = get_kind(update_kind(strategy))
+        self.kind = get_kind(getattr(strategy, "exchange", None) or update_kind(strategy))
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")

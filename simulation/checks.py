@@ -250,6 +250,20 @@ def check_trust(client: ClientConfig, server: ServerConfig) -> None:
             from strategies.dp import noise_for
 
             noise_for(dp.target_epsilon, server.rounds, server.clients_per_round, server.num_clients, dp.delta)
+    if server.secagg.name != "none":
+        name = server.strategy.target or server.strategy.name
+        if kind != DELTA or (not server.strategy.target and server.strategy.name in HETERO_RANK):
+            raise ConfigError(f"secagg={server.secagg.name} sums equal-shaped delta updates; strategy={name} aggregates "
+                              f"{'heterogeneous-rank ' if kind == DELTA else ''}{kind} updates")
+        for what, value in (("robust", robust.name), ("dp", dp.name)):
+            if value != "none":
+                raise ConfigError(f"secagg={server.secagg.name} with {what}={value}: the server sees only the sum, so it "
+                                  f"cannot screen, clip or weigh single updates (use {what}=none)")
+        if server.codec.name not in LOSSLESS_CASTS:
+            raise ConfigError(f"secagg={server.secagg.name} with codec={server.codec.name}: compressed updates do not add "
+                              f"up; secure aggregation has its own fixed point (codec={' | '.join(LOSSLESS_CASTS)})")
+        if attack.name in DELTA_ONLY:
+            raise ConfigError(f"attack={attack.name} crafts delta replies; secure aggregation exchanges other messages")
     if attack.name != "none":
         if attack.fraction <= 0:
             raise ConfigError(f"attack={attack.name} needs attack.fraction in (0, 1), got {attack.fraction}")

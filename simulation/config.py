@@ -24,11 +24,11 @@ from strategies.runconfig import ConfigError, build, check, check_choice, flatte
 
 TOP_LEVEL_KEYS = (
     "model quant data partition method strategy codec device num_clients clients_per_round "
-    "rounds local_steps batch_size lr seed eval_every resume logger screen robust attack dp timeout_s keep_checkpoints"
+    "rounds local_steps batch_size lr seed eval_every resume logger screen robust attack dp secagg timeout_s keep_checkpoints"
 ).split()
 CLIENT_KEYS = ("model", "quant", "data", "partition", "method", "codec", "attack", "dp", "num_clients", "local_steps", "batch_size",
                "lr", "seed")
-SERVER_KEYS = ("strategy", "codec", "robust", "attack", "dp", "screen", "num_clients", "clients_per_round", "rounds", "local_steps",
+SERVER_KEYS = ("strategy", "codec", "robust", "attack", "dp", "secagg", "screen", "num_clients", "clients_per_round", "rounds", "local_steps",
                "eval_every", "seed", "resume", "logger", "timeout_s", "keep_checkpoints")
 
 

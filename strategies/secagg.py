@@ -39,9 +39,11 @@ limits each coordinate), or the sum itself (add DP for that).
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +66,8 @@ def prg(seed: bytes, n: int) -> np.ndarray:
 def neighbours(ids: Sequence[int], degree: int, seed: int) -> dict[int, list[int]]:
     """Each id's neighbours: a ``degree``-regular circulant graph over a seeded shuffle
     of ``ids`` (complete when ``degree >= len(ids) - 1``)."""
-    order = [int(i) for i in np.random.default_rng(seed).permutation(sorted(ids))]
+    ids = sorted(int(i) for i in ids)
+    order = [ids[k] for k in np.random.default_rng(seed).permutation(len(ids))]  # node ids exceed int64: shuffle positions
     n = len(order)
     if degree >= n - 1:
         return {i: [j for j in order if j != i] for i in order}
@@ -235,3 +238,205 @@ class FixedPoint:
         if weight <= 0:
             raise SecAggError("the secure sum carries no weight")
         return total[:-1].astype(np.float64) / weight / self.scale - self.clip_range, weight
+
+
+# -- the run's settings and the server's strategy wrapper -----------------------------------------
+@dataclass(frozen=True)
+class SecAggConfig:
+    """``secagg.name``: none, or secaggplus (delta updates summed under SecAgg+).
+
+    threshold: the fraction of a round's clients that must stay to the end (at least 2);
+    fewer and the round's sum cannot be recovered. degree: each client's neighbours
+    (0: all others, the original SecAgg; else a Harary graph of that degree).
+    clip_range, bits: the fixed-point encoding of each update coordinate.
+    """
+
+    name: str = "none"
+    threshold: float = 0.5
+    degree: int = 0
+    clip_range: float = 1.0
+    bits: int = 24
+
+    def __post_init__(self) -> None:
+        from strategies.runconfig import check
+
+        check(0 < self.threshold <= 1, "secagg.threshold", "a fraction in (0, 1]", self.threshold)
+        check(self.degree == 0 or self.degree >= 2, "secagg.degree", "0 (all) or an integer >= 2", self.degree)
+        check(self.clip_range > 0, "secagg.clip_range", "a number > 0", self.clip_range)
+        check(8 <= self.bits <= 32, "secagg.bits", "an integer in [8, 32]", self.bits)
+
+
+def _registry() -> Any:
+    from strategies.plugins import Registry
+
+    reg = Registry("secagg", SecAggConfig)
+    for name in ("none", "secaggplus"):
+        reg.add(name, SecAggConfig, "strategies.secagg:SecAggStrategy")
+    return reg
+
+
+SECAGG = _registry()
+
+
+@dataclass
+class RoundSecAgg:
+    """The server's view of one round's protocol."""
+
+    ids: list[int]
+    peers: dict[int, list[int]]
+    threshold: int
+    global_state: Mapping[str, np.ndarray]
+    public: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    metrics: dict[int, Any] = field(default_factory=dict)
+    first: dict[int, Any] = field(default_factory=dict)  # node -> its stage-0 reply
+    routed: dict[int, dict[int, bytes]] = field(default_factory=dict)  # recipient -> sender -> ciphertext
+    masked: dict[int, np.ndarray] = field(default_factory=dict)
+    shares: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    stage: int = 0
+
+
+class SecAggStrategy:
+    """A delta strategy (``inner``) fed the SecAgg+ sum of the round's updates as one
+    reply; the round loop runs the ``secagg`` exchange (:mod:`strategies.kinds.secagg`)."""
+
+    update_kind = "delta"  # what its clients' methods send
+    exchange = "secagg"  # what the round loop runs
+
+    def __init__(self, inner: Any, cfg: SecAggConfig, seed: int) -> None:
+        self.inner, self.cfg, self.seed = inner, cfg, seed
+        self.fixed = FixedPoint(cfg.clip_range, cfg.bits)
+        self._rs: RoundSecAgg | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["inner"], name)
+
+    def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Any:
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Any) -> Any:
+        return self.inner.aggregate_train(server_round, replies)
+
+    def settings(self) -> dict[str, Any]:
+        return {"secagg-clip-range": self.cfg.clip_range, "secagg-bits": self.cfg.bits, "secagg-seed": self.seed}
+
+    def start_round(self, rnd: int, nodes: Sequence[int], global_state: Mapping[str, np.ndarray]) -> RoundSecAgg:
+        n = len(nodes)
+        degree = n - 1 if self.cfg.degree == 0 else min(self.cfg.degree, n - 1)
+        threshold = max(2, math.ceil(self.cfg.threshold * n))
+        self._rs = RoundSecAgg(sorted(nodes), neighbours(nodes, degree, self.seed + rnd), threshold, global_state)
+        return self._rs
+
+    # -- screening, per stage ----------------------------------------------------------------------
+    def check_stage(self, rnd: int, reply: Any, stage: str, max_examples: int) -> str | None:
+        from strategies import wire
+
+        rs, node = self._rs, reply.metadata.src_node_id
+        if reply.has_error():
+            return wire.error_reason(reply)
+        if rs is None or node not in rs.peers:
+            return "a reply from a client not taking part in this round's secure aggregation"
+        c = reply.content
+        if stage == "keys":
+            pub = c.config_records.get("secagg-public")
+            if pub is None or not all(isinstance(pub.get(k), bytes) for k in ("c", "s")):
+                return "stage 'keys': no public keys"
+            n = c.metric_records.get(wire.METRICS, {}).get(wire.NUM_EXAMPLES)
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= max_examples:
+                return f"'{wire.NUM_EXAMPLES}' must be an integer in [1, {max_examples}], got {n!r}"
+            rs.public[node], rs.first[node] = (pub["c"], pub["s"]), reply
+        elif stage == "shares":
+            ciphers = c.config_records.get("secagg-ciphers")
+            if ciphers is None or {int(k) for k in ciphers.keys()} - set(rs.peers[node]):
+                return "stage 'shares': shares missing or addressed to clients that are not its neighbours"
+            for j, blob in ciphers.items():
+                rs.routed.setdefault(int(j), {})[node] = bytes(blob)
+        elif stage == "masked":
+            rec = c.array_records.get("secagg-masked")
+            size = sum(int(np.prod(v.shape)) for v in rs.global_state.values()) + 1
+            y = rec.get("y") if rec is not None else None
+            if y is None or np.dtype(y.dtype) != np.dtype("<u8") or tuple(y.shape) != (size,):
+                return f"stage 'masked': expected a uint64 vector of {size} values"
+            rs.masked[node] = y.numpy()
+        elif stage == "unmask":
+            got = c.config_records.get("secagg-ciphers")
+            if got is None:
+                return "stage 'unmask': no shares"
+            rs.shares[node] = {int(k): bytes(v) for k, v in got.items()}
+        else:
+            return f"a reply to an unknown stage ({stage})"
+        return None
+
+    def next_stage(self, rnd: int, latest: list[Any]) -> list[Any]:
+        """The next stage's messages to the clients that answered the last one."""
+        from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+        from strategies import wire
+
+        rs = self._rs
+        rs.stage += 1
+        alive = sorted(m.metadata.src_node_id for m in latest)
+        if rs.stage >= 4 or len(alive) < rs.threshold:
+            return []
+        out = []
+        for node in alive:
+            config: dict[str, Any] = {wire.SERVER_ROUND: rnd, "secagg-stage": ("keys", "shares", "masked", "unmask")[rs.stage]}
+            content = RecordDict()
+            if rs.stage == 1:
+                content["secagg-public"] = ConfigRecord({str(j): list(rs.public[j]) for j in rs.peers[node] if j in rs.public})
+            elif rs.stage == 2:
+                content["secagg-ciphers"] = ConfigRecord({str(j): b for j, b in rs.routed.get(node, {}).items() if j in alive})
+            else:
+                config["secagg-survivors"] = sorted(rs.masked)
+                config["secagg-dropped"] = sorted({j for i in rs.masked for j in rs.routed.get(i, {})} - set(rs.masked))
+            content[wire.CONFIG] = ConfigRecord(config)
+            content[wire.WIRE] = ConfigRecord({wire.KIND_KEY: wire.KIND_SECAGG, wire.CODEC_KEY: "fp32"})
+            out.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+        return out
+
+    def sum_reply(self, rnd: int, valid: list[Any]) -> list[Any]:
+        """The round's one reply for the inner strategy: ``global + mean update``, from
+        the sum alone ([] when it cannot be recovered; logged)."""
+        import logging
+
+        from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+        from strategies import wire
+
+        rs = self._rs
+        try:
+            total = unmasked_sum(rs.masked, rs.public, rs.peers, rs.shares,
+                                 {i: sorted(rs.routed.get(i, {})) for i in rs.masked}, rs.threshold)
+        except (SecAggError, ValueError) as err:
+            logging.getLogger("anther.server").warning("round %d: secure aggregation failed: %s", rnd, err)
+            return []
+        mean, weight = self.fixed.decode(total)
+        arrays, pos = {}, 0
+        for key in sorted(rs.global_state):
+            g = np.asarray(rs.global_state[key], dtype=np.float64)
+            arrays[key] = (g + mean[pos:pos + g.size].reshape(g.shape)).astype(np.float32)
+            pos += g.size
+        firsts = [rs.first[i] for i in sorted(rs.masked)]
+        losses = [(float(m.content[wire.METRICS].get(wire.TRAIN_LOSS, np.nan)), int(m.content[wire.METRICS][wire.NUM_EXAMPLES]))
+                  for m in firsts]
+        metrics = {wire.NUM_EXAMPLES: weight}
+        finite = [(v, k) for v, k in losses if np.isfinite(v)]
+        if finite:
+            metrics[wire.TRAIN_LOSS] = sum(v * k for v, k in finite) / sum(k for _, k in finite)
+        content = RecordDict({wire.ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                              wire.METRICS: MetricRecord(metrics)})
+        return [Message(content, reply_to=firsts[0])]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        from strategies.state import get_strategy_state
+
+        return get_strategy_state(self.inner)
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        from strategies.state import set_strategy_state
+
+        set_strategy_state(self.inner, state)
+
+
+def wrap(strategy: Any, cfg: SecAggConfig, seed: int) -> Any:
+    """``strategy`` fed by secure aggregation (as it is with ``secagg=none``)."""
+    return strategy if cfg.name == "none" else SecAggStrategy(strategy, cfg, seed)

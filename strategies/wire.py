@@ -36,3 +36,4 @@ def error_reason(msg) -> str:
 KIND_DELTA = "delta"
 KIND_SEEDS = "seeds"
 KIND_ACTIVATIONS = "activations"
+KIND_SECAGG = "secagg"  # delta updates summed under secure aggregation

@@ -18,10 +18,20 @@ from __future__ import annotations
 from strategies.kinds.activations import ActivationsKind
 from strategies.kinds.base import ClientCall, RoundExchange, UpdateKind
 from strategies.kinds.delta import DeltaKind
+from strategies.kinds.secagg import SecAggKind
 from strategies.kinds.seeds import SeedsKind
 from strategies.runconfig import check_choice
 
-KINDS: dict[str, UpdateKind] = {k.name: k for k in (DeltaKind(), SeedsKind(), ActivationsKind())}
+KINDS: dict[str, UpdateKind] = {k.name: k for k in (DeltaKind(), SeedsKind(), ActivationsKind(), SecAggKind())}
+
+
+def serving_kind(method_kind: str, downlink_kind: str | None) -> UpdateKind:
+    """The kind that serves a downlink: the one it names when that kind carries the
+    method's updates (secure aggregation carries delta updates), else the method's."""
+    named = KINDS.get(downlink_kind or "")
+    if named is not None and getattr(named, "carries", None) == method_kind:
+        return named
+    return get_kind(method_kind)
 
 
 def get_kind(name: str) -> UpdateKind:
@@ -30,4 +40,4 @@ def get_kind(name: str) -> UpdateKind:
     return KINDS[name]
 
 
-__all__ = ["KINDS", "ClientCall", "RoundExchange", "UpdateKind", "get_kind"]
+__all__ = ["KINDS", "ClientCall", "RoundExchange", "UpdateKind", "get_kind", "serving_kind"]

@@ -83,6 +83,7 @@ class UpdateKind:
     (reaching the global state, encoding the reply). Subclasses override what differs."""
 
     name: str = ""
+    carries: str | None = None  # a kind that wraps another's updates (secagg: delta) names it
     resamplable: bool = True  # a round may ask further clients after its first ones answered
 
     # -- server --------------------------------------------------------------------------

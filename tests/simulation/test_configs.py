@@ -168,18 +168,20 @@ def test_dataclass_defaults_equal_the_yaml_defaults():
     from strategies.adversary import ATTACKS
     from strategies.codecs import CODECS
     from strategies.registry import STRATEGIES
+    from strategies.dp import DP
     from strategies.robust import ROBUST
+    from strategies.secagg import SECAGG
 
     sim = _validate([])
     assert sim.client == ClientConfig()
     assert dataclasses.replace(sim.server, run_dir=ServerConfig().run_dir) == ServerConfig()
     assert sim.device == DeviceProfile()
     for group, registry in (("method", METHODS), ("strategy", STRATEGIES), ("codec", CODECS), ("partition", PARTITIONERS),
-                            ("robust", ROBUST), ("attack", ATTACKS)):
+                            ("robust", ROBUST), ("attack", ATTACKS), ("dp", DP), ("secagg", SECAGG)):
         assert set(group_choices(group)) == set(registry), group  # a YAML per plug-in, a plug-in per YAML
         for name in registry:
             sim = _validate([f"{group}={name}", *REQUIRED.get((group, name), [])])
-            got = getattr(sim.server if group in ("strategy", "robust") else sim.client, group)
+            got = getattr(sim.server if group in ("strategy", "robust", "secagg") else sim.client, group)
             assert got == registry[name].config(name=name), (group, name)
 
 

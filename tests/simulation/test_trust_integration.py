@@ -71,6 +71,11 @@ def _check(overrides, tmp_path):
     (["dp=server", "method=zo_seed", "strategy=fedkseed"], "seed updates: not yet"),
     (["dp=server", "dp.noise_multiplier=-1"], "dp.noise_multiplier"),
     (["codec=int8", "method=zo_seed", "strategy=fedkseed"], "compresses delta updates"),
+    (["secagg=secaggplus", "robust=median"], "cannot screen, clip or weigh single updates"),
+    (["secagg=secaggplus", "dp=server"], "cannot screen, clip or weigh single updates"),
+    (["secagg=secaggplus", "codec=int8"], "compressed updates do not add up"),
+    (["secagg=secaggplus", "method=zo_seed", "strategy=fedkseed"], "sums equal-shaped delta updates"),
+    (["secagg=secaggplus", "secagg.threshold=0"], "secagg.threshold"),
     (["screen.norm_bound=0.5"], "screen.norm_bound"),
     (["screen.min_valid_replies=0"], "screen.min_valid_replies"),
 ])
