@@ -123,7 +123,9 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
                       steps=steps, initial_state=lambda: rt.initial_state, train=train, batch=batch, seeded=seeded,
                       metrics=metrics)
     reply = kind.serve(call)
-    return craft_reply(cfg.attack, reply, (cfg.seed, int(round_cfg.get(wire.SERVER_ROUND, 0)), ident)) if attacking else reply
+    if not attacking:
+        return reply
+    return craft_reply(cfg.attack, reply, (cfg.seed, int(round_cfg.get(wire.SERVER_ROUND, 0)), ident))
 
 
 def _env_run_config() -> dict[str, Any]:

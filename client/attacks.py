@@ -39,7 +39,8 @@ def _rng(seed: int, rnd: int, ident: int) -> np.random.Generator:
     return np.random.default_rng([seed, rnd, ident, 0xBAD])
 
 
-def craft_update(cfg: AttackConfig, update: Update, start: Mapping[str, torch.Tensor], rng_key: tuple[int, int, int]) -> Update:
+def craft_update(cfg: AttackConfig, update: Update, start: Mapping[str, torch.Tensor] | None,
+                 rng_key: tuple[int, int, int]) -> Update:
     """The update an attacker sends instead of ``update`` (``start``: the state it was sent)."""
     name, factor = cfg.name, float(cfg.factor)
     if name in ("labelflip", "fuzz", "none"):
@@ -58,7 +59,8 @@ def craft_update(cfg: AttackConfig, update: Update, start: Mapping[str, torch.Te
         g = start[key].float()[tuple(slice(0, n) for n in value.shape)]  # a self-pruned LoRA rank: its leading block
         d = value.float() - g
         state[key] = {
-            "signflip": lambda: g - factor * d, "scale": lambda: g + factor * d, "nonfinite": lambda: torch.full_like(g, float("nan")),
+            "signflip": lambda: g - factor * d, "scale": lambda: g + factor * d,
+            "nonfinite": lambda: torch.full_like(g, float("nan")),
             "noise": lambda: g + torch.from_numpy(rng.normal(0.0, factor, tuple(g.shape)).astype(np.float32)),
             "freerider": lambda: g.clone(),
         }[name]()

@@ -331,7 +331,8 @@ class RoundLoop:
         tally.rejected += 1
 
     @classmethod
-    def _screen(cls, rnd: int, replies: list[Message], tally: RoundTally, check: Callable[[Message], str | None]) -> list[Message]:
+    def _screen(cls, rnd: int, replies: list[Message], tally: RoundTally,
+                check: Callable[[Message], str | None]) -> list[Message]:
         """Valid replies sorted by client identity (aggregation order independent of
         arrival order); each rejection is logged with its reason and counted."""
         valid: list[tuple[int, Message]] = []

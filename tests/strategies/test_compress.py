@@ -1,7 +1,6 @@
 """Compressing codecs (strategies/compress.py): round trips within their documented
 error, packed updates against the downlink, error feedback, bytes, and layout checks."""
 
-import math
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
 
 from strategies import wire
 from strategies.codecs import Int8Config, NF4Config, TopKConfig, get_codec
-from strategies.kinds.delta import check_reply, state_content
+from strategies.kinds.delta import check_reply
 from strategies.runconfig import ConfigError
 
 G = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from client.config import ClientConfig, ModelConfig
 from server.config import ServerConfig
 from strategies import wire
-from strategies.codecs import CODECS, LOSSLESS_CASTS, get_codec
+from strategies.codecs import LOSSLESS_CASTS, get_codec
 from strategies.runconfig import ConfigError, flatten, unflatten
 from strategies.kinds.delta import check_reply
 
