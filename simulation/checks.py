@@ -216,62 +216,97 @@ def check_ranks(client: ClientConfig, server: ServerConfig) -> None:
 
 
 def check_trust(client: ClientConfig, server: ServerConfig) -> None:
-    """A compressing codec, a robust rule or an attack must fit the strategy's update kind
-    (and a robust rule the round size)."""
-    from strategies.adversary import DELTA_ONLY
+    """A compressing codec, a robust rule, DP, secure aggregation or an attack must fit
+    the strategy's update kind (and a robust rule the round size), and one another."""
     from strategies.registry import DELTA, HETERO_RANK, strategy_kind
 
+    kind = strategy_kind(server.strategy)
+    name = server.strategy.target or server.strategy.name
+    hetero = kind == DELTA and not server.strategy.target and server.strategy.name in HETERO_RANK
+    what = f"{'heterogeneous-rank ' if hetero else ''}{kind} updates"
+    equal_deltas = kind == DELTA and not hetero
+    _check_codec(server, kind, name)
+    _check_robust(server, kind, name, what, equal_deltas)
+    _check_dp(server, name, what, equal_deltas)
+    _check_secagg(client, server, name, what, equal_deltas)
+    _check_attack(client, kind, name)
+
+
+def _check_codec(server: ServerConfig, kind: str, name: str) -> None:
     from strategies.codecs import LOSSLESS_CASTS
 
-    kind = strategy_kind(server.strategy)
-    robust, attack = server.robust, client.attack
-    if server.codec.name not in LOSSLESS_CASTS and kind != DELTA:
-        raise ConfigError(f"codec={server.codec.name} compresses delta updates; strategy="
-                          f"{server.strategy.target or server.strategy.name} exchanges {kind} updates "
+    if server.codec.name not in LOSSLESS_CASTS and kind != "delta":
+        raise ConfigError(f"codec={server.codec.name} compresses delta updates; strategy={name} exchanges {kind} updates "
                           f"(codec={' | '.join(LOSSLESS_CASTS)})")
-    if robust.name != "none":
-        if kind != DELTA or (not server.strategy.target and server.strategy.name in HETERO_RANK):
-            raise ConfigError(f"robust={robust.name} aggregates equal-shaped delta updates; strategy="
-                              f"{server.strategy.target or server.strategy.name} aggregates "
-                              f"{'heterogeneous-rank ' if kind == DELTA else ''}{kind} updates (use robust=none)")
-        if server.clients_per_round < robust.min_replies():
-            raise ConfigError(f"robust={robust.name} with num_malicious={robust.num_malicious} needs "
-                              f"{robust.requirement()} replies per round; clients_per_round={server.clients_per_round}")
-    dp = server.dp
-    if dp.name != "none":
-        name = server.strategy.target or server.strategy.name
-        if kind != DELTA or (not server.strategy.target and server.strategy.name in HETERO_RANK):
-            raise ConfigError(f"dp={dp.name} clips and noises equal-shaped delta updates; strategy={name} aggregates "
-                              f"{'heterogeneous-rank ' if kind == DELTA else ''}{kind} updates (seed updates: not yet)")
-        if robust.name != "none":
-            raise ConfigError(f"dp={dp.name} with robust={robust.name}: the privacy wrapper's clipping already bounds "
-                              "every update; use one of them")
-        if dp.target_epsilon > 0:
-            from strategies.dp import noise_for
 
-            noise_for(dp.target_epsilon, server.rounds, server.clients_per_round, server.num_clients, dp.delta)
-    if server.secagg.name != "none":
-        name = server.strategy.target or server.strategy.name
-        if kind != DELTA or (not server.strategy.target and server.strategy.name in HETERO_RANK):
-            raise ConfigError(f"secagg={server.secagg.name} sums equal-shaped delta updates; strategy={name} aggregates "
-                              f"{'heterogeneous-rank ' if kind == DELTA else ''}{kind} updates")
-        for what, value in (("robust", robust.name), ("dp", dp.name)):
-            if value != "none":
-                raise ConfigError(f"secagg={server.secagg.name} with {what}={value}: the server sees only the sum, so it "
-                                  f"cannot screen, clip or weigh single updates (use {what}=none)")
-        if server.codec.name not in LOSSLESS_CASTS:
-            raise ConfigError(f"secagg={server.secagg.name} with codec={server.codec.name}: compressed updates do not add "
-                              f"up; secure aggregation has its own fixed point (codec={' | '.join(LOSSLESS_CASTS)})")
-        if attack.name in DELTA_ONLY:
-            raise ConfigError(f"attack={attack.name} crafts delta replies; secure aggregation exchanges other messages")
-    if attack.name != "none":
-        if attack.fraction <= 0:
-            raise ConfigError(f"attack={attack.name} needs attack.fraction in (0, 1), got {attack.fraction}")
-        if attack.name in DELTA_ONLY and kind != DELTA:
-            raise ConfigError(f"attack={attack.name} crafts delta replies; strategy="
-                              f"{server.strategy.target or server.strategy.name} aggregates {kind} updates")
-        if kind == "activations":
-            raise ConfigError(f"attack={attack.name}: adversaries are not simulated in split training (method=split)")
+
+def _check_robust(server: ServerConfig, kind: str, name: str, what: str, equal_deltas: bool) -> None:
+    from strategies.robust import SEED_RULES
+
+    robust = server.robust
+    if robust.name == "none":
+        return
+    if kind == "seeds":
+        if robust.name not in SEED_RULES:
+            raise ConfigError(f"robust={robust.name} does not apply to seed updates; for strategy={name}: "
+                              f"robust={' | '.join(SEED_RULES)}")
+        return
+    if not equal_deltas:
+        raise ConfigError(f"robust={robust.name} aggregates equal-shaped delta updates; strategy={name} aggregates "
+                          f"{what} (use robust=none)")
+    if server.clients_per_round < robust.min_replies():
+        raise ConfigError(f"robust={robust.name} with num_malicious={robust.num_malicious} needs "
+                          f"{robust.requirement()} replies per round; clients_per_round={server.clients_per_round}")
+
+
+def _check_dp(server: ServerConfig, name: str, what: str, equal_deltas: bool) -> None:
+    dp = server.dp
+    if dp.name == "none":
+        return
+    if not equal_deltas:
+        raise ConfigError(f"dp={dp.name} clips and noises equal-shaped delta updates; strategy={name} aggregates "
+                          f"{what} (seed updates: not yet)")
+    if server.robust.name != "none":
+        raise ConfigError(f"dp={dp.name} with robust={server.robust.name}: the privacy wrapper's clipping already "
+                          "bounds every update; use one of them")
+    if dp.target_epsilon > 0:
+        from strategies.dp import noise_for
+
+        noise_for(dp.target_epsilon, server.rounds, server.clients_per_round, server.num_clients, dp.delta)
+
+
+def _check_secagg(client: ClientConfig, server: ServerConfig, name: str, what: str, equal_deltas: bool) -> None:
+    from strategies.adversary import DELTA_ONLY
+    from strategies.codecs import LOSSLESS_CASTS
+
+    secagg = server.secagg
+    if secagg.name == "none":
+        return
+    if not equal_deltas:
+        raise ConfigError(f"secagg={secagg.name} sums equal-shaped delta updates; strategy={name} aggregates {what}")
+    for key, value in (("robust", server.robust.name), ("dp", server.dp.name)):
+        if value != "none":
+            raise ConfigError(f"secagg={secagg.name} with {key}={value}: the server sees only the sum, so it cannot "
+                              f"screen, clip or weigh single updates (use {key}=none)")
+    if server.codec.name not in LOSSLESS_CASTS:
+        raise ConfigError(f"secagg={secagg.name} with codec={server.codec.name}: compressed updates do not add up; "
+                          f"secure aggregation has its own fixed point (codec={' | '.join(LOSSLESS_CASTS)})")
+    if client.attack.name in DELTA_ONLY:
+        raise ConfigError(f"attack={client.attack.name} crafts delta replies; secure aggregation exchanges other messages")
+
+
+def _check_attack(client: ClientConfig, kind: str, name: str) -> None:
+    from strategies.adversary import DELTA_ONLY
+
+    attack = client.attack
+    if attack.name == "none":
+        return
+    if attack.fraction <= 0:
+        raise ConfigError(f"attack={attack.name} needs attack.fraction in (0, 1), got {attack.fraction}")
+    if attack.name in DELTA_ONLY and kind != "delta":
+        raise ConfigError(f"attack={attack.name} crafts delta replies; strategy={name} aggregates {kind} updates")
+    if kind == "activations":
+        raise ConfigError(f"attack={attack.name}: adversaries are not simulated in split training (method=split)")
 
 
 def check_resume(server: ServerConfig, client: ClientConfig | None = None) -> None:

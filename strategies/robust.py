@@ -24,6 +24,10 @@ Flower's own (``flwr.server.strategy.aggregate``: each builds a clients x parame
 matrix, which PEFT states keep small). When screening leaves fewer replies than a rule
 needs, that round falls back to the median, with a warning. Replies of different shapes
 (heterogeneous LoRA ranks) are not supported: a config error says so.
+
+Seed strategies (FedKSeed, FwdLLM) take ``clip`` and ``median`` on their clients'
+scalars instead (:func:`strategies.seeds.replies.robust_coefficients`): clip bounds each
+client's scalar vector, median replaces each seed's mean over the clients that used it.
 """
 
 from __future__ import annotations
@@ -230,6 +234,15 @@ class RobustStrategy:
         set_strategy_state(self.inner, state)
 
 
+SEED_RULES = ("clip", "median")  # the rules seed strategies apply to their scalars
+
+
 def wrap(strategy: Any, cfg: RobustConfig) -> Any:
-    """``strategy`` behind the configured robust rule (as it is with ``robust=none``)."""
-    return strategy if cfg.name == "none" else RobustStrategy(strategy, cfg)
+    """``strategy`` behind the configured robust rule (as it is with ``robust=none``);
+    a seed strategy applies ``clip`` or ``median`` to its clients' scalars itself."""
+    if cfg.name == "none":
+        return strategy
+    if getattr(strategy, "update_kind", "delta") == wire.KIND_SEEDS:
+        strategy.robust = (cfg.name, float(getattr(cfg, "max_norm", 0.0)))
+        return strategy
+    return RobustStrategy(strategy, cfg)

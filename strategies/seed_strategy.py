@@ -64,6 +64,12 @@ class SeedStrategy(Strategy):
         self._ident: dict[int, int] = {}  # node id -> identity, for this round
         self.assigned: dict[int, dict[int, np.ndarray]] = {}  # node -> request -> pool indices, this round
         self._accepted: dict[int, tuple[Message, sd.SeedReply]] = {}  # id(reply) -> (reply, parsed), this round
+        self.robust: tuple[str, float] = ("none", 0.0)  # robust=clip|median for seed updates (strategies/robust.py)
+
+    def coefficients(self, replies: list[sd.SeedReply], scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """The round's per-seed coefficients: FedAvg's, or behind ``self.robust``."""
+        rule, max_norm = self.robust
+        return sd.robust_coefficients(replies, scale, rule, max_norm)
 
     # -- hooks for subclasses ------------------------------------------------------------
     def pool_round(self, rnd: int) -> int:
@@ -176,7 +182,7 @@ class SeedStrategy(Strategy):
 
     def round_update(self, rnd: int, replies: list[sd.SeedReply]) -> sd.RoundUpdate:
         """FedKSeed's rule: the example-weighted average of the clients' local updates."""
-        index, coeff = sd.weighted_coefficients(replies, -self.round_lr(rnd) * self.cfg.server_lr)
+        index, coeff = self.coefficients(replies, -self.round_lr(rnd) * self.cfg.server_lr)
         return sd.RoundUpdate(rnd, self.pool_round(rnd), index, coeff)
 
     def _parse(self, rnd: int, msg: Message) -> sd.SeedReply | None:

@@ -30,10 +30,10 @@ from strategies.seeds.frame import FRAME_VERSION, ReplyFrame, decode_scalars, en
 from strategies.seeds.history import History, RoundUpdate
 from strategies.seeds.keys import *  # noqa: F403 - the keys are the format's vocabulary
 from strategies.seeds.pool import draw_indices, draw_seed, index_dtype, ordered, pack, seed_pool, unpack
-from strategies.seeds.replies import SeedReply, check_seed_reply, weighted_coefficients
+from strategies.seeds.replies import SeedReply, check_seed_reply, robust_coefficients, weighted_coefficients
 
 __all__ = [
     "FRAME_VERSION", "History", "ReplyFrame", "RoundUpdate", "SeedReply", "check_seed_reply", "decode_scalars",
     "draw_indices", "draw_seed", "encode_scalars", "frame_record", "index_dtype", "ordered", "pack", "seed_pool",
-    "unpack", "weighted_coefficients",
+    "unpack", "robust_coefficients", "weighted_coefficients",
 ]

@@ -79,6 +79,40 @@ def check_seed_reply(
     return SeedReply(np.asarray(index[:count], dtype=np.int64), frame.scalar, frame.num_examples, metrics), None
 
 
+def robust_coefficients(replies: Sequence[SeedReply], scale: float, rule: str = "none",
+                        max_norm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`weighted_coefficients` behind a robust rule (``robust=``, seed updates).
+
+    clip: each client's scalars scaled to L2 norm at most ``max_norm`` (0: the round's
+    median norm); a client's update ``sum_j scalar_j z_j`` has a norm proportional to its
+    scalars' (independent z), so this bounds every client's influence.
+    median: per seed, FedAvg's coefficient with the mean over the clients that reported
+    the seed replaced by their median: ``(W_k / W) * median_c sum_{j: index=k} scalar_cj``
+    (``W_k``: their examples). Where one client alone used a seed it is that client's
+    value, so the median protects the seeds several clients share; clip bounds the rest.
+    """
+    if rule == "none" or not replies:
+        return weighted_coefficients(replies, scale)
+    if rule == "clip":
+        norms = [float(np.linalg.norm(r.scalar)) for r in replies]
+        bound = max_norm or float(np.median(norms))
+        clipped = [SeedReply(r.index, r.scalar * (min(1.0, bound / n) if n > 0 else 1.0), r.weight, r.metrics)
+                   for r, n in zip(replies, norms)]
+        return weighted_coefficients(clipped, scale)
+    total = float(sum(r.weight for r in replies))
+    per_seed: dict[int, list[tuple[float, int]]] = {}
+    for r in replies:
+        uniq, inv = np.unique(r.index, return_inverse=True)
+        sums = np.zeros(len(uniq))
+        np.add.at(sums, inv, r.scalar)
+        for k, v in zip(uniq.tolist(), sums.tolist()):
+            per_seed.setdefault(k, []).append((v, r.weight))
+    index = np.asarray(sorted(per_seed), dtype=np.int64)
+    coeff = np.asarray([sum(w for _, w in per_seed[k]) / total * float(np.median([v for v, _ in per_seed[k]]))
+                        for k in index.tolist()])
+    return index, (scale * coeff).astype(np.float32)
+
+
 def weighted_coefficients(replies: Sequence[SeedReply], scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Unique indices and ``scale * sum_c w_c sum_{j: index=k} scalar_cj / sum_c w_c`` (float32).
 

@@ -62,7 +62,7 @@ def _check(overrides, tmp_path):
     (["robust=krum", "robust.num_malicious=2", "clients_per_round=5"], r"needs n > 2f \+ 2 = 6 replies per round"),
     (["robust=bulyan", "clients_per_round=5"], r"needs n >= 4f \+ 3 = 7"),
     (["robust=median", "strategy=hetlora", "method.rank_choices=[2,4]"], "heterogeneous-rank delta"),
-    (["robust=median", "method=zo_seed", "strategy=fedkseed"], "aggregates seeds updates"),
+    (["robust=krum", "method=zo_seed", "strategy=fedkseed"], "does not apply to seed updates"),
     (["attack=scale", "attack.fraction=1.0"], r"attack.fraction: expected a number in \[0, 1\)"),
     (["attack=fuzz", "method=zo_seed", "strategy=fedkseed"], "crafts delta replies"),
     (["attack=bogus"], "unknown attack; choose one of freerider"),

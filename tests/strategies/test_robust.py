@@ -126,3 +126,41 @@ def test_bad_settings_are_config_errors(cfg, match):
 
     with pytest.raises(ConfigError, match=match):
         cfg()
+
+
+# -- seed updates: the scalars behind clip and median --------------------------------------------
+def _seed_reply(index, scalar, weight):
+    from strategies.seeds import SeedReply
+
+    return SeedReply(np.asarray(index, dtype=np.int64), np.asarray(scalar, dtype=np.float64), weight, {})
+
+
+def test_seed_clip_bounds_each_clients_scalars():
+    from strategies.seeds import robust_coefficients
+
+    replies = [_seed_reply([0, 1], [3.0, 4.0], 1), _seed_reply([2], [0.5], 1)]  # norms 5 and 0.5
+    index, coeff = robust_coefficients(replies, -1.0, "clip", max_norm=1.0)
+    np.testing.assert_array_equal(index, [0, 1, 2])
+    np.testing.assert_allclose(coeff, [-0.6 / 2, -0.8 / 2, -0.5 / 2], rtol=1e-6)  # (3,4) -> (0.6,0.8); mean over 2
+
+
+def test_seed_median_replaces_each_seeds_mean_over_its_reporters():
+    from strategies.seeds import robust_coefficients, weighted_coefficients
+
+    replies = [_seed_reply([0, 1], [1.0, 2.0], 10), _seed_reply([0], [1.2], 10), _seed_reply([0, 0], [500.0, 500.0], 20)]
+    index, coeff = robust_coefficients(replies, 1.0, "median")
+    np.testing.assert_array_equal(index, [0, 1])
+    # seed 0: reported by all (W_k / W = 1), median(1.0, 1.2, 1000) = 1.2; seed 1: one reporter, 10/40 x 2.0
+    np.testing.assert_allclose(coeff, [1.2, 0.5], rtol=1e-6)
+    plain = weighted_coefficients(replies, 1.0)[1]
+    assert plain[0] > 400 and plain[1] == pytest.approx(0.5)  # FedAvg takes the attacker's 1000 at half weight
+
+
+def test_a_seed_strategy_takes_clip_and_median_itself():
+    from strategies.config import SeedConfig
+    from strategies.robust import RobustConfig
+
+    s = build_strategy(SeedConfig(name="fedkseed", num_seeds=16))
+    assert wrap(s, ClipConfig(max_norm=2.0)) is s and s.robust == ("clip", 2.0)
+    assert wrap(s, MedianConfig()) is s and s.robust == ("median", 0.0)
+    assert wrap(build_strategy(SeedConfig(name="fedkseed")), RobustConfig()).robust == ("none", 0.0)
