@@ -74,6 +74,8 @@ class ServerConfig:
         check(self.rounds >= 1, "rounds", "an integer >= 1", self.rounds)
         check_choice("resume", self.resume, RESUME_MODES)
         object.__setattr__(self, "logger", parse_logger(self.logger))
+        check(self.screen.min_valid_replies <= self.clients_per_round, "screen.min_valid_replies",
+              f"an integer <= clients_per_round={self.clients_per_round}", self.screen.min_valid_replies)
         check(self.keep_checkpoints >= 0, "keep_checkpoints", "an integer >= 0 (0: keep all)", self.keep_checkpoints)
         check(self.timeout_s > 0, "timeout_s", "a number > 0 (seconds)", self.timeout_s)
         check(self.eval_every >= 0, "eval_every", "an integer >= 0 (0 = only after the last round)", self.eval_every)

@@ -249,10 +249,11 @@ class RoundLoop:
             log.warning("round %d: %d valid update(s), fewer than screen.min_valid_replies=%d; asking %d more client(s)",
                         rnd, len(valid), screen.min_valid_replies, len(idents))
         if len(valid) < screen.min_valid_replies:
+            kept = f"the checkpoint after round {rnd - 1} is kept (resume=true continues)" if rnd > 1 else "nothing was trained"
             raise RoundFailed(
                 f"round {rnd}: {len(valid)} valid update(s) from {len(tally.asked)} client(s) asked, fewer than "
-                f"screen.min_valid_replies={screen.min_valid_replies} after {tally.resampled} further client(s); the "
-                f"checkpoint after round {rnd - 1} is kept (see the rejections above; resume=true continues)"
+                f"screen.min_valid_replies={screen.min_valid_replies} after {tally.resampled} further client(s); "
+                f"{kept}; the rejections above say why"
             )
         reported = common_metrics(valid, wire.METRICS)
         arrays, agg_metrics = self.strategy.aggregate_train(rnd, valid)

@@ -78,6 +78,7 @@ def _check(overrides, tmp_path):
     (["secagg=secaggplus", "secagg.threshold=0"], "secagg.threshold"),
     (["screen.norm_bound=0.5"], "screen.norm_bound"),
     (["screen.min_valid_replies=0"], "screen.min_valid_replies"),
+    (["screen.min_valid_replies=6", "clients_per_round=5"], "an integer <= clients_per_round=5"),
 ])
 def test_bad_trust_settings_are_config_errors(overrides, match, tmp_path):
     with pytest.raises(ConfigError, match=match):
