@@ -263,9 +263,12 @@ def _check_dp(server: ServerConfig, name: str, what: str, equal_deltas: bool) ->
     dp = server.dp
     if dp.name == "none":
         return
-    if not equal_deltas:
-        raise ConfigError(f"dp={dp.name} clips and noises equal-shaped delta updates; strategy={name} aggregates "
-                          f"{what} (seed updates: not yet)")
+    seeds = what == "seeds updates"
+    if seeds and dp.name == "client":
+        raise ConfigError(f"dp=client with strategy={name}: seed updates are clipped on the server; use dp=server")
+    if not (equal_deltas or seeds):
+        raise ConfigError(f"dp={dp.name} clips and noises equal-shaped delta or seed updates; strategy={name} aggregates "
+                          f"{what}")
     if server.robust.name != "none":
         raise ConfigError(f"dp={dp.name} with robust={server.robust.name}: the privacy wrapper's clipping already "
                           "bounds every update; use one of them")

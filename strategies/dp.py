@@ -1,5 +1,5 @@
 """Client-level differential privacy (``dp=server|client``) as a wrapper over any delta
-strategy, with Flower's RDP accountant (Google's ``dp-accounting``) under the run's
+strategy (seed strategies: :mod:`strategies.seeds.private`), with Flower's RDP accountant (Google's ``dp-accounting``) under the run's
 actual sampling.
 
 Per round (DP-FedAvg, McMahan et al. 2018): every update ``d_i = state_i - global`` is
@@ -207,7 +207,16 @@ class DPStrategy:
 
 
 def wrap(strategy: Any, cfg: DPConfig, num_clients: int, clients_per_round: int, seed: int, rounds: int) -> Any:
-    """``strategy`` behind client-level DP (as it is with ``dp=none``)."""
+    """``strategy`` behind client-level DP (as it is with ``dp=none``); a seed strategy
+    clips and noises its per-seed coefficients itself (:mod:`strategies.seeds.private`)."""
     if cfg.name == "none":
+        return strategy
+    if getattr(strategy, "update_kind", "delta") == wire.KIND_SEEDS:
+        from strategies.seeds.private import SeedPrivacy
+
+        sigma = (noise_for(cfg.target_epsilon, rounds, clients_per_round, num_clients, cfg.delta)
+                 if cfg.target_epsilon > 0 else cfg.noise_multiplier)
+        key = secrets.randbits(63) if cfg.secret_noise else seed
+        strategy.privacy = SeedPrivacy(cfg, sigma, num_clients, clients_per_round, key)
         return strategy
     return DPStrategy(strategy, cfg, num_clients, clients_per_round, seed, rounds)

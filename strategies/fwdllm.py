@@ -201,7 +201,7 @@ class FwdLLM(SeedStrategy):
     def round_update(self, rnd: int, replies: list[sd.SeedReply]) -> sd.RoundUpdate:
         """``-lr_t * server_lr *`` the example-weighted mean of the clients' estimates,
         each the mean over all of its requests (:func:`combine_asks`)."""
-        index, coeff = self.coefficients(combine_asks(replies), -self.round_lr(rnd) * self.cfg.server_lr)
+        index, coeff = self.coefficients(combine_asks(replies), -self.round_lr(rnd) * self.cfg.server_lr, rnd)
         self._staged = sd.RoundUpdate(rnd, self.pool_round(rnd), index, coeff)
         return self._staged
 

@@ -65,9 +65,13 @@ class SeedStrategy(Strategy):
         self.assigned: dict[int, dict[int, np.ndarray]] = {}  # node -> request -> pool indices, this round
         self._accepted: dict[int, tuple[Message, sd.SeedReply]] = {}  # id(reply) -> (reply, parsed), this round
         self.robust: tuple[str, float] = ("none", 0.0)  # robust=clip|median for seed updates (strategies/robust.py)
+        self.privacy: Any = None  # dp=server: a strategies.seeds.private.SeedPrivacy
 
-    def coefficients(self, replies: list[sd.SeedReply], scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """The round's per-seed coefficients: FedAvg's, or behind ``self.robust``."""
+    def coefficients(self, replies: list[sd.SeedReply], scale: float, rnd: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The round's per-seed coefficients: FedAvg's, behind ``self.robust``, or
+        clipped and noised over the whole pool with ``self.privacy``."""
+        if self.privacy is not None:
+            return self.privacy.coefficients(replies, scale, self.cfg.num_seeds, rnd)
         rule, max_norm = self.robust
         return sd.robust_coefficients(replies, scale, rule, max_norm)
 
@@ -177,12 +181,13 @@ class SeedStrategy(Strategy):
         self.current = {k: t.numpy() for k, t in params.items()}
         self.history.append(update, self.state_bytes())
         self.on_round_aggregated(server_round, parsed)
-        metrics = MetricRecord({"unique-seeds": len(update.index), "pairs": int(sum(len(p.index) for p in parsed))})
+        metrics = MetricRecord({"unique-seeds": len(update.index), "pairs": int(sum(len(p.index) for p in parsed)),
+                                **(self.privacy.account(len(self.assigned)) if self.privacy is not None else {})})
         return ArrayRecord({k: Array(v) for k, v in self.current.items()}), metrics
 
     def round_update(self, rnd: int, replies: list[sd.SeedReply]) -> sd.RoundUpdate:
         """FedKSeed's rule: the example-weighted average of the clients' local updates."""
-        index, coeff = self.coefficients(replies, -self.round_lr(rnd) * self.cfg.server_lr)
+        index, coeff = self.coefficients(replies, -self.round_lr(rnd) * self.cfg.server_lr, rnd)
         return sd.RoundUpdate(rnd, self.pool_round(rnd), index, coeff)
 
     def _parse(self, rnd: int, msg: Message) -> sd.SeedReply | None:
@@ -208,8 +213,10 @@ class SeedStrategy(Strategy):
 
     # -- checkpoint ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        return self.history.state_dict()
+        return {**self.history.state_dict(), **(self.privacy.state_dict() if self.privacy is not None else {})}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         self.history.load_state_dict(state)
+        if self.privacy is not None:
+            self.privacy.load_state_dict(state)
         self.synced = {}  # clients' processes may have restarted: resync each one

@@ -48,6 +48,14 @@ def test_client_level_dp_reports_epsilon_and_rejects_unclipped_updates(tmp_path)
     assert 0 < got[0]["dp_epsilon"] < got[1]["dp_epsilon"] and got[0]["dp_noise_multiplier"] == 1.0
 
 
+def test_dp_on_seed_updates_reports_epsilon(tmp_path):
+    run_dir = simulation.run([*TINY, "num_clients=4", "clients_per_round=2", "rounds=2", "method=zo_seed",
+                              "strategy=fedkseed", "strategy.num_seeds=64", "dp=server", "dp.clip=1.0",
+                              f"hydra.run.dir={tmp_path}"])
+    got = rows(run_dir)[1:]
+    assert 0 < got[0]["dp_epsilon"] < got[1]["dp_epsilon"] and got[1]["unique_seeds"] == 64  # noise on the whole pool
+
+
 def _check(overrides, tmp_path):
     from simulation import compose_config
     from omegaconf import open_dict
@@ -68,7 +76,8 @@ def _check(overrides, tmp_path):
     (["attack=bogus"], "unknown attack; choose one of freerider"),
     (["robust=bogus"], "unknown robust; choose one of bulyan"),
     (["dp=server", "robust=median"], "use one of them"),
-    (["dp=server", "method=zo_seed", "strategy=fedkseed"], "seed updates: not yet"),
+    (["dp=client", "method=zo_seed", "strategy=fedkseed"], "seed updates are clipped on the server"),
+    (["dp=server", "method=split", "strategy=sfl_v2"], "clips and noises equal-shaped delta or seed updates"),
     (["dp=server", "dp.noise_multiplier=-1"], "dp.noise_multiplier"),
     (["codec=int8", "method=zo_seed", "strategy=fedkseed"], "compresses delta updates"),
     (["secagg=secaggplus", "robust=median"], "cannot screen, clip or weigh single updates"),

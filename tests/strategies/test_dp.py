@@ -99,3 +99,22 @@ def test_client_mode_rejects_unclipped_updates():
     assert s.check_clipped(1.04) is None and "dp=client needs clipped updates" in s.check_clipped(1.2)
     _, _, s = run(DPConfig(name="server", clip=1.0), [[0.1, 0.1]])
     assert s.check_clipped(100.0) is None
+
+
+def test_seed_updates_are_clipped_per_client_and_noised_over_the_whole_pool():
+    from strategies.seeds import SeedReply
+    from strategies.seeds.private import SeedPrivacy
+
+    replies = [SeedReply(np.array([0, 0, 2]), np.array([3.0, 0.0, 4.0]), 10, {}),  # a = (3, 0, 4): norm 5
+               SeedReply(np.array([1]), np.array([0.5]), 99, {})]
+    quiet = SeedPrivacy(DPConfig(name="server", clip=1.0), 0.0, 100, 4, key=0)
+    index, coeff = quiet.coefficients(replies, -2.0, pool_size=4, rnd=1)
+    np.testing.assert_array_equal(index, [0, 1, 2, 3])
+    np.testing.assert_allclose(coeff, -2.0 * np.array([0.6, 0.5, 0.8, 0.0]) / 4, rtol=1e-6)  # uniform, / clients_per_round
+    noisy = SeedPrivacy(DPConfig(name="server", clip=1.0), 2.0, 100, 4, key=0)
+    _, c = noisy.coefficients([], 1.0, pool_size=20000, rnd=1)
+    assert np.std(c) == pytest.approx(2.0 * 1.0 / 4, rel=0.05)
+    assert noisy.account(4)["dp-epsilon"] == pytest.approx(epsilon(2.0, [4], 100, 1e-5))
+    again = SeedPrivacy(DPConfig(name="server"), 2.0, 100, 4, key=0)
+    again.load_state_dict(noisy.state_dict())
+    assert again.samples == [4]
