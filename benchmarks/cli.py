@@ -4,7 +4,8 @@ Suites: overhead (ClientApp call overhead with vs without the backbone cache),
 memory (client peak RSS, fp32 vs nf4/int8 backbones), kernels (seeded perturbation
 throughput vs torch normal_ + add_), zo (uplink bytes and client memory of zo_seed and
 forward_grad next to LoRA FedAvg), split (split training's client memory, bytes and
-exchange overhead), methods (client peak RSS of each PEFT method beside LoRA's), firstuse (time to a config error, experiment=smoke
+exchange overhead), methods (client peak RSS of each PEFT method beside LoRA's), trust (wire cost of the
+update codecs, SecAgg+ computation per round), firstuse (time to a config error, experiment=smoke
 end to end with its start-up phases and console, and its accuracy vs chance).
 """
 
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     pm = sub.add_parser("methods", help="client peak RSS of each PEFT method on smollm2-135m (nf4) beside LoRA's")
     pm.add_argument("--quant", default="nf4", choices=("none", "nf4", "int8"), help="backbone quantization (default nf4)")
     pm.add_argument("--methods", default="lora,prompt,prefix,adapter,ia3,bitfit", help="comma-separated methods")
+    t = sub.add_parser("trust", help="wire cost of the update codecs; SecAgg+ computation per round")
+    t.add_argument("--model", default="minilm", help="backbone whose LoRA state is encoded (default minilm)")
+    t.add_argument("--clients", type=int, default=10, help="clients of the SecAgg+ round (default 10)")
+    t.add_argument("--only", choices=("codecs", "secagg"), help="run only one part")
     f = sub.add_parser("firstuse", help="time to a config error; experiment=smoke end to end, console, accuracy")
     f.add_argument("--repeats", type=int, default=3, help="runs of each config error (the median is reported)")
     f.add_argument("--smoke-runs", type=int, default=1, help="runs of experiment=smoke timed end to end")
@@ -75,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.split import main as split_main
 
         split_main(["--cuts", args.cuts, *(["--only", args.only] if args.only else [])])
+    elif args.suite == "trust":
+        from benchmarks.trust import main as trust_main
+
+        trust_main(["--model", args.model, "--clients", str(args.clients), *(["--only", args.only] if args.only else [])])
     elif args.suite == "methods":
         from benchmarks.methods import main as methods_main
 

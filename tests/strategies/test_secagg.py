@@ -73,3 +73,11 @@ def test_fixed_point_weighted_mean_within_a_quantization_step():
     mean, weight = fp.decode(total)
     assert weight == 100
     np.testing.assert_allclose(mean, sum(x * wi for x, wi in zip(xs, w)) / 100, atol=1.0 / fp.scale)
+
+
+def test_the_trust_benchmark_runs_on_a_tiny_model(capsys):
+    from benchmarks.trust import main
+
+    main(["--model", "tiny-bert", "--clients", "4"])
+    out = capsys.readouterr().out
+    assert "int8" in out and "nf4" in out and "topk" in out and "sum exact" in out
