@@ -143,7 +143,7 @@ def _hydra_main(cfg) -> None:
             console.config_error(err)
             sys.exit(EXIT_CONFIG)
         if hc.mode != RunMode.MULTIRUN:
-            skip_bitsandbytes(sim.client.quant.mode)
+            skip_bitsandbytes(sim.client.quant.mode, sim.server.codec.name)
         from client.hub import BackboneUnavailable
         from simulation.runner import run_federation
 
@@ -166,15 +166,18 @@ def _hydra_main(cfg) -> None:
 _FLAGS: set[str] = set()
 
 
-def skip_bitsandbytes(quant_mode: str) -> None:
+def skip_bitsandbytes(quant_mode: str, codec: str = "fp32") -> None:
     """A single run without quantization never uses bitsandbytes, yet PEFT imports it
     whenever it is installed (about 2.5 s of start-up on 2 cores). Mark it absent for
     this process (a ``None`` entry in ``sys.modules``: ``import`` raises
     ``ModuleNotFoundError`` and ``importlib.util.find_spec`` returns ``None``, so PEFT and
     transformers take their no-bitsandbytes path). Only the CLI's single runs do this: a
     sweep's runs share one process and may quantize, and ``simulation.run`` leaves the
-    caller's process alone. Ray workers are processes of their own."""
-    if quant_mode == "none" and "bitsandbytes" not in sys.modules:
+    caller's process alone. Ray workers are processes of their own. The ``int8`` and
+    ``nf4`` wire codecs quantize with bitsandbytes too."""
+    from strategies.codecs import BNB_CODECS
+
+    if quant_mode == "none" and codec not in BNB_CODECS and "bitsandbytes" not in sys.modules:
         sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
 
 

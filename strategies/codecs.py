@@ -162,6 +162,7 @@ CODECS.add("int8", Int8Config, "strategies.compress:build")
 CODECS.add("nf4", NF4Config, "strategies.compress:build")
 CODECS.add("topk", TopKConfig, "strategies.compress:build")
 LOSSLESS_CASTS = ("fp32", "fp16", "bf16")  # per-tensor casts: every update kind can use them
+BNB_CODECS = ("int8", "nf4")  # quantize with bitsandbytes
 
 
 def get_codec(spec: str | CodecConfig) -> Codec:

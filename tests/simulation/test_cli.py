@@ -76,14 +76,16 @@ def test_bench_options_all_have_help():
                 assert opt.help, f"anther-bench {action.prog}: {opt.dest} has no help text"
 
 
-@pytest.mark.parametrize("quant, absent", [("none", True), ("nf4", False)])
-def test_a_run_without_quantization_skips_bitsandbytes(quant, absent):
+@pytest.mark.parametrize("quant, codec, absent", [("none", "fp32", True), ("nf4", "fp32", False), ("none", "int8", False),
+                                                  ("none", "nf4", False)])
+def test_a_run_without_quantization_skips_bitsandbytes(quant, codec, absent):
     """In a fresh process, as the CLI's single run does: PEFT and transformers then see no
-    bitsandbytes (and still import); with quantization it stays available."""
+    bitsandbytes (and still import); with quantization, or a codec that quantizes with
+    it, it stays available."""
     code = (
         "import importlib.util, sys\n"
         "from simulation.cli import skip_bitsandbytes\n"
-        f"skip_bitsandbytes({quant!r})\n"
+        f"skip_bitsandbytes({quant!r}, {codec!r})\n"
         "import peft, transformers.utils as tu\n"
         "absent = importlib.util.find_spec('bitsandbytes') is None\n"
         "print(absent, tu.is_bitsandbytes_available() == (not absent))\n"
