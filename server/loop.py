@@ -313,7 +313,7 @@ class RoundLoop:
     def _bounded(self, rnd: int, ex: RoundExchange, valid: list[Message], tally: RoundTally) -> list[Message]:
         """``valid`` less the updates whose norm breaks the round's bound (each rejected)."""
         norms = {id(m): ex.norms[id(m)] for m in valid if id(m) in ex.norms}
-        out = norm_outliers(norms, self.cfg.screen.norm_bound)
+        out = norm_outliers(norms, self.cfg.screen.norm_bound * self.kind.norm_slack)
         unclipped = getattr(self.strategy, "check_clipped", None)  # dp=client: clients must have clipped
         for key, norm in norms.items() if unclipped else ():
             reason = unclipped(norm)

@@ -6,7 +6,8 @@ serialized payload is within ``screen.max_reply_mb``. Per round, after decoding:
 update whose norm exceeds ``screen.norm_bound`` times the median norm of the round's
 accepted updates is rejected (a finite but huge update, e.g. every value 1e30, never
 reaches the average; the kinds measure the norm: a delta against the state its client
-was sent, a seed reply by its scalars). A round with fewer than
+was sent, a seed reply by its scalars, with a bound 100x wider since those follow each
+client's own gradient norm). A round with fewer than
 ``screen.min_valid_replies`` accepted updates asks further clients, at most
 ``screen.max_resamples`` times; if it still has too few, the run stops with an error and
 keeps the checkpoint of the last completed round.

@@ -85,6 +85,7 @@ class UpdateKind:
     name: str = ""
     carries: str | None = None  # a kind that wraps another's updates (secagg: delta) names it
     resamplable: bool = True  # a round may ask further clients after its first ones answered
+    norm_slack: float = 1.0  # screen.norm_bound is multiplied by this for the kind's update norms
 
     # -- server --------------------------------------------------------------------------
     def complete_downlink(self, ex: RoundExchange, messages: list[Message]) -> None:

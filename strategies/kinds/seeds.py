@@ -104,6 +104,10 @@ class SeedsKind(UpdateKind):
     """(seed, scalar) pairs: paired with the seed strategies (FedKSeed, FedKSeed-Pro, FwdLLM)."""
 
     name = wire.KIND_SEEDS
+    # A seed reply's norm is its scalars': their size follows the client's own gradient
+    # norm, which label skew spreads far more than Adam-normalised LoRA updates. The
+    # bound stays, 100x wider, for garbage (1e30 scalars); robust=clip bounds the rest.
+    norm_slack = 100.0
 
     def screen(self, ex: RoundExchange, reply: Message, ask: int) -> str | None:
         parsed, reason = ex.strategy.check_reply(ex.round, reply, ask)
