@@ -249,3 +249,18 @@ def test_a_reply_without_a_train_loss_does_not_break_the_row(tmp_path):
 
     (row,), _ = _screened_run(tmp_path, train)
     assert row["train_loss"] == 0.5 and row["failures"] == 0
+
+
+def test_seed_replies_get_a_wider_norm_bound(tmp_path, caplog):
+    """Scalars 20x the median pass (gradient norms differ across clients); 1e30 does not."""
+    from strategies.config import SeedConfig
+
+    def train(pid: int, msg: Message) -> Message:
+        rc = dict(msg.content[wire.CONFIG])
+        n = 4
+        scalars = np.full(n, 0.1, dtype=np.float32) * {0: 1.0, 1: 20.0, 2: 1e30}[pid]
+        return seed_reply(msg, Update(pairs=(np.arange(n), scalars)), rc, {wire.NUM_EXAMPLES: 5, wire.TRAIN_LOSS: 1.0})
+
+    (row,) = _run(tmp_path, SeedConfig(num_seeds=64, scalar_bits=32), FakeGrid(train))
+    assert row["failures"] == row["rejected"] == 1 and row["examples"] == 10
+    assert "rejected client 2: update norm" in caplog.text
