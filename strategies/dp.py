@@ -21,7 +21,7 @@ Accounting: each round is one sampled Gaussian release with the run's sampling (
 number of clients drawn without replacement from ``num_clients``; replace-one
 neighbouring datasets, as dp-accounting's sampling-without-replacement RDP needs), the
 sample size being the clients actually asked that round (re-sampled ones included).
-``dp_epsilon`` (at ``dp.delta``) joins every metrics row. With ``dp.target_epsilon`` the
+``epsilon`` (at ``dp.delta``) joins every metrics row. With ``dp.target_epsilon`` the
 noise multiplier is the smallest that keeps the whole run's epsilon at or below it.
 
 The noise comes from a generator keyed by the run seed and round (reproducible runs,
@@ -188,7 +188,7 @@ class DPStrategy:
         self.samples.append(max(len(self._asked), len(replies)))
         eps = epsilon(self.sigma, self.samples, self.num_clients, self.cfg.delta)
         out = dict(metrics or {})
-        out.update({"dp-epsilon": eps, "dp-noise-multiplier": self.sigma})
+        out.update({"epsilon": eps, "dp-noise-multiplier": self.sigma})
         return arrays, MetricRecord(out)
 
     def state_dict(self) -> dict[str, np.ndarray]:

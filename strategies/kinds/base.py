@@ -112,8 +112,8 @@ class UpdateKind:
 
     def row_metrics(self, aggregated: Mapping[str, Any] | None) -> dict[str, Any]:
         """Which of the strategy's aggregated metrics join the round's metrics row
-        (default: the privacy wrapper's ``dp-*``, as ``dp_*``)."""
-        return {k.replace("-", "_"): v for k, v in dict(aggregated or {}).items() if k.startswith("dp-")}
+        (default: the privacy wrapper's ``epsilon`` and ``dp-*``, as ``dp_*``)."""
+        return {k.replace("-", "_"): v for k, v in dict(aggregated or {}).items() if k == "epsilon" or k.startswith("dp-")}
 
     # -- client --------------------------------------------------------------------------
     def serve(self, call: ClientCall) -> Message:

@@ -51,7 +51,7 @@ class SeedPrivacy:
 
         self.samples.append(asked)
         eps = epsilon(self.sigma, self.samples, self.num_clients, self.cfg.delta)
-        return {"dp-epsilon": eps, "dp-noise-multiplier": self.sigma}
+        return {"epsilon": eps, "dp-noise-multiplier": self.sigma}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"dp/samples": np.asarray(self.samples, dtype=np.int64), "dp/key": np.asarray([self.key], dtype=np.int64)}

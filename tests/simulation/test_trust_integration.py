@@ -45,7 +45,7 @@ def test_client_level_dp_reports_epsilon_and_rejects_unclipped_updates(tmp_path)
                               f"hydra.run.dir={tmp_path}"])
     got = rows(run_dir)[1:]
     assert [r["rejected"] for r in got] == [r["attackers"] for r in got] and sum(r["attackers"] for r in got) > 0
-    assert 0 < got[0]["dp_epsilon"] < got[1]["dp_epsilon"] and got[0]["dp_noise_multiplier"] == 1.0
+    assert 0 < got[0]["epsilon"] < got[1]["epsilon"] and got[0]["dp_noise_multiplier"] == 1.0
 
 
 def test_dp_on_seed_updates_reports_epsilon(tmp_path):
@@ -53,7 +53,7 @@ def test_dp_on_seed_updates_reports_epsilon(tmp_path):
                               "strategy=fedkseed", "strategy.num_seeds=64", "dp=server", "dp.clip=1.0",
                               f"hydra.run.dir={tmp_path}"])
     got = rows(run_dir)[1:]
-    assert 0 < got[0]["dp_epsilon"] < got[1]["dp_epsilon"] and got[1]["unique_seeds"] == 64  # noise on the whole pool
+    assert 0 < got[0]["epsilon"] < got[1]["epsilon"] and got[1]["unique_seeds"] == 64  # noise on the whole pool
 
 
 def _check(overrides, tmp_path):

@@ -41,7 +41,7 @@ def test_updates_are_clipped_and_averaged_uniformly_over_the_round_size():
     # clip 1: (3, 4) -> (0.6, 0.8); (0, 0.5) stays; sum / 4 (clients_per_round), examples ignored
     got, metrics, _ = run(DPConfig(name="server", clip=1.0, noise_multiplier=0.0), [[3.0, 4.0], [0.0, 0.5]])
     np.testing.assert_allclose(got, [0.6 / 4, 1.3 / 4], rtol=1e-6)
-    assert metrics["dp-epsilon"] == float("inf")  # no noise: no guarantee
+    assert metrics["epsilon"] == float("inf")  # no noise: no guarantee
 
 
 def test_noise_has_the_configured_scale_and_is_reproducible(monkeypatch):
@@ -84,7 +84,7 @@ def test_epsilon_grows_per_round_in_the_metrics():
     eps = []
     for rnd in (1, 2, 3):
         list(s.configure_train(rnd, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), ConfigRecord(), Grid(4)))
-        eps.append(s.aggregate_train(rnd, [reply([0.1, 0.1])])[1]["dp-epsilon"])
+        eps.append(s.aggregate_train(rnd, [reply([0.1, 0.1])])[1]["epsilon"])
     assert eps[0] < eps[1] < eps[2]
     assert eps[2] == pytest.approx(_library_epsilon(1.0, 3, 100, 4, 1e-5), rel=1e-9)
 
@@ -114,7 +114,7 @@ def test_seed_updates_are_clipped_per_client_and_noised_over_the_whole_pool():
     noisy = SeedPrivacy(DPConfig(name="server", clip=1.0), 2.0, 100, 4, key=0)
     _, c = noisy.coefficients([], 1.0, pool_size=20000, rnd=1)
     assert np.std(c) == pytest.approx(2.0 * 1.0 / 4, rel=0.05)
-    assert noisy.account(4)["dp-epsilon"] == pytest.approx(epsilon(2.0, [4], 100, 1e-5))
+    assert noisy.account(4)["epsilon"] == pytest.approx(epsilon(2.0, [4], 100, 1e-5))
     again = SeedPrivacy(DPConfig(name="server"), 2.0, 100, 4, key=0)
     again.load_state_dict(noisy.state_dict())
     assert again.samples == [4]
