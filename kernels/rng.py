@@ -15,9 +15,12 @@ Random123's known-answer vectors).
 How Anther keys and counts (the layout every backend must reproduce):
 
 - key ``(k0, k1) = (seed mod 2**32, seed >> 32)`` for a seed in ``[0, 2**63)``;
-- counter ``(c mod 2**32, c >> 32, STREAMS[dist], 0)``, where ``c`` is the block
-  index ``i // ELEMENTS_PER_COUNTER[dist]`` of the global element index ``i``; the
-  third word separates the distributions' streams.
+- counter ``(c mod 2**32, c >> 32, STREAMS[dist], 0)``; the third word separates the
+  distributions' streams. Elements come in blocks of ``BLOCK_ELEMENTS[dist]`` made from
+  ``BLOCK_COUNTERS[dist]`` consecutive counters: block ``b = i // BLOCK_ELEMENTS[dist]``
+  of the global element index ``i`` uses counters ``b * BLOCK_COUNTERS[dist] + 0, 1, ...``
+  (``gaussian``: 4 elements per counter; ``rademacher``: 128; ``gaussian16``: 64 elements
+  from 8 counters, laid out so that 8-lane SIMD writes them without a transpose).
 
 How the words become values is in :mod:`kernels.perturb.reference` (the specification).
 This module is the scalar, pure-Python statement of the generator: slow, exact, and
@@ -32,9 +35,10 @@ ROUNDS = 10
 MASK32 = 0xFFFFFFFF
 SEED_LIMIT = 1 << 63  # seeds are in [0, SEED_LIMIT): one int64 on every platform
 
-DISTS = ("gaussian", "rademacher")
-STREAMS = {"gaussian": 0, "rademacher": 1}  # counter word c2
-ELEMENTS_PER_COUNTER = {"gaussian": 4, "rademacher": 128}  # 4 words; 128 bits
+DISTS = ("gaussian", "rademacher", "gaussian16")
+STREAMS = {"gaussian": 0, "rademacher": 1, "gaussian16": 2}  # counter word c2
+BLOCK_COUNTERS = {"gaussian": 1, "rademacher": 1, "gaussian16": 8}
+BLOCK_ELEMENTS = {"gaussian": 4, "rademacher": 128, "gaussian16": 64}  # 4 words; 128 bits; 8 x 8 halves
 
 
 def split_seed(seed: int) -> tuple[int, int]:

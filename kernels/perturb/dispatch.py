@@ -2,8 +2,8 @@
 
 A backend implements ``supports(params) -> bool``, ``perturb_(params, seed, alpha,
 dist)`` and ``accumulate_(params, seeds, coeffs, dist)`` on validated inputs and must
-match :mod:`kernels.perturb.reference` (bitwise for ``rademacher``, within 1e-6 for
-``gaussian``). ``backend="auto"`` takes the first fast backend that imports and
+match :mod:`kernels.perturb.reference` (bitwise for ``rademacher`` and ``gaussian16``,
+within 1e-6 for ``gaussian``). ``backend="auto"`` takes the first fast backend that imports and
 supports the tensors' device, else the reference, and logs that fallback once.
 """
 
@@ -167,7 +167,9 @@ def perturb_(
     params : list of contiguous floating tensors (any shapes, one device).
     seed : int in ``[0, 2**63)``.
     alpha : finite float.
-    dist : ``"gaussian"`` (N(0, 1), Box-Muller) or ``"rademacher"`` (+-1).
+    dist : ``"gaussian"`` (N(0, 1), fp64 Box-Muller), ``"gaussian16"`` (N(0, 1) quantized to
+        65,536 levels by a table of 16-bit uniforms: bitwise on every backend and the
+        fastest Gaussian; :mod:`kernels.perturb.gaussian16`) or ``"rademacher"`` (+-1).
     backend : ``"auto"``, or a name in :data:`BACKENDS` (``"torch"``, ``"numba"``).
 
     Raises

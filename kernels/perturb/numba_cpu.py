@@ -15,7 +15,8 @@ import numba
 import numpy as np
 import torch
 
-from kernels.perturb.numba_kernels import TILE, accumulate_tiles, perturb_tiles
+from kernels.perturb.gaussian16 import table
+from kernels.perturb.numba_kernels import KIND, TILE, accumulate_tiles, perturb_tiles
 from kernels.perturb.reference import CHUNK
 from kernels.rng import split_seed
 
@@ -90,7 +91,7 @@ def draw(seed: int, start: int, numel: int, dist: str) -> torch.Tensor:
     """``z(seed)`` at global indices start .. start + numel - 1 -> (numel,) fp32 (CPU)."""
     z = torch.zeros(numel)
     if numel:  # 0 + 1 * z = z exactly
-        perturb_tiles(*_table([(z, start)]), *split_seed(seed), np.float32(1.0), dist == "gaussian")
+        perturb_tiles(*_table([(z, start)]), *split_seed(seed), np.float32(1.0), KIND[dist], table())
     return z
 
 
@@ -104,10 +105,10 @@ class NumbaBackend:
 
     def perturb_(self, params: Sequence[torch.Tensor], seed: int, alpha: float, dist: str) -> None:
         k0, k1 = split_seed(seed)
-        a, gaussian = np.float32(alpha), dist == "gaussian"
+        a, kind, values = np.float32(alpha), KIND[dist], table()
         _run(
             params,
-            lambda *table: perturb_tiles(*table, k0, k1, a, gaussian),
+            lambda *items: perturb_tiles(*items, k0, k1, a, kind, values),
             lambda off, n: draw(seed, off, n, dist).double().mul_(alpha),
         )
 
@@ -115,7 +116,7 @@ class NumbaBackend:
         self, params: Sequence[torch.Tensor], seeds: Sequence[int], coeffs: Sequence[float], dist: str
     ) -> None:
         keys = np.array([split_seed(s) for s in seeds], dtype=np.int64).reshape(-1, 2)  # (S, 2)
-        c32, gaussian = np.asarray(coeffs, dtype=np.float32), dist == "gaussian"
+        c32, kind, values = np.asarray(coeffs, dtype=np.float32), KIND[dist], table()
 
         def fp64_delta(off: int, n: int) -> torch.Tensor:
             acc = torch.zeros(n, dtype=torch.float64)
@@ -123,4 +124,4 @@ class NumbaBackend:
                 acc.add_(draw(s, off, n, dist).double().mul_(c))
             return acc
 
-        _run(params, lambda *table: accumulate_tiles(*table, keys, c32, gaussian), fp64_delta)
+        _run(params, lambda *items: accumulate_tiles(*items, keys, c32, kind, values), fp64_delta)

@@ -24,6 +24,10 @@ auto-vectoriser (which left the Philox rounds scalar or in emulated 64-bit multi
   ``phi**10`` (error < 2e-9), the quadrant applied by a blend and sign-bit flips.
 - Rademacher: bit ``b`` of a word shifted into the sign of ``1.0f`` (one vector shift,
   and, or per 8 values).
+- Gaussian16: each word's two 16-bit halves index the table of
+  :mod:`kernels.perturb.gaussian16` (one vector gather per 8 values); the spec's layout
+  puts counter ``q`` of a block in lane ``q``, so the 8 gathered vectors are the block's
+  64 values in order, with no transpose.
 
 **Scalar path.** :mod:`kernels.perturb.numba_scalar` states the same formulas element
 by element; tests hold the two paths together (Rademacher bitwise, Gaussian to 1 fp32
@@ -50,16 +54,19 @@ from llvmlite import ir
 from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
-from kernels.rng import M0, M1, MASK32, ROUNDS, STREAMS, W0, W1
+from kernels.rng import BLOCK_COUNTERS, M0, M1, MASK32, ROUNDS, STREAMS, W0, W1
 
 TILE = 4096  # elements per tile: a multiple of every block below
 LANES = 8  # counters per vector block (LLVM splits it into the host's vector registers)
 G_BLOCK = 4 * LANES  # gaussian elements per block (4 per counter)
 R_BLOCK = 128 * LANES  # rademacher elements per block (128 per counter)
+T_BLOCK = 8 * LANES  # gaussian16 elements per block (8 per counter; the spec's block of 8 counters)
+KIND = {"gaussian": 0, "rademacher": 1, "gaussian16": 2}  # the kernels' ``kind`` argument
+assert LANES == BLOCK_COUNTERS["gaussian16"], "the gaussian16 layout puts one counter per lane"
 _KERNEL = {"parallel": True, "cache": True, "nogil": True, "error_model": "numpy"}  # no fastmath: no FMA in updates
 _LN2 = math.log(2.0)
 _PI_2_32 = math.pi * 2.0**-32  # phi = (2 d + 1) * pi / 2**32
-_GAUSSIAN, _RADEMACHER = STREAMS["gaussian"], STREAMS["rademacher"]
+_GAUSSIAN, _RADEMACHER, _GAUSSIAN16 = STREAMS["gaussian"], STREAMS["rademacher"], STREAMS["gaussian16"]
 _SIN = (-1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362880.0)  # phi**3 .. phi**9
 _COS = (-0.5, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3628800.0)  # phi**2 .. phi**10
 _ATANH = (2.0, 2.0 / 3.0, 2.0 / 5.0, 2.0 / 7.0, 2.0 / 9.0)  # ln m = s * sum_j c_j s**2j
@@ -198,6 +205,27 @@ def rademacher_ir(b: ir.IRBuilder, out, words, a) -> None:
             b.store(b.fadd(b.load(ptr, align=4), scaled), ptr, align=4)
 
 
+def gaussian16_ir(b: ir.IRBuilder, out, words, a, table) -> None:
+    """out[0 : T_BLOCK] (a float*) += fl(a * z), z = table[16-bit half of a word]:
+    element 16 j + 8 h + q is half h of word j of counter q (``table``: float*)."""
+    v = _Vec(b)
+    f32 = ir.VectorType(_F32, LANES)
+    ptrs_t = ir.VectorType(_F32.as_pointer(), LANES)
+    name = f"llvm.masked.gather.v{LANES}f32.v{LANES}p0"
+    gather = b.module.globals.get(name) or ir.Function(
+        b.module, ir.FunctionType(f32, [ptrs_t, _I32, ir.VectorType(ir.IntType(1), LANES), f32]), name
+    )
+    every, zero = ir.Constant(ir.VectorType(ir.IntType(1), LANES), [1] * LANES), ir.Constant(f32, [0.0] * LANES)
+    base, scale = v.splat(b.ptrtoint(table, _I64)), _splat(b, a, LANES)
+    for j, w in enumerate(words):
+        for h in range(2):
+            index = b.and_(b.lshr(w, v.i(16 * h)), v.i(0xFFFF))
+            ptrs = b.inttoptr(b.add(base, b.shl(index, v.i(2))), ptrs_t)  # table + 4 * index
+            z = b.call(gather, [ptrs, ir.Constant(_I32, 4), every, zero])
+            ptr = b.bitcast(b.gep(out, [ir.Constant(_I64, LANES * (2 * j + h))]), f32.as_pointer())
+            b.store(b.fadd(b.load(ptr, align=4), b.fmul(scale, z)), ptr, align=4)
+
+
 def _f32_at(ctx, b, arr_type, arr, at):
     """The float* of ``arr[at]`` (a numba fp32 array)."""
     return b.gep(ctx.make_array(arr_type)(ctx, b, arr).data, [at])
@@ -222,6 +250,20 @@ def _add_block_intrinsic(name: str, stream: int, fill):
 
 gaussian_add_block = _add_block_intrinsic("gaussian_add_block", _GAUSSIAN, gaussian_ir)
 rademacher_add_block = _add_block_intrinsic("rademacher_add_block", _RADEMACHER, rademacher_ir)
+
+
+@intrinsic
+def gaussian16_add_block(typingctx, p, at, first, k0, k1, a, table):
+    """p[at : at + T_BLOCK] += fl(a * z) for the gaussian16 z of counters first ..
+    first + LANES - 1 (``first`` a multiple of 8; table: the (65536,) fp32 table)."""
+
+    def codegen(ctx, b, sig, args):
+        words = philox_ir(b, args[2], args[3], args[4], _GAUSSIAN16)
+        table = _f32_at(ctx, b, sig.args[6], args[6], ir.Constant(_I64, 0))
+        gaussian16_ir(b, _f32_at(ctx, b, sig.args[0], args[0], args[1]), words, args[5], table)
+        return ctx.get_dummy_value()
+
+    return types.void(p, types.int64, types.int64, types.int64, types.int64, types.float32, table), codegen
 
 
 @intrinsic
@@ -267,21 +309,25 @@ def _prefetch_range(p, lo, hi):
 
 
 @njit(inline="always")
-def _add_tile(dst, at, base, k0, k1, a, gaussian):
-    """dst[at : at + TILE] += fl(a * z) for global elements base .. base + TILE - 1."""
-    if gaussian:
+def _add_tile(dst, at, base, k0, k1, a, kind, table):
+    """dst[at : at + TILE] += fl(a * z) for global elements base .. base + TILE - 1 of
+    distribution ``kind`` (:data:`KIND`)."""
+    if kind == 0:
         for o in range(0, TILE, G_BLOCK):
             gaussian_add_block(dst, at + o, (base + o) // 4, k0, k1, a)
+    elif kind == 2:
+        for o in range(0, TILE, T_BLOCK):
+            gaussian16_add_block(dst, at + o, (base + o) // 8, k0, k1, a, table)
     else:
         for o in range(0, TILE, R_BLOCK):
             rademacher_add_block(dst, at + o, (base + o) // 128, k0, k1, a)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def draw_tile(z, base, k0, k1, gaussian):
+def draw_tile(z, base, k0, k1, kind, table):
     """z: (TILE,) fp32 <- z of global elements base .. base + TILE - 1 (0 + fl(1 * z))."""
     z[:] = 0.0
-    _add_tile(z, 0, base, k0, k1, np.float32(1.0), gaussian)
+    _add_tile(z, 0, base, k0, k1, np.float32(1.0), kind, table)
 
 
 @intrinsic
@@ -302,25 +348,26 @@ def _add(p, offset, base, src, a):
 
 
 @njit(**_KERNEL)
-def perturb_tiles(addrs, offsets, sizes, items, k0, k1, a, gaussian):
+def perturb_tiles(addrs, offsets, sizes, items, k0, k1, a, kind, table):
     """Tensor i: ``sizes[i]`` fp32 at ``addrs[i]``, global elements from ``offsets[i]``;
-    items: (W, 2) int64 rows (tensor, tile). p += a * z, a fp32."""
+    items: (W, 2) int64 rows (tensor, tile). p += a * z, a fp32; kind: :data:`KIND`;
+    table: the gaussian16 table (read only for kind 2)."""
     for w in prange(items.shape[0]):
         i, base = items[w, 0], items[w, 1] * TILE
         p, offset = carray(_f32_ptr(addrs[i]), sizes[i]), offsets[i]  # (n_i,) view
         shift = base - offset
         lo, hi = max(shift, 0), min(shift + TILE, p.size)  # the tile's part of p
         if hi - lo == TILE:  # a whole tile: add while drawing, no tile buffer
-            _add_tile(p, lo, base, k0, k1, a, gaussian)
+            _add_tile(p, lo, base, k0, k1, a, kind, table)
         else:  # a tensor's edge: draw the tile, then add its part
             _prefetch_range(p, lo, hi)
             z = np.empty(TILE, np.float32)
-            draw_tile(z, base, k0, k1, gaussian)
+            draw_tile(z, base, k0, k1, kind, table)
             _add(p, offset, base, z, a)
 
 
 @njit(**_KERNEL)
-def accumulate_tiles(addrs, offsets, sizes, items, keys, coeffs, gaussian):
+def accumulate_tiles(addrs, offsets, sizes, items, keys, coeffs, kind, table):
     """As :func:`perturb_tiles`; keys: (S, 2) int64 Philox keys; coeffs: (S,) fp32.
     Per item: acc = sum_k fl(c_k * z_k) in order k, then p += acc once."""
     for w in prange(items.shape[0]):
@@ -331,5 +378,5 @@ def accumulate_tiles(addrs, offsets, sizes, items, keys, coeffs, gaussian):
         _prefetch_range(p, lo, hi)  # read once the seeds are summed; fetch it meanwhile
         acc = np.zeros(TILE, np.float32)
         for k in range(keys.shape[0]):  # acc += fl(c_k * z_k) while drawing z_k
-            _add_tile(acc, 0, base, keys[k, 0], keys[k, 1], coeffs[k], gaussian)
+            _add_tile(acc, 0, base, keys[k, 0], keys[k, 1], coeffs[k], kind, table)
         _add(p, offset, base, acc, np.float32(1.0))

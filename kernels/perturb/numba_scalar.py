@@ -24,7 +24,7 @@ from kernels.rng import M0, M1, MASK32, STREAMS, W0, W1
 _GEN = {"cache": True, "nogil": True, "error_model": "numpy", "fastmath": {"contract"}}
 _LN2 = math.log(2.0)
 _PI_2_32 = math.pi * 2.0**-32  # phi = (2 d + 1) * pi / 2**32
-_GAUSSIAN, _RADEMACHER = STREAMS["gaussian"], STREAMS["rademacher"]
+_GAUSSIAN, _RADEMACHER, _GAUSSIAN16 = STREAMS["gaussian"], STREAMS["rademacher"], STREAMS["gaussian16"]
 
 
 @intrinsic
@@ -84,10 +84,18 @@ def cos_sin(x):
 
 
 @njit(**_GEN)
-def draw_tile_scalar(z, base, k0, k1, gaussian):
+def draw_tile_scalar(z, base, k0, k1, kind, table):
     """z: (TILE,) fp32 <- z of global elements base .. base + TILE - 1, one element at a
-    time (the scalar statement of :func:`draw_tile`)."""
-    if gaussian:
+    time (the scalar statement of :func:`draw_tile`; kind: 0 gaussian, 1 rademacher,
+    2 gaussian16 with its table)."""
+    if kind == 2:
+        for q in range(TILE // 8):  # counter base // 8 + q: element 64 (q // 8) + 16 j + 8 h + q % 8
+            words = _philox(base // 8 + q, _GAUSSIAN16, k0, k1)
+            o = 64 * (q // 8) + q % 8
+            for j in range(4):
+                z[o + 16 * j] = table[words[j] & 0xFFFF]
+                z[o + 16 * j + 8] = table[words[j] >> 16]
+    elif kind == 0:
         for q in range(TILE // 4):
             x0, x1, x2, x3 = _philox(base // 4 + q, _GAUSSIAN, k0, k1)
             r0, r1 = radius(x0), radius(x2)

@@ -6,7 +6,7 @@ Every backend must reproduce, for a seed ``s`` and the global element index ``i`
 **Words.** ``x_0..x_3 = Philox4x32-10(counter=(c mod 2**32, c >> 32, stream, 0),
 key=(s mod 2**32, s >> 32))`` (Salmon et al. 2011, "Parallel random numbers: as easy
 as 1, 2, 3"; :mod:`kernels.rng`), with ``c = i // 4, stream = 0`` for ``gaussian`` and
-``c = i // 128, stream = 1`` for ``rademacher``.
+``c = i // 128, stream = 1`` for ``rademacher`` (``gaussian16``: below).
 
 **gaussian** (Box-Muller, both outputs used). With ``u(x) = (x + 1/2) * 2**-32`` in
 ``(0, 1)`` (exact in fp64) and ``j = i mod 4``, ``m = j // 2``::
@@ -18,6 +18,12 @@ as 1, 2, 3"; :mod:`kernels.rng`), with ``c = i // 4, stream = 0`` for ``gaussian
 evaluated in fp64 and rounded once to fp32 (``fl32``). ``|z| <= 6.77``. Backends may
 evaluate the fp64 formula with their own ``log``/``sin``/``cos``; they must agree with
 this one within 1e-6 absolute (one fp32 ulp at the largest ``|z|`` is 4.8e-7).
+
+**gaussian16** (a normal quantized to 65,536 levels, 64 elements from 8 counters; the
+table ``T`` is :mod:`kernels.perturb.gaussian16`). Block ``b = i // 64`` uses counters
+``c = 8 b + q``, ``q = 0..7``, stream 2; with ``r = i mod 64``, ``q = r mod 8``,
+``j = r // 16``, ``h = (r // 8) mod 2``: ``z_i = T[(x_j(8 b + q) >> 16 h) & 0xFFFF]``
+(the low half first). Bitwise the same on every backend.
 
 **rademacher** (one bit per element, 128 elements per Philox call). With
 ``w = (i mod 128) // 32`` and ``b = i mod 32``: ``z_i = 1 - 2 * ((x_w >> b) & 1)``,
@@ -39,12 +45,13 @@ on the CPU), in chunks of ``CHUNK`` elements.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import torch
 
-from kernels.rng import ELEMENTS_PER_COUNTER, M0, M1, MASK32, ROUNDS, STREAMS, W0, W1, split_seed
+from kernels.rng import BLOCK_COUNTERS, BLOCK_ELEMENTS, M0, M1, MASK32, ROUNDS, STREAMS, W0, W1, split_seed
 
 CHUNK = 1 << 18  # elements per step; bounds the int64/fp64 temporaries to ~20 MB
 _TWO_POW_M32 = 2.0**-32
@@ -77,7 +84,11 @@ def philox(c: torch.Tensor, stream: int, key: tuple[int, int]) -> torch.Tensor:
 
 
 def _values(x: torch.Tensor, dist: str) -> torch.Tensor:
-    """Words (n, 4) -> the n * ELEMENTS_PER_COUNTER[dist] values of those blocks, fp32."""
+    """Words (n, 4) of whole blocks' counters -> the values of those blocks, fp32."""
+    if dist == "gaussian16":
+        halves = torch.stack((x & 0xFFFF, x >> 16), dim=2).view(-1, 8, 4, 2)  # (block, q, j, h)
+        index = halves.permute(0, 2, 3, 1).reshape(-1)  # element 64 b + 16 j + 8 h + q
+        return _table(x.device)[index]
     if dist == "gaussian":
         u = (x.double() + 0.5) * _TWO_POW_M32  # (n, 4), exact
         r = torch.sqrt(-2.0 * torch.log(u[:, 0::2]))  # (n, 2): from x0, x2
@@ -89,16 +100,24 @@ def _values(x: torch.Tensor, dist: str) -> torch.Tensor:
     return (1 - 2 * bits).reshape(-1).float()
 
 
+@functools.cache
+def _table(device: torch.device) -> torch.Tensor:
+    """The gaussian16 table on ``device``: (65536,) fp32."""
+    from kernels.perturb.gaussian16 import table
+
+    return torch.from_numpy(table().copy()).to(device)
+
+
 def draw(seed: int, start: int, numel: int, dist: str, device: torch.device | str = "cpu") -> torch.Tensor:
     """``z(seed)`` at global element indices ``start .. start + numel - 1`` -> (numel,) fp32."""
     device = torch.device(device)
     if numel == 0:
         return torch.empty(0, device=device)
     work = torch.device("cpu") if device.type == "mps" else device  # MPS has no fp64
-    per = ELEMENTS_PER_COUNTER[dist]
-    first, last = start // per, (start + numel - 1) // per
-    c = torch.arange(first, last + 1, dtype=torch.int64, device=work)  # (n,)
-    z = _values(philox(c, STREAMS[dist], split_seed(seed)), dist)  # (n * per,)
+    per, counters = BLOCK_ELEMENTS[dist], BLOCK_COUNTERS[dist]
+    first, last = start // per, (start + numel - 1) // per  # blocks
+    c = torch.arange(first * counters, (last + 1) * counters, dtype=torch.int64, device=work)  # (n,)
+    z = _values(philox(c, STREAMS[dist], split_seed(seed)), dist)  # (blocks * per,)
     lo = start - first * per
     return z[lo : lo + numel].to(device)
 

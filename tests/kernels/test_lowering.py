@@ -11,6 +11,7 @@ llvm = pytest.importorskip("llvmlite.binding")
 from llvmlite import ir  # noqa: E402
 
 from kernels.perturb import numba_kernels as nk  # noqa: E402
+from kernels.perturb.gaussian16 import table  # noqa: E402
 
 TARGETS = [  # triple, cpu, features, a register that shows vector code
     ("aarch64-unknown-linux-gnu", "generic", "+neon", r"\bv\d+\.(?:2d|4s)\b"),
@@ -26,13 +27,19 @@ def _block_module(kind: str) -> str:
     i64 = ir.IntType(64)
     fn = ir.Function(mod, ir.FunctionType(ir.VoidType(), [ir.FloatType().as_pointer(), i64, i64, i64]), "block")
     b = ir.IRBuilder(fn.append_basic_block())
-    words = nk.philox_ir(b, fn.args[1], fn.args[2], fn.args[3], 0 if kind == "gaussian" else 1)
-    (nk.gaussian_ir if kind == "gaussian" else nk.rademacher_ir)(b, fn.args[0], words, ir.Constant(ir.FloatType(), 1.0))
+    words = nk.philox_ir(b, fn.args[1], fn.args[2], fn.args[3], nk.STREAMS[kind])
+    one = ir.Constant(ir.FloatType(), 1.0)
+    if kind == "gaussian16":  # the table: a module constant here
+        values = ir.GlobalVariable(mod, ir.ArrayType(ir.FloatType(), 1 << 16), "table")
+        values.initializer = ir.Constant(ir.ArrayType(ir.FloatType(), 1 << 16), [float(x) for x in table()])
+        nk.gaussian16_ir(b, fn.args[0], words, one, b.bitcast(values, ir.FloatType().as_pointer()))
+    else:
+        (nk.gaussian_ir if kind == "gaussian" else nk.rademacher_ir)(b, fn.args[0], words, one)
     b.ret_void()
     return str(mod)
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher", "gaussian16"])
 @pytest.mark.parametrize("triple, cpu, features, vector_reg", TARGETS, ids=[t[1] + "-" + t[0].split("-")[0] for t in TARGETS])
 def test_vector_ir_lowers_to_simd_without_calls(triple, cpu, features, vector_reg, kind):
     llvm.initialize_all_targets()
@@ -69,5 +76,5 @@ def test_host_block_runs_and_matches_the_numba_kernel():
     got = np.zeros(nk.G_BLOCK, np.float32)
     block(got.ctypes.data, 3 * nk.LANES, 17, 5)  # counters 3 LANES ..: elements from 12 LANES
     want = np.empty(nk.TILE, np.float32)
-    nk.draw_tile(want, 0, 17, 5, True)
+    nk.draw_tile(want, 0, 17, 5, nk.KIND["gaussian"], table())
     np.testing.assert_array_equal(got, want[12 * nk.LANES : 12 * nk.LANES + nk.G_BLOCK])

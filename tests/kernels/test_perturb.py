@@ -14,6 +14,8 @@ from kernels.rng import MASK32, philox4x32_10
 
 BACKENDS = ["torch", "numba"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DISTS = ["gaussian", "rademacher", "gaussian16"]
+EXACT = ("rademacher", "gaussian16")  # bitwise on every backend
 
 
 def _backend(name: str) -> str:
@@ -85,7 +87,7 @@ def test_reference_draw_matches_offsets():
 # --- every backend ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("dist", DISTS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_seed_same_z_other_seed_differs(backend, dist):
     b = _backend(backend)
@@ -94,7 +96,7 @@ def test_same_seed_same_z_other_seed_differs(backend, dist):
     assert (a1 != other).float().mean() > 0.4
 
 
-@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("dist", DISTS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_z_independent_of_split(backend, dist):
     b = _backend(backend)
@@ -102,12 +104,12 @@ def test_z_independent_of_split(backend, dist):
     assert torch.equal(_z([9000], 3, dist, b), _z([1, 4095, 130, 4774], 3, dist, b))
 
 
-@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("dist", DISTS)
 def test_numba_z_matches_reference(dist):
     b = _backend("numba")
     sizes = [1, 3, 4, 127, 129, 4097, 70_001]
     got, want = _z(sizes, 99, dist, b), ref.draw(99, 0, sum(sizes), dist)
-    if dist == "rademacher":
+    if dist in EXACT:
         assert torch.equal(got, want)
     else:
         assert (got - want).abs().max().item() <= 1e-6
@@ -174,23 +176,27 @@ def test_numba_vector_gaussian_edge_words_match_fp64():
     assert ((got.double() - want.double()).abs() <= _fp32_ulp(want) + 2e-8).all()
 
 
-@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("dist", DISTS)
 def test_numba_vector_path_matches_scalar_path(dist):
     """draw_tile (LLVM vectors) against draw_tile_scalar (one element at a time), on tiles
-    whose counters pass 2**32: rademacher bitwise, gaussian within one fp32 ulp (+4e-8)."""
+    whose counters pass 2**32: rademacher and gaussian16 bitwise, gaussian within one fp32
+    ulp (+4e-8)."""
     _backend("numba")
     import numpy as np
 
     from kernels.perturb.numba_kernels import TILE, draw_tile
     from kernels.perturb.numba_scalar import draw_tile_scalar
 
-    gaussian = dist == "gaussian"
+    from kernels.perturb.gaussian16 import table
+    from kernels.perturb.numba_kernels import KIND
+
+    kind, gaussian = KIND[dist], dist == "gaussian"
     for seed in (0, 99, 2**40 + 3, 2**63 - 1):
         k0, k1 = seed & MASK32, seed >> 32
         for base in (0, 7 * TILE, 2**36, 2**45 + 13 * TILE):
             vec, sca = np.empty(TILE, np.float32), np.empty(TILE, np.float32)
-            draw_tile(vec, base, k0, k1, gaussian)
-            draw_tile_scalar(sca, base, k0, k1, gaussian)
+            draw_tile(vec, base, k0, k1, kind, table())
+            draw_tile_scalar(sca, base, k0, k1, kind, table())
             vec, sca = torch.from_numpy(vec), torch.from_numpy(sca)
             if gaussian:
                 assert ((vec.double() - sca.double()).abs() <= _fp32_ulp(sca) + 4e-8).all()
@@ -199,7 +205,7 @@ def test_numba_vector_path_matches_scalar_path(dist):
                 assert torch.equal(vec, sca)
 
 
-@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("dist", DISTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_numba_perturb_matches_reference(dtype, dist):
     b = _backend("numba")
@@ -208,7 +214,7 @@ def test_numba_perturb_matches_reference(dtype, dist):
     kernels.perturb_(got, 1234, 0.5, dist, backend=b)
     kernels.perturb_(want, 1234, 0.5, dist, backend="torch")
     for g, w in zip(got, want):
-        if dist == "rademacher":
+        if dist in EXACT:
             assert torch.equal(g, w)
         else:  # a 1e-6 difference in z may flip the last bit of p
             torch.testing.assert_close(g, w, rtol=torch.finfo(dtype).eps, atol=0.5e-6)
@@ -228,7 +234,7 @@ def test_mixed_dtypes_fp64_and_accumulate_match_reference(backend):
     assert all(torch.equal(g, w) for g, w in zip(got, want))
 
 
-@pytest.mark.parametrize("dist", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("dist", DISTS)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_accumulate_equals_sum_of_perturbs(backend, dist):
     b = _backend(backend)
