@@ -4,7 +4,7 @@ accuracy against chance over seeds. Each command runs as a user types it.
 
     anther-bench firstuse                 # errors x3, smoke x1
     anther-bench firstuse --seeds 0,1,2   # smoke's final accuracy per seed vs chance
-    anther-bench firstuse --extra device.backend=ray   # smoke on Ray (auto runs it in-process)
+    anther-bench firstuse --extra resources.backend=ray   # smoke on Ray (auto runs it in-process)
 """
 
 from __future__ import annotations

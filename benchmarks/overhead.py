@@ -81,7 +81,7 @@ def measure(cfg: ClientConfig, calls: int, cached: bool) -> OverheadResult:
 def run(model: str = "minilm", local_steps: int = 10, calls: int = 6, threads: int = 1) -> list[OverheadResult]:
     import torch
 
-    torch.set_num_threads(threads)  # as a simulated client (device.client_cpus=1)
+    torch.set_num_threads(threads)  # as a simulated client (resources.client_cpus=1)
     cfg = ClientConfig(
         model=ModelConfig(name=model),
         data=DataConfig(),

@@ -157,7 +157,7 @@ def overhead(args: argparse.Namespace) -> None:
             run_dir = simulation.run([
                 "model=tiny-bert", "model.layers=3", "method=split", "method.cut=1", "strategy=sfl_v2",
                 f"rounds={args.rounds}", "num_clients=10", "clients_per_round=10", f"local_steps={args.steps_sim}",
-                f"device.backend={backend}", "eval_every=0", "data.num_examples=600", "data.test_size=100",
+                f"resources.backend={backend}", "eval_every=0", "data.num_examples=600", "data.test_size=100",
                 f"hydra.run.dir={tmp}"])
             rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()][2:]
         # the last round also evaluates: leave it out when there are others

@@ -15,6 +15,7 @@ custom-client example) with Anther's query handler.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -34,6 +35,7 @@ from client.attacks import clipped_update, craft_reply, craft_update, flips_labe
 from client.batches import batch_iterator
 from client.config import ClientConfig
 from client.data_source import encoded_partition, label_names
+from client.flops import FlopCount
 from client.runtime import get_runtime
 from strategies import wire
 from strategies.codecs import get_codec
@@ -110,19 +112,24 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
             torch.manual_seed(_round_seed(cfg.seed, rnd, ident, STEP_SEEDS + k))
             yield
 
+    flops = FlopCount() if cfg.device.active else None
+
     def metrics(update_metrics: Mapping[str, float]) -> dict[str, Any]:
+        counted = {wire.FLOPS: float(flops.total), wire.QUANTIZED: int(cfg.quant.mode != "none")} if flops else {}
         return {
             wire.NUM_EXAMPLES: len(data),
             wire.PARTITION_ID: ident,
             **{k: float(v) for k, v in update_metrics.items()},
             wire.PEAK_RSS_MB: memory.peak_rss_mb(),
             wire.CALL_SECONDS: time.perf_counter() - t0,
+            **counted,
         }
 
     call = ClientCall(msg=msg, method=rt.method, round_cfg=round_cfg, state=context.state, codec=get_codec(cfg.codec),
                       steps=steps, initial_state=lambda: rt.initial_state, train=train, batch=batch, seeded=seeded,
                       metrics=metrics)
-    reply = kind.serve(call)
+    with flops if flops is not None else contextlib.nullcontext():
+        reply = kind.serve(call)
     if not attacking:
         return reply
     return craft_reply(cfg.attack, reply, (cfg.seed, int(round_cfg.get(wire.SERVER_ROUND, 0)), ident))

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from strategies.adversary import AttackConfig
 from strategies.codecs import CodecConfig
 from strategies.dp import DPConfig
+from strategies.population import DeviceConfig
 from strategies.plugins import import_string
 from strategies.runconfig import check, check_choice
 
@@ -161,6 +162,7 @@ class ClientConfig:
     codec: CodecConfig = field(default_factory=CodecConfig, metadata={"registry": "strategies.codecs:CODECS"})
     attack: AttackConfig = field(default_factory=AttackConfig, metadata={"registry": "strategies.adversary:ATTACKS"})
     dp: DPConfig = field(default_factory=DPConfig, metadata={"registry": "strategies.dp:DP"})
+    device: DeviceConfig = field(default_factory=DeviceConfig)  # simulated devices: count FLOPs for the server's clock
     num_clients: int = 10
     local_steps: int = 10
     batch_size: int = 16

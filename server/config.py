@@ -9,6 +9,7 @@ from server.trackers import parse_logger
 from strategies.adversary import AttackConfig
 from strategies.codecs import CodecConfig
 from strategies.dp import DPConfig
+from strategies.population import DeviceConfig
 from strategies.robust import RobustConfig
 from strategies.secagg import SecAggConfig
 from strategies.config import FedAvgConfig, StrategyConfig
@@ -39,6 +40,10 @@ class ServerConfig:
     dp: client-level differential privacy (``strategies/dp.py``).
     attack: the simulated adversaries (``strategies/adversary.py``); the server only
         counts the attackers it sampled.
+    device: the simulated device population (``strategies/population.py``): who is
+        available, simulated time and energy (``server/clock.py``).
+    round_deadline_s: simulated seconds a round waits for its clients (None: no
+        deadline); a client whose simulated time passes it is dropped, not aggregated.
     """
 
     strategy: StrategyConfig = field(default_factory=FedAvgConfig, metadata={"registry": "strategies.registry:STRATEGIES"})
@@ -48,6 +53,8 @@ class ServerConfig:
     dp: DPConfig = field(default_factory=DPConfig, metadata={"registry": "strategies.dp:DP"})
     secagg: SecAggConfig = field(default_factory=SecAggConfig, metadata={"registry": "strategies.secagg:SECAGG"})
     screen: ScreenConfig = field(default_factory=ScreenConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    round_deadline_s: float | None = None
     num_clients: int = 10
     clients_per_round: int = 5
     rounds: int = 5
@@ -78,4 +85,8 @@ class ServerConfig:
               f"an integer <= clients_per_round={self.clients_per_round}", self.screen.min_valid_replies)
         check(self.keep_checkpoints >= 0, "keep_checkpoints", "an integer >= 0 (0: keep all)", self.keep_checkpoints)
         check(self.timeout_s > 0, "timeout_s", "a number > 0 (seconds)", self.timeout_s)
+        check(self.round_deadline_s is None or self.round_deadline_s > 0, "round_deadline_s",
+              "a number of seconds > 0 (or null: no deadline)", self.round_deadline_s)
+        check(self.round_deadline_s is None or self.device.active, "round_deadline_s",
+              "null unless the run simulates devices (device=<profile>|mix|file)", self.round_deadline_s)
         check(self.eval_every >= 0, "eval_every", "an integer >= 0 (0 = only after the last round)", self.eval_every)

@@ -25,6 +25,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
+from server.clock import ClientWork, RoundClock, work_of
 from server.config import ServerConfig
 from server.metrics import MetricsLog, write_json
 from server.progress import RoundProgress
@@ -171,6 +172,11 @@ class RoundTally:
     rejected: int = 0
     asks: int = 0
     resampled: int = 0
+    work: dict[int, ClientWork] = field(default_factory=dict)  # identity -> FLOPs and bytes (simulated devices)
+
+    def work_of(self, node: int) -> ClientWork | None:
+        ident = self.ident_of.get(node)
+        return None if ident is None else self.work.setdefault(ident, ClientWork())
 
 
 class RoundLoop:
@@ -191,6 +197,7 @@ class RoundLoop:
         self.sampler = ClientSampler(cfg.seed)
         self.run_config = dict(run_config or {})
         self.attackers = cfg.attack.attackers(cfg.num_clients, cfg.seed) if cfg.attack.name != "none" else None
+        self.clock = RoundClock(cfg.device, cfg.num_clients, cfg.seed, cfg.round_deadline_s) if cfg.device.active else None
 
     def _log_row(self, row: dict[str, Any]) -> None:
         self.metrics.append(row)
@@ -208,6 +215,8 @@ class RoundLoop:
             set_strategy_state(self.strategy, ckpt.strategy_state)
             self.sampler.set_state(ckpt.sampler_state)
             self.metrics.truncate_after(ckpt.round)
+            if self.clock is not None:  # the simulated time so far, from the rows kept
+                self.clock.elapsed_s = max((float(r.get("sim_elapsed_s") or 0) for r in self.metrics.rows), default=0.0)
             return ckpt
         self.metrics.reset()
         return ServerState(round=0, global_state=self.kind.initial_state(self.strategy, initial_state(self.grid, fed, self.cfg)))
@@ -236,12 +245,16 @@ class RoundLoop:
         screen = self.cfg.screen
         ex = RoundExchange(rnd, self.strategy, None, state.global_state, self.codec, self.cfg.max_examples_per_client)
         tally = RoundTally()
-        idents = self.sampler.sample(fed.identities, self.cfg.clients_per_round)
+        pool, k = fed.identities, self.cfg.clients_per_round
+        if self.clock is not None:  # only available clients are sampled, over-selected when asked
+            pool = self.clock.available(fed.identities, rnd)
+            k = self.clock.sample_size(k, len(pool))
+        idents = self.sampler.sample(pool, k) if pool else []
         valid: list[Message] = []
         for attempt in range(screen.max_resamples + 1):
             valid = self._bounded(rnd, ex, valid + self._exchange(ex, idents, fed, tally), tally)
             short = screen.min_valid_replies - len(valid)
-            untried = [i for i in fed.identities if i not in tally.asked]
+            untried = [i for i in pool if i not in tally.asked]
             if short <= 0 or attempt == screen.max_resamples or not untried or not self.kind.resamplable:
                 break
             idents = self.sampler.sample(untried, short)
@@ -255,8 +268,15 @@ class RoundLoop:
                 f"screen.min_valid_replies={screen.min_valid_replies} after {tally.resampled} further client(s); "
                 f"{kept}; the rejections above say why"
             )
+        device_row = {}
+        if self.clock is not None:  # dropouts and stragglers leave; the round's simulated time and energy
+            settled = self.clock.settle(rnd, valid, lambda m: tally.ident_of.get(m.metadata.src_node_id), tally.work,
+                                        self.cfg.clients_per_round, len(fed.identities) - len(pool))
+            valid, device_row = settled.kept, settled.row
         reported = common_metrics(valid, wire.METRICS)
-        arrays, agg_metrics = self.strategy.aggregate_train(rnd, valid)
+        arrays, agg_metrics = self.strategy.aggregate_train(rnd, valid) if valid else (None, {})
+        if not valid:
+            log.warning("round %d: no client update arrived in time; the global model is unchanged", rnd)
         if arrays is not None:
             state.global_state = _from_record(arrays)
         strategy_metrics = self.kind.row_metrics(agg_metrics)
@@ -266,7 +286,7 @@ class RoundLoop:
         state.sampler_state = self.sampler.state()
         row = self._row(rnd, ev, time.perf_counter() - t0, reported, tally.bytes_up, tally.bytes_down, tally.sent,
                         tally.failures, tally.asks)
-        row.update(rejected=tally.rejected, resampled=tally.resampled)
+        row.update(rejected=tally.rejected, resampled=tally.resampled, **device_row)
         if self.attackers is not None:
             row["attackers"] = len(self.attackers & tally.asked)
         row.update({k: v for k, v in strategy_metrics.items() if k not in row})
@@ -291,10 +311,19 @@ class RoundLoop:
         valid: list[Message] = []
         failures_before = ex.failures
         while messages:  # the round's first request, then the kind's follow-ups
-            tally.bytes_down += sum(payload_bytes(m) for m in messages)
+            for m in messages:
+                down = payload_bytes(m)
+                tally.bytes_down += down
+                if (w := tally.work_of(m.metadata.dst_node_id)) is not None:
+                    w.bytes_down += down
             strays: list[tuple[Message, str]] = []
             replies = send_and_receive(self.grid, messages, self.cfg.timeout_s, strays)
             sizes = {id(r): payload_bytes(r) for r in replies}
+            for r in replies:
+                if (w := tally.work_of(r.metadata.src_node_id)) is not None:
+                    w.bytes_up += sizes[id(r)]
+                    if not r.has_error() and wire.METRICS in r.content.metric_records:
+                        work_of(r.content[wire.METRICS], w)
             tally.bytes_up += sum(sizes.values()) + sum(payload_bytes(r) for r, _ in strays)
             for reply, reason in strays:
                 self._reject(ex.round, tally, reply, reason)

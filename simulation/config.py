@@ -20,15 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from client.config import ClientConfig, DataConfig
 from server.config import ServerConfig
 from simulation.checks import check_run
+from simulation.devices import resolve as resolve_devices
 from strategies.runconfig import ConfigError, build, check, check_choice, flatten
 
 TOP_LEVEL_KEYS = (
-    "model quant data partition method strategy codec device num_clients clients_per_round "
+    "model quant data partition method strategy codec resources device round_deadline_s num_clients clients_per_round "
     "rounds local_steps batch_size lr seed eval_every resume logger screen robust attack dp secagg timeout_s keep_checkpoints"
 ).split()
-CLIENT_KEYS = ("model", "quant", "data", "partition", "method", "codec", "attack", "dp", "num_clients", "local_steps", "batch_size",
+CLIENT_KEYS = ("model", "quant", "data", "partition", "method", "codec", "attack", "dp", "device", "num_clients", "local_steps", "batch_size",
                "lr", "seed")
-SERVER_KEYS = ("strategy", "codec", "robust", "attack", "dp", "secagg", "screen", "num_clients", "clients_per_round", "rounds", "local_steps",
+SERVER_KEYS = ("strategy", "codec", "robust", "attack", "dp", "secagg", "screen", "device", "round_deadline_s", "num_clients", "clients_per_round", "rounds", "local_steps",
                "eval_every", "seed", "resume", "logger", "timeout_s", "keep_checkpoints")
 
 
@@ -37,7 +38,7 @@ INPROCESS_MAX_CLIENTS = 4  # backend=auto: in-process when a round asks at most 
 
 
 @dataclass(frozen=True)
-class DeviceProfile:
+class Resources:
     """Resources one simulated client gets from the Simulation Engine, and where it runs.
 
     ``backend``: ``ray`` runs the ClientApp in Ray worker processes, as many at once as
@@ -55,9 +56,9 @@ class DeviceProfile:
     warm_workers: bool = True  # Ray: Anther starts Ray; workers import and load the backbone as they start
 
     def __post_init__(self) -> None:
-        check(self.client_cpus > 0, "device.client_cpus", "a number > 0", self.client_cpus)
-        check(self.client_gpus >= 0, "device.client_gpus", "a number >= 0", self.client_gpus)
-        check_choice("device.backend", self.backend, BACKENDS)
+        check(self.client_cpus > 0, "resources.client_cpus", "a number > 0", self.client_cpus)
+        check(self.client_gpus >= 0, "resources.client_gpus", "a number >= 0", self.client_gpus)
+        check_choice("resources.backend", self.backend, BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -66,17 +67,17 @@ class SimConfig:
 
     client: ClientConfig
     server: ServerConfig
-    device: DeviceProfile
+    resources: Resources
 
     @property
     def backend(self) -> str:
-        """``ray`` or ``inprocess``: ``device.backend``, with ``auto`` resolved to
+        """``ray`` or ``inprocess``: ``resources.backend``, with ``auto`` resolved to
         in-process when a round asks at most ``INPROCESS_MAX_CLIENTS`` clients and none
         asks for a GPU share (there Ray's start-up is most of the run, and parallel
         workers would gain little), else Ray."""
-        if self.device.backend != "auto":
-            return self.device.backend
-        small = self.server.clients_per_round <= INPROCESS_MAX_CLIENTS and self.device.client_gpus == 0
+        if self.resources.backend != "auto":
+            return self.resources.backend
+        small = self.server.clients_per_round <= INPROCESS_MAX_CLIENTS and self.resources.client_gpus == 0
         return "inprocess" if small else "ray"
 
     def run_config(self) -> dict[str, Any]:
@@ -109,16 +110,23 @@ def build_sim_config(cfg: DictConfig, run_dir: Path, group: str = "") -> SimConf
     unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS) - {"experiment"})
     if unknown:
         errors.append(f"unknown top-level key(s) {unknown}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    from simulation.cli import CONFIG_DIR
+
+    try:
+        raw["device"] = resolve_devices(raw.get("device"), CONFIG_DIR)
+    except ConfigError as err:
+        errors.append(str(err))
+        raw.pop("device", None)
     client = build(ClientConfig, {k: raw[k] for k in CLIENT_KEYS if k in raw}, errors=errors)
     server_raw = {k: raw[k] for k in SERVER_KEYS if k in raw}
     server = build(ServerConfig, {**server_raw, "run_dir": str(run_dir.resolve()), "logger_group": group}, errors=errors)
-    device = build(DeviceProfile, raw.get("device", {}), "device.", errors=errors)
+    resources = build(Resources, raw.get("resources", {}), "resources.", errors=errors)
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(dict.fromkeys(errors)))
     client = dataclasses.replace(client, data=_absolute_data_path(client.data))
     check_kinds(client, server)
     check_run(client, server, server.logger)
-    return SimConfig(client=client, server=server, device=device)
+    return SimConfig(client=client, server=server, resources=resources)
 
 
 def check_kinds(client: ClientConfig, server: ServerConfig) -> None:

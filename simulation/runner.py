@@ -126,7 +126,7 @@ def open_trackers(cfg: DictConfig, sim: SimConfig, run_dir: Path) -> Trackers:
 def backend_config(sim: SimConfig, verbose: bool = False) -> dict[str, Any]:
     """Ray's settings; the workers' own output reaches the console only when verbose."""
     return {
-        "client_resources": {"num_cpus": sim.device.client_cpus, "num_gpus": sim.device.client_gpus},
+        "client_resources": {"num_cpus": sim.resources.client_cpus, "num_gpus": sim.resources.client_gpus},
         "init_args": {"logging_level": "ERROR", "log_to_driver": verbose, "include_dashboard": False},
     }
 
@@ -134,8 +134,8 @@ def backend_config(sim: SimConfig, verbose: bool = False) -> dict[str, Any]:
 def worker_env(sim: SimConfig, flat: dict[str, Any]) -> None:
     """What every simulation worker reads at its start (set before Ray starts)."""
     os.environ[RUN_CONFIG_ENV] = json.dumps(flat)
-    if sim.device.malloc_mmap_threshold > 0:  # read by glibc at start of every worker process
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(sim.device.malloc_mmap_threshold)
+    if sim.resources.malloc_mmap_threshold > 0:  # read by glibc at start of every worker process
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(sim.resources.malloc_mmap_threshold)
     quiet_third_party()
 
 
@@ -181,14 +181,14 @@ def run_federation(
     from simulation.report import write_report
 
     session = None
-    if backend == "ray" and sim.device.warm_workers:
+    if backend == "ray" and sim.resources.warm_workers:
         rc.phase("starting Ray and its workers (each imports the same and loads the backbone)")
-        session = start_ray(backend_config(sim, rc.verbose)["init_args"], client_cpus=sim.device.client_cpus)
+        session = start_ray(backend_config(sim, rc.verbose)["init_args"], client_cpus=sim.resources.client_cpus)
 
     write_run_info(cfg, sim, run_dir)
     preflight(sim, run_dir, rc)
     trackers = open_trackers(cfg, sim, run_dir)
-    where = "in this process (device.backend=inprocess)" if backend == "inprocess" else "on Ray"
+    where = "in this process (resources.backend=inprocess)" if backend == "inprocess" else "on Ray"
     rc.phase(f"starting the Simulation Engine: {sim.server.num_clients} virtual clients {where}")
     try:
         with flower_logs_to_run_log(), engine_backend(backend):

@@ -25,6 +25,8 @@ TRAIN_LOSS = "train-loss"
 TRAIN_SECONDS = "train-s"  # pure local training time
 CALL_SECONDS = "call-s"  # whole handler time (load state, train, encode)
 PEAK_RSS_MB = "peak-rss-mb"  # client process peak RSS during this call
+FLOPS = "flops"  # floating-point operations of this call (only when the run simulates devices)
+QUANTIZED = "quantized"  # 1 when those ran on a quantized (nf4/int8) backbone
 PARTITION_ID = "partition-id"
 
 def error_reason(msg) -> str:

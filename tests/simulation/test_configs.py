@@ -19,6 +19,7 @@ REQUIRED = {
     **{("strategy", s): ["method=zo_seed"] for s in ("fedkseed", "fedkseed_pro", "fwdllm")},
     ("method", "split"): ["strategy=sfl_v2"],
     **{("strategy", s): ["method=split"] for s in ("sfl_v1", "sfl_v2")},
+    ("device", "file"): [f"device.path={CONFIG_DIR}/device/rpi5.yaml"],  # a profile file has a profile group's form
 }
 
 
@@ -164,7 +165,7 @@ def test_dataclass_defaults_equal_the_yaml_defaults():
     from client.methods import METHODS
     from client.partitioners import PARTITIONERS
     from server.config import ServerConfig
-    from simulation.config import DeviceProfile
+    from simulation.config import Resources
     from strategies.adversary import ATTACKS
     from strategies.codecs import CODECS
     from strategies.registry import STRATEGIES
@@ -175,7 +176,7 @@ def test_dataclass_defaults_equal_the_yaml_defaults():
     sim = _validate([])
     assert sim.client == ClientConfig()
     assert dataclasses.replace(sim.server, run_dir=ServerConfig().run_dir) == ServerConfig()
-    assert sim.device == DeviceProfile()
+    assert sim.resources == Resources()
     for group, registry in (("method", METHODS), ("strategy", STRATEGIES), ("codec", CODECS), ("partition", PARTITIONERS),
                             ("robust", ROBUST), ("attack", ATTACKS), ("dp", DP), ("secagg", SECAGG)):
         assert set(group_choices(group)) == set(registry), group  # a YAML per plug-in, a plug-in per YAML

@@ -18,7 +18,7 @@ from safetensors.numpy import load_file
 pytestmark = pytest.mark.integration
 
 ARGS = ["model=tiny-bert", "data.num_examples=120", "data.test_size=30", "local_steps=2", "batch_size=8",
-        "num_clients=4", "clients_per_round=2", "rounds=6", "device.backend=inprocess"]
+        "num_clients=4", "clients_per_round=2", "rounds=6", "resources.backend=inprocess"]
 RUNS = {  # FedAdam's moments; FedKSeed's seed history with DP's accountant history
     "fedadam": ["strategy=fedadam"],
     "fedkseed-dp": ["method=zo_seed", "strategy=fedkseed", "strategy.num_seeds=64", "dp=server", "dp.clip=1.0"],

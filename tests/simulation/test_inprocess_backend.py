@@ -1,6 +1,6 @@
 """The in-process Simulation Engine backend: Flower's engine picks it within
 ``use_inprocess_backend``, runs the ClientApp on copies (as Ray's serialization would),
-reports a raising ClientApp as Flower's error reply; ``device.backend`` selects it, and
+reports a raising ClientApp as Flower's error reply; ``resources.backend`` selects it, and
 a run on it gives the rows and the final state a Ray run gives."""
 
 import logging
@@ -91,26 +91,26 @@ def test_flower_runs_the_clientapp_in_this_process_on_copies():
 def test_backend_choice_and_auto_rule():
     assert _validate(["experiment=smoke"]).backend == "inprocess"  # 3 clients per round
     assert _validate([]).backend == "ray"  # the default run: 5 per round
-    assert _validate(["experiment=smoke", "device.client_gpus=0.5"]).backend == "ray"
-    assert _validate(["experiment=smoke", "device.backend=ray"]).backend == "ray"
-    assert _validate(["device.backend=inprocess"]).backend == "inprocess"
+    assert _validate(["experiment=smoke", "resources.client_gpus=0.5"]).backend == "ray"
+    assert _validate(["experiment=smoke", "resources.backend=ray"]).backend == "ray"
+    assert _validate(["resources.backend=inprocess"]).backend == "inprocess"
     with pytest.raises(ConfigError) as err:
-        _validate(["device.backend=threads"])
-    assert "device.backend='threads' is not known; valid choices: auto, inprocess, ray" in str(err.value)
+        _validate(["resources.backend=threads"])
+    assert "resources.backend='threads' is not known; valid choices: auto, inprocess, ray" in str(err.value)
 
 
 @pytest.mark.integration
 def test_inprocess_run_equals_ray_run(tmp_path, caplog):
     """Same seed, same rows (less the measured fields) and the same final checkpoint, when
-    clients compute with the same threads: a Ray worker gets ``device.client_cpus``
+    clients compute with the same threads: a Ray worker gets ``resources.client_cpus``
     threads, in-process clients the driver's (float sums depend on the thread count)."""
     import torch
 
     caplog.set_level(logging.INFO, logger="anther.phase")
     runs = {}
-    threads = f"device.client_cpus={torch.get_num_threads()}"
+    threads = f"resources.client_cpus={torch.get_num_threads()}"
     for backend in ("ray", "inprocess"):
-        run_dir = simulation.run(["experiment=smoke", "rounds=2", f"device.backend={backend}", threads,
+        run_dir = simulation.run(["experiment=smoke", "rounds=2", f"resources.backend={backend}", threads,
                                   f"hydra.run.dir={tmp_path / backend}"])
         runs[backend] = fingerprint(run_dir)
         where = "in this process" if backend == "inprocess" else "on Ray"

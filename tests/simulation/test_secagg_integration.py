@@ -13,7 +13,7 @@ import simulation
 
 pytestmark = pytest.mark.integration
 BASE = ["model=tiny-bert", "data.num_examples=120", "data.test_size=30", "local_steps=2", "batch_size=8",
-        "num_clients=4", "clients_per_round=4", "rounds=2", "eval_every=0", "device.backend=inprocess"]
+        "num_clients=4", "clients_per_round=4", "rounds=2", "eval_every=0", "resources.backend=inprocess"]
 
 
 def rows(run_dir):

@@ -11,7 +11,7 @@ from strategies.runconfig import ConfigError
 
 pytestmark = pytest.mark.integration
 TINY = ["model=tiny-bert", "data.num_examples=160", "data.test_size=30", "local_steps=2", "batch_size=8",
-        "device.backend=inprocess"]
+        "resources.backend=inprocess"]
 
 
 def rows(run_dir):
