@@ -1,0 +1,65 @@
+"""Simulated devices through Flower's real Simulation Engine on a tiny model: a mix
+with a deadline drops the stragglers (counted, not aggregated); bad populations are
+config errors before training."""
+
+import json
+
+import pytest
+from omegaconf import open_dict
+
+import simulation
+from simulation import compose_config
+from simulation.config import build_sim_config
+from strategies.runconfig import ConfigError
+
+pytestmark = pytest.mark.integration
+TINY = ["model=tiny-bert", "data.num_examples=160", "data.test_size=30", "local_steps=2", "batch_size=8",
+        "resources.backend=inprocess"]
+SURE = ["+device.profiles.rpi5.availability=1.0", "+device.profiles.rpi5.dropout=0.0",
+        "+device.profiles.laptop.availability=1.0", "+device.profiles.laptop.dropout=0.0"]
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_deadline_drops_the_slow_class_and_counts_time_and_energy(tmp_path):
+    """Half the clients are Pis made a million times slower: every one sampled misses the
+    60 s deadline, is counted in `dropped` and not aggregated; the laptops are."""
+    run_dir = simulation.run([*TINY, *SURE, "num_clients=6", "clients_per_round=4", "rounds=2", "device=mix",
+                              "device.shares={rpi5: 0.5, laptop: 0.5}", "+device.profiles.rpi5.flops_fp32=1e-4",
+                              "round_deadline_s=60", f"hydra.run.dir={tmp_path}"])
+    elapsed = 0.0
+    for r in rows(run_dir)[1:]:
+        assert r["clients"] == 4 and r["unavailable"] == 0 and r["failures"] == 0
+        assert r["clients_rpi5"] == 0 and r["clients_laptop"] + r["dropped"] == 4 and r["dropped"] >= 1, r
+        assert r["sim_time_s"] == 60.0  # it waited for the stragglers until the deadline
+        assert r["sim_energy_j"] > 0
+        elapsed += r["sim_time_s"]
+        assert r["sim_elapsed_s"] == pytest.approx(elapsed)
+
+
+def test_without_devices_rows_are_unchanged(tmp_path):
+    run_dir = simulation.run([*TINY, "num_clients=3", "clients_per_round=3", "rounds=1", f"hydra.run.dir={tmp_path}"])
+    (row,) = rows(run_dir)[1:]
+    assert not any(k.startswith("sim_") or k.startswith("clients_") for k in row) and "dropped" not in row
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["device=mix", "device.shares={rpi5: 0.5, laptop: 0.4}"], "sum to 1"),
+        (["device=mix", "device.shares={rpi9: 1.0}"], "'rpi9' is not known; valid profiles: laptop, phone-high"),
+        (["device=rpi5", "round_deadline_s=0"], "round_deadline_s"),
+        (["round_deadline_s=30"], "null unless the run simulates devices"),
+        (["device=rpi5", "device.profiles.rpi5.uplink_mbps=-1"], "uplink_mbps: expected a number > 0"),
+        (["device=file"], "device.path: a value is required"),
+        (["device=file", "device.path=/no/such.yaml"], "cannot read /no/such.yaml"),
+    ],
+)
+def test_bad_populations_are_config_errors(overrides, match, tmp_path):
+    cfg = compose_config(overrides)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    with pytest.raises(ConfigError, match=match):
+        build_sim_config(cfg, tmp_path)
