@@ -82,6 +82,9 @@ class MetricsLog:
             "total_failures": sum(r["failures"] for r in trained),
             "wall_s": round(sum(r["wall_s"] for r in self.rows), 3),
             "max_client_peak_rss_mb": max((r["client_peak_rss_mb"] or 0 for r in trained), default=None),
+            **({"sim_time_s": trained[-1].get("sim_elapsed_s"),
+                "sim_energy_j": round(sum(r.get("sim_energy_j") or 0.0 for r in trained), 3),
+                "dropped": sum(r.get("dropped") or 0 for r in trained)} if trained and "sim_elapsed_s" in trained[-1] else {}),
             **extra,
         }
 

@@ -18,25 +18,33 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _series(rows: list[dict[str, Any]], key: str, x: str) -> tuple[list[float], list[float]]:
+    """(x, y) of ``key`` where it was measured; x: round, cumulative uploaded MiB
+    ("bytes"), simulated hours since the start ("sim_time"), or cumulative simulated kJ
+    ("energy")."""
     xs, ys = [], []
-    cum = 0.0
+    cum = energy = 0.0
     for r in rows:
         cum += r["bytes_up"]
+        energy += r.get("sim_energy_j") or 0.0
         if r.get(key) is not None:
-            xs.append(r["round"] if x == "round" else cum / 2**20)
+            xs.append({"round": r["round"], "bytes": cum / 2**20, "sim_time": (r.get("sim_elapsed_s") or 0.0) / 3600,
+                       "energy": energy / 1000}[x])
             ys.append(r[key])
     return xs, ys
 
 
 def plot_runs(runs: dict[str, list[dict[str, Any]]], path: Path, title: str = "") -> Path:
-    """One figure, 2x2 panels, one line per run (label -> metrics rows)."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    """One figure, 2x2 panels, one line per run (label -> metrics rows); two more
+    (accuracy vs simulated time and energy) when a run simulated devices."""
+    simulated = any("sim_elapsed_s" in r for rows in runs.values() for r in rows)
+    fig, axes = plt.subplots(3 if simulated else 2, 2, figsize=(11, 11 if simulated else 7.5))
     panels = [
         ("eval_accuracy", "round", "test accuracy", "round"),
         ("eval_accuracy", "bytes", "test accuracy", "cumulative uploaded MiB"),
         ("eval_loss", "round", "loss (solid: test, dashed: train)", "round"),
         ("eval_loss", "bytes", "test loss", "cumulative uploaded MiB"),
-    ]
+    ] + ([("eval_accuracy", "sim_time", "test accuracy", "simulated hours on the devices"),
+          ("eval_accuracy", "energy", "test accuracy", "simulated energy of the clients (kJ)")] if simulated else [])
     totals = [sum(r.get("bytes_up", 0) for r in rows) for rows in runs.values()]
     log_bytes = min(totals, default=0) > 0 and max(totals) / min(totals) > 100  # e.g. seeds vs LoRA deltas
     for ax, (key, x, ylabel, xlabel) in zip(axes.flat, panels):
