@@ -5,7 +5,8 @@ memory (client peak RSS, fp32 vs nf4/int8 backbones), kernels (seeded perturbati
 throughput vs torch normal_ + add_), zo (uplink bytes and client memory of zo_seed and
 forward_grad next to LoRA FedAvg), split (split training's client memory, bytes and
 exchange overhead), methods (client peak RSS of each PEFT method beside LoRA's), trust (wire cost of the
-update codecs, SecAgg+ computation per round), firstuse (time to a config error, experiment=smoke
+update codecs, SecAgg+ computation per round), profile (this machine's effective FLOP/s and memory, written
+as a device profile for device=file), firstuse (time to a config error, experiment=smoke
 end to end with its start-up phases and console, and its accuracy vs chance).
 """
 
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="minilm", help="backbone whose LoRA state is encoded (default minilm)")
     t.add_argument("--clients", type=int, default=10, help="clients of the SecAgg+ round (default 10)")
     t.add_argument("--only", choices=("codecs", "secagg"), help="run only one part")
+    pr = sub.add_parser("profile", help="measure this machine and write a device profile YAML (device=file)")
+    pr.add_argument("--name", default="", help="the profile's name (default: host name)")
+    pr.add_argument("--out", default="device-profile.yaml", help="where to write it (default device-profile.yaml)")
+    pr.add_argument("--model", default="minilm", help="backbone measured (default minilm)")
+    pr.add_argument("--like", default="laptop", help="built-in profile whose unmeasured numbers are copied (default laptop)")
     f = sub.add_parser("firstuse", help="time to a config error; experiment=smoke end to end, console, accuracy")
     f.add_argument("--repeats", type=int, default=3, help="runs of each config error (the median is reported)")
     f.add_argument("--smoke-runs", type=int, default=1, help="runs of experiment=smoke timed end to end")
@@ -57,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.suite == "profile":
+        from benchmarks.profile import main as profile_main
+
+        return profile_main([*(["--name", args.name] if args.name else []), "--out", args.out, "--model", args.model,
+                             "--like", args.like])
     if args.suite == "overhead":
         from benchmarks.overhead import run
 

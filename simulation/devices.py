@@ -55,7 +55,7 @@ def resolve(raw: dict[str, Any] | None, config_dir: Path) -> dict[str, Any]:
         if not raw.get("shares"):  # a file of several profiles: equal shares
             raw["shares"] = {n: 1.0 / len(loaded["profiles"]) for n in loaded["profiles"]}
     default = raw.pop("default_shares", None) or {}
-    shares = dict(raw.get("shares") or default) or ({name: 1.0} if name in profiles else {})
+    shares = dict(raw.get("shares") or default) or ({name: 1.0} if name not in SPECIAL else {})
     known = profile_names(config_dir)
     for wanted in shares:
         if wanted in known:  # the file's numbers, under any the run overrides
