@@ -11,7 +11,8 @@ exchange of a split step included); bytes are the serialized messages the server
 counted, both ways. A round:
 
 - samples only clients available this round (each with its profile's probability,
-  seeded per round), ``ceil(clients_per_round x (1 + device.over_select))`` of them;
+  seeded per round, or as a trace's windows say at the round's simulated start),
+  ``ceil(clients_per_round x (1 + device.over_select))`` of them;
 - drops a client that drops out mid-round (its profile's probability, seeded) or whose
   time passes ``round_deadline_s`` (a straggler): counted in ``dropped``, not
   aggregated;
@@ -72,7 +73,7 @@ class RoundClock:
 
     def available(self, idents: list[int], rnd: int) -> list[int]:
         """The identities available in round ``rnd``."""
-        mask = self.population.available(self.classes, rnd, self.seed)
+        mask = self.population.available(self.classes, rnd, self.seed, self.elapsed_s)
         return [i for i in idents if mask[i % self.num_clients]]
 
     def sample_size(self, k: int, available: int) -> int:

@@ -113,7 +113,7 @@ def build_sim_config(cfg: DictConfig, run_dir: Path, group: str = "") -> SimConf
     from simulation.cli import CONFIG_DIR
 
     try:
-        raw["device"] = resolve_devices(raw.get("device"), CONFIG_DIR)
+        raw["device"] = resolve_devices(raw.get("device"), CONFIG_DIR, int(raw.get("num_clients") or 0))
     except ConfigError as err:
         errors.append(str(err))
         raw.pop("device", None)

@@ -3,7 +3,8 @@
 ``device=rpi5`` carries its own numbers; ``device=mix`` names profiles in
 ``device.shares`` whose numbers come from ``configs/device/<name>.yaml`` (unless the
 run overrides them under ``device.profiles``); ``device=file`` reads a profile YAML that
-``anther-bench profile`` wrote. The result is a plain mapping for
+``anther-bench profile`` wrote; ``device=trace`` reads a CSV of each client's profile and
+availability windows (:mod:`strategies.traces`). The result is a plain mapping for
 :class:`strategies.population.DeviceConfig` with ``profiles`` and ``shares`` filled, so
 the run's config holds every number it used.
 """
@@ -16,8 +17,9 @@ from typing import Any
 import yaml
 
 from strategies.runconfig import ConfigError
+from strategies.traces import read_trace
 
-SPECIAL = ("none", "mix", "file")  # the group's options that are not profiles
+SPECIAL = ("none", "mix", "file", "trace")  # the group's options that are not profiles
 
 
 def profile_names(config_dir: Path) -> list[str]:
@@ -38,17 +40,28 @@ def _read(path: Path, what: str) -> dict[str, Any]:
     return raw
 
 
-def resolve(raw: dict[str, Any] | None, config_dir: Path) -> dict[str, Any]:
-    """``raw`` (the composed ``device`` group) with ``profiles`` and ``shares`` filled."""
+def _required_path(raw: dict[str, Any], what: str) -> Path:
+    if str(raw.get("path", "")) in ("", "???"):
+        raise ConfigError(f"device.path: a value is required (set device.path={what})")
+    return Path(str(raw["path"])).expanduser()
+
+
+def resolve(raw: dict[str, Any] | None, config_dir: Path, num_clients: int = 0) -> dict[str, Any]:
+    """``raw`` (the composed ``device`` group) with ``profiles`` and ``shares`` filled;
+    a trace is read and checked against ``num_clients``."""
     raw = dict(raw or {})
     name = str(raw.get("name", "none"))
     if name == "none":
         return raw
     profiles = {k: dict(v) for k, v in (raw.get("profiles") or {}).items()}
+    if name == "trace":
+        path = _required_path(raw, "trace.csv: client_id,profile,windows")
+        trace = read_trace(path, num_clients)
+        raw["path"] = str(path.resolve())
+        used = sorted(set(trace.profiles))
+        raw["shares"] = {n: trace.profiles.count(n) / num_clients for n in used}
     if name == "file":
-        if str(raw.get("path", "")) in ("", "???"):
-            raise ConfigError("device.path: a value is required (set device.path=PROFILE.yaml, written by `anther-bench profile`)")
-        path = Path(str(raw["path"])).expanduser()
+        path = _required_path(raw, "PROFILE.yaml, written by `anther-bench profile`")
         loaded = _read(path, "device.path")
         profiles = {**loaded["profiles"], **profiles}
         raw["path"] = str(path.resolve())

@@ -12,8 +12,9 @@ built-in profiles, with their sources, are in ``configs/device/*.yaml``.
 A :class:`DeviceConfig` is the ``device`` group: ``none`` (no device simulation: no
 simulated time, everyone always available), one profile for every client
 (``device=rpi5``), a mix (``device=mix device.shares={phone-mid: 0.5, rpi5: 0.3,
-laptop: 0.2}``), or a profile file written by ``anther-bench profile``
-(``device=file device.path=...``). The CLI resolves it into ``profiles`` (every
+laptop: 0.2}``), a profile file written by ``anther-bench profile``
+(``device=file device.path=...``), or a trace of each client's profile and availability
+windows (``device=trace device.path=trace.csv``, :mod:`strategies.traces`). The CLI resolves it into ``profiles`` (every
 profile's numbers) and ``shares``, so a run's config holds the numbers it used and a
 resume with other numbers is refused.
 
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from strategies.runconfig import ConfigError, check
+from strategies.traces import Trace, read_trace
 
 PROFILE_KEYS = ("memory_mb", "flops_fp32", "flops_quant", "uplink_mbps", "downlink_mbps", "availability", "dropout",
                 "joules_per_gflop", "joules_per_mb")
@@ -108,9 +110,11 @@ class DeviceConfig:
     profiles: dict[str, dict[str, float]] = field(default_factory=dict)
     path: str = ""
     over_select: float = 0.0
+    period_s: float = 0.0  # device=trace: the windows repeat with this period (0: they do not)
 
     def __post_init__(self) -> None:
         check(0 <= self.over_select <= 10, "device.over_select", "a fraction in [0, 10]", self.over_select)
+        check(self.period_s >= 0, "device.period_s", "seconds >= 0 (0: windows do not repeat)", self.period_s)
         if not self.active:
             return
         shares = self.shares or ({self.name: 1.0} if self.name in self.profiles else {})
@@ -144,19 +148,30 @@ class Population:
         self.names = sorted(n for n, s in shares.items() if s > 0)
         self.shares = np.array([shares[n] for n in self.names], dtype=np.float64)
         self.profiles = {n: DeviceProfile.from_numbers(n, cfg.profiles[n]) for n in self.names}
+        self.trace_path, self.period_s = (cfg.path, cfg.period_s) if cfg.name == "trace" else ("", 0.0)
+        self.trace: Trace | None = None
 
     def classes(self, num_clients: int, seed: int) -> np.ndarray:
-        """(num_clients,) index into ``names`` of every client's profile: exactly
-        round(share x num_clients) of each class (largest remainders), in a seeded order."""
+        """(num_clients,) index into ``names`` of every client's profile: the trace's, or
+        exactly round(share x num_clients) of each class (largest remainders) in a
+        seeded order."""
+        if self.trace_path:
+            self.trace = read_trace(self.trace_path, num_clients)
+            index = {n: k for k, n in enumerate(self.names)}
+            return np.array([index[p] for p in self.trace.profiles], dtype=np.int64)
         counts = np.floor(self.shares * num_clients).astype(np.int64)
         rest = self.shares * num_clients - counts
         counts[np.argsort(-rest, kind="stable")[: num_clients - counts.sum()]] += 1
         classes = np.repeat(np.arange(len(self.names)), counts)
         return np.random.default_rng([seed, _DRAW_PROFILE]).permutation(classes)
 
-    def available(self, classes: np.ndarray, rnd: int, seed: int) -> np.ndarray:
-        """(N,) bool: which clients are available in round ``rnd`` (independent per
-        round and client); ``classes`` as :meth:`classes` gives them."""
+    def available(self, classes: np.ndarray, rnd: int, seed: int, elapsed_s: float = 0.0) -> np.ndarray:
+        """(N,) bool: which clients are available in round ``rnd``, which starts at
+        simulated time ``elapsed_s``: the trace's windows, else each client with its
+        profile's probability (independent per round and client); ``classes`` as
+        :meth:`classes` gives them."""
+        if self.trace is not None:
+            return self.trace.available(elapsed_s, self.period_s)
         p = np.array([self.profiles[n].availability for n in self.names])[classes]
         return np.random.default_rng([seed, _DRAW_AVAILABLE, rnd]).random(len(classes)) < p
 

@@ -20,6 +20,7 @@ REQUIRED = {
     ("method", "split"): ["strategy=sfl_v2"],
     **{("strategy", s): ["method=split"] for s in ("sfl_v1", "sfl_v2")},
     ("device", "file"): [f"device.path={CONFIG_DIR}/device/rpi5.yaml"],  # a profile file has a profile group's form
+    ("device", "trace"): ["device.path={tmp}/trace.csv", "num_clients=2", "clients_per_round=2"],
 }
 
 
@@ -33,6 +34,7 @@ def _validate(overrides):
 @pytest.mark.parametrize("group, name", [(g, n) for g in GROUPS for n in group_choices(g)])
 def test_every_shipped_config_validates(group, name, tmp_path):
     (tmp_path / "x.csv").write_text("text,label\n" + "".join(f"row {i},{i % 3}\n" for i in range(1500)))
+    (tmp_path / "trace.csv").write_text("client_id,profile,windows\n0,rpi5,\n1,laptop,0-3600\n")
     extra = [o.format(tmp=tmp_path) for o in REQUIRED.get((group, name), [])]
     sim = _validate([f"{group}={name}", *extra])
     flat = sim.run_config()

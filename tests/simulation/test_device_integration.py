@@ -39,6 +39,20 @@ def test_deadline_drops_the_slow_class_and_counts_time_and_energy(tmp_path):
         assert r["sim_elapsed_s"] == pytest.approx(elapsed)
 
 
+def test_trace_windows_decide_who_is_sampled(tmp_path):
+    """Three laptops always there, three Pis only at the very start: round 1 samples all
+    six, later rounds (simulated time has passed) only the laptops."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text("client_id,profile,windows\n" + "".join(f"{i},laptop,\n" for i in range(3))
+                     + "".join(f"{i},rpi5,0-0.000001\n" for i in range(3, 6)))
+    run_dir = simulation.run([*TINY, "num_clients=6", "clients_per_round=6", "rounds=2", "device=trace",
+                              f"device.path={trace}", "++device.profiles.rpi5.dropout=0", "++device.profiles.laptop.dropout=0",
+                              f"hydra.run.dir={tmp_path / 'run'}"])
+    first, second = rows(run_dir)[1:]
+    assert (first["clients"], first["unavailable"], first["clients_rpi5"]) == (6, 0, 3)
+    assert (second["clients"], second["unavailable"], second["clients_rpi5"], second["clients_laptop"]) == (3, 3, 0, 3)
+
+
 def test_without_devices_rows_are_unchanged(tmp_path):
     run_dir = simulation.run([*TINY, "num_clients=3", "clients_per_round=3", "rounds=1", f"hydra.run.dir={tmp_path}"])
     (row,) = rows(run_dir)[1:]
@@ -55,10 +69,16 @@ def test_without_devices_rows_are_unchanged(tmp_path):
         (["device=rpi5", "device.profiles.rpi5.uplink_mbps=-1"], "uplink_mbps: expected a number > 0"),
         (["device=file"], "device.path: a value is required"),
         (["device=file", "device.path=/no/such.yaml"], "cannot read /no/such.yaml"),
+        (["device=trace"], "device.path: a value is required"),
+        (["device=trace", "num_clients=2", "device.path={trace}"], "client 2 is not in this population"),
+        (["device=trace", "num_clients=4", "device.path={trace}"], r"no row for client\(s\) \[3\]"),
+        (["device=trace", "num_clients=3", "device.path={trace}", "device.period_s=-1"], "device.period_s"),
     ],
 )
 def test_bad_populations_are_config_errors(overrides, match, tmp_path):
-    cfg = compose_config(overrides)
+    trace = tmp_path / "trace.csv"
+    trace.write_text("client_id,profile,windows\n0,rpi5,\n1,laptop,0-10 20-30\n2,laptop,\n")
+    cfg = compose_config([o.replace("{trace}", str(trace)) for o in overrides])
     with open_dict(cfg):
         del cfg["hydra"]
     with pytest.raises(ConfigError, match=match):
