@@ -23,7 +23,10 @@ counted, both ways. A round:
   no waiting (the server is told at once): set ``round_deadline_s`` to model the wait.
 
 Energy counts every sampled client that trained, the dropped ones included (they spent
-it). Rows gain ``sim_time_s`` (the round), ``sim_elapsed_s`` (since the start),
+it). Split training: a dropped client's activations have already trained the server's
+part during the round; what it loses is its client part's place in the average.
+Secure aggregation cannot drop anyone after the fact (the server sees only the sum), so
+``device`` with ``secagg`` is a config error. Rows gain ``sim_time_s`` (the round), ``sim_elapsed_s`` (since the start),
 ``sim_energy_j``, ``dropped``, ``unused``, ``unavailable`` and, per device class,
 ``clients_<class>`` (aggregated this round).
 """

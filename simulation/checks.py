@@ -291,6 +291,9 @@ def _check_secagg(client: ClientConfig, server: ServerConfig, name: str, what: s
         if value != "none":
             raise ConfigError(f"secagg={secagg.name} with {key}={value}: the server sees only the sum, so it cannot "
                               f"screen, clip or weigh single updates (use {key}=none)")
+    if server.device.active:
+        raise ConfigError(f"secagg={secagg.name} with device={server.device.name}: the server sees only the sum, so it "
+                          "cannot leave out a straggler or a dropout after the fact (use device=none)")
     if server.codec.name not in LOSSLESS_CASTS:
         raise ConfigError(f"secagg={secagg.name} with codec={server.codec.name}: compressed updates do not add up; "
                           f"secure aggregation has its own fixed point (codec={' | '.join(LOSSLESS_CASTS)})")

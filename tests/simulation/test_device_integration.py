@@ -70,6 +70,7 @@ def test_without_devices_rows_are_unchanged(tmp_path):
         (["device=file"], "device.path: a value is required"),
         (["device=file", "device.path=/no/such.yaml"], "cannot read /no/such.yaml"),
         (["device=trace"], "device.path: a value is required"),
+        (["device=rpi5", "secagg=secaggplus"], "cannot leave out a straggler"),
         (["device=trace", "num_clients=2", "device.path={trace}"], "client 2 is not in this population"),
         (["device=trace", "num_clients=4", "device.path={trace}"], r"no row for client\(s\) \[3\]"),
         (["device=trace", "num_clients=3", "device.path={trace}", "device.period_s=-1"], "device.period_s"),
