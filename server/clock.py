@@ -21,6 +21,8 @@ counted, both ways. A round:
 - lasts until its last aggregated reply arrives, or the whole deadline when a client it
   waited for never came (a dropout or a straggler). Without a deadline a dropout costs
   no waiting (the server is told at once): set ``round_deadline_s`` to model the wait.
+  A round in which nobody is available trains nothing and lasts until a trace's next
+  window opens (else one deadline, else no time).
 
 Energy counts every sampled client that trained, the dropped ones included (they spent
 it). Split training: a dropped client's activations have already trained the server's
@@ -111,6 +113,8 @@ class RoundClock:
         timed = timed[:k]
         kept += [reply for _, _, reply in timed]
         waited = self.deadline_s if dropped and self.deadline_s is not None else 0.0
+        if not work:  # nobody was available: wait for the next one to be (a trace), or one deadline
+            waited = self.population.next_available_in(self.elapsed_s) or self.deadline_s or 0.0
         round_s = max([t for t, _, _ in timed] + [waited])
         self.elapsed_s += round_s
         energy = sum(self.population.profiles[self.population.names[self._class(i)]].energy_j(

@@ -245,15 +245,17 @@ class RoundLoop:
         screen = self.cfg.screen
         ex = RoundExchange(rnd, self.strategy, None, state.global_state, self.codec, self.cfg.max_examples_per_client)
         tally = RoundTally()
-        pool, k = fed.identities, self.cfg.clients_per_round
+        pool, k, needed = fed.identities, self.cfg.clients_per_round, screen.min_valid_replies
         if self.clock is not None:  # only available clients are sampled, over-selected when asked
             pool = self.clock.available(fed.identities, rnd)
-            k = self.clock.sample_size(k, len(pool))
+            k, needed = self.clock.sample_size(k, len(pool)), min(needed, len(pool))
+            if not pool:
+                log.warning("round %d: no client is available; the simulated clock moves on", rnd)
         idents = self.sampler.sample(pool, k) if pool else []
         valid: list[Message] = []
-        for attempt in range(screen.max_resamples + 1):
+        for attempt in range(screen.max_resamples + 1 if idents else 0):
             valid = self._bounded(rnd, ex, valid + self._exchange(ex, idents, fed, tally), tally)
-            short = screen.min_valid_replies - len(valid)
+            short = needed - len(valid)
             untried = [i for i in pool if i not in tally.asked]
             if short <= 0 or attempt == screen.max_resamples or not untried or not self.kind.resamplable:
                 break
@@ -261,7 +263,7 @@ class RoundLoop:
             tally.resampled += len(idents)
             log.warning("round %d: %d valid update(s), fewer than screen.min_valid_replies=%d; asking %d more client(s)",
                         rnd, len(valid), screen.min_valid_replies, len(idents))
-        if len(valid) < screen.min_valid_replies:
+        if len(valid) < needed:
             kept = f"the checkpoint after round {rnd - 1} is kept (resume=true continues)" if rnd > 1 else "nothing was trained"
             raise RoundFailed(
                 f"round {rnd}: {len(valid)} valid update(s) from {len(tally.asked)} client(s) asked, fewer than "

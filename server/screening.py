@@ -111,7 +111,7 @@ def common_metrics(replies: list[Message], key: str) -> list:
     from flwr.app import MetricRecord
 
     records = [r.content.metric_records.get(key) for r in replies]
-    shared = set.intersection(*(set(m.keys()) for m in records if m is not None)) if all(records) else set()
+    shared = set.intersection(*(set(m.keys()) for m in records)) if records and all(records) else set()
     for reply, record in zip(replies, records):
         if record is not None and set(record.keys()) != shared:
             reply.content[key] = MetricRecord({k: record[k] for k in record.keys() if k in shared})

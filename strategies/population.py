@@ -175,6 +175,11 @@ class Population:
         p = np.array([self.profiles[n].availability for n in self.names])[classes]
         return np.random.default_rng([seed, _DRAW_AVAILABLE, rnd]).random(len(classes)) < p
 
+    def next_available_in(self, elapsed_s: float) -> float | None:
+        """Seconds from ``elapsed_s`` until a trace's next window opens (None: no trace,
+        or no window opens again)."""
+        return self.trace.next_start_in(elapsed_s, self.period_s) if self.trace is not None else None
+
     def drops_out(self, ident: int, klass: int, rnd: int, seed: int) -> bool:
         """Whether client ``ident`` drops out in the middle of round ``rnd``."""
         u = np.random.default_rng([seed, _DRAW_DROPOUT, rnd, ident]).random()

@@ -51,6 +51,17 @@ class Trace:
         return mask
 
 
+    def next_start_in(self, t: float, period_s: float = 0.0) -> float | None:
+        """Seconds from ``t`` until the next window opens (None: none opens again)."""
+        if not len(self.start):
+            return None
+        phase = t % period_s if period_s > 0 else t
+        later = self.start[self.start > phase]
+        if len(later):
+            return float(later.min() - phase)
+        return float(self.start.min() + period_s - phase) if period_s > 0 else None
+
+
 def _windows(text: str, where: str) -> list[tuple[float, float]]:
     out = []
     for part in text.split():

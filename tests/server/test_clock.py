@@ -63,3 +63,14 @@ def test_dropouts_are_dropped_and_replies_without_a_client_are_kept():
     clock = _clock(dropout=1.0)
     out = clock.settle(1, ["sum", *range(4)], lambda m: None if m == "sum" else m, _work(clock), k=4, unavailable=0)
     assert out.kept == ["sum"] and out.row["dropped"] == 4
+
+
+def test_a_round_with_nobody_available_waits_for_the_next_window(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("client_id,profile,windows\n0,fast,100-200\n1,slow,500-600\n")
+    cfg = DeviceConfig(name="trace", path=str(trace), shares={"fast": 0.5, "slow": 0.5},
+                       profiles={"fast": FAST, "slow": SLOW})
+    clock = RoundClock(cfg, 2, seed=0, deadline_s=None)
+    assert clock.available([0, 1], 1) == []
+    out = clock.settle(1, [], lambda m: m, {}, k=2, unavailable=2)
+    assert out.row["sim_time_s"] == 100 and clock.available([0, 1], 2) == [0]

@@ -53,6 +53,16 @@ def test_trace_windows_decide_who_is_sampled(tmp_path):
     assert (second["clients"], second["unavailable"], second["clients_rpi5"], second["clients_laptop"]) == (3, 3, 0, 3)
 
 
+def test_a_round_with_nobody_available_moves_the_clock_and_trains_nothing(tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text("client_id,profile,windows\n" + "".join(f"{i},laptop,100-1000\n" for i in range(3)))
+    run_dir = simulation.run([*TINY, "num_clients=3", "clients_per_round=3", "rounds=2", "device=trace",
+                              f"device.path={trace}", "++device.profiles.laptop.dropout=0", f"hydra.run.dir={tmp_path / 'run'}"])
+    idle, trained = rows(run_dir)[1:]
+    assert (idle["clients"], idle["examples"], idle["unavailable"], idle["sim_time_s"]) == (0, 0, 3, 100.0)
+    assert trained["clients"] == 3 and trained["examples"] > 0 and trained["sim_elapsed_s"] > 100
+
+
 def test_without_devices_rows_are_unchanged(tmp_path):
     run_dir = simulation.run([*TINY, "num_clients=3", "clients_per_round=3", "rounds=1", f"hydra.run.dir={tmp_path}"])
     (row,) = rows(run_dir)[1:]

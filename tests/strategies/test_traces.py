@@ -20,6 +20,8 @@ def test_windows_decide_availability(tmp_path):
     assert trace.available(150).tolist() == [False, True, True]
     assert trace.available(250).tolist() == [True, True, False]  # end is exclusive
     assert trace.available(1150, period_s=1000).tolist() == [False, True, True]
+    assert trace.next_start_in(120) == 80 and trace.next_start_in(300) is None
+    assert trace.next_start_in(1300, period_s=1000) == 700  # phase 300: the next day's 0-100 window
 
 
 @pytest.mark.parametrize(
