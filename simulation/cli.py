@@ -43,6 +43,7 @@ config groups (KEY=CHOICE):
 
 settings: num_clients clients_per_round rounds local_steps batch_size lr seed eval_every
           resume=false|true|auto  logger=tensorboard|mlflow|wandb (or [tensorboard,mlflow])
+          round_deadline_s=SECONDS (simulated, with a device= population)
           and any group's own keys, e.g. partition.alpha=0.1 method.r=4 strategy.proximal_mu=0.01
 
 examples:
