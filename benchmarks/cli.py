@@ -6,7 +6,8 @@ throughput vs torch normal_ + add_), zo (uplink bytes and client memory of zo_se
 forward_grad next to LoRA FedAvg), split (split training's client memory, bytes and
 exchange overhead), methods (client peak RSS of each PEFT method beside LoRA's), trust (wire cost of the
 update codecs, SecAgg+ computation per round), profile (this machine's effective FLOP/s and memory, written
-as a device profile for device=file), firstuse (time to a config error, experiment=smoke
+as a device profile for device=file), scale (N clients' fixed and per-round cost and peak memory beside
+Flower's own run_simulation with a trivial app), firstuse (time to a config error, experiment=smoke
 end to end with its start-up phases and console, and its accuracy vs chance).
 """
 
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="device-profile.yaml", help="where to write it (default device-profile.yaml)")
     pr.add_argument("--model", default="minilm", help="backbone measured (default minilm)")
     pr.add_argument("--like", default="laptop", help="built-in profile whose unmeasured numbers are copied (default laptop)")
+    sc = sub.add_parser("scale", help="N clients: fixed and per-round seconds and peak memory, beside Flower's floor")
+    sc.add_argument("--sizes", default="1000,10000", help="populations, comma-separated (default 1000,10000)")
+    sc.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    sc.add_argument("--per-round", type=int, default=100, help="clients per round (default 100)")
+    sc.add_argument("--timeout", type=float, default=1800, help="seconds before a case is stopped (default 1800)")
     f = sub.add_parser("firstuse", help="time to a config error; experiment=smoke end to end, console, accuracy")
     f.add_argument("--repeats", type=int, default=3, help="runs of each config error (the median is reported)")
     f.add_argument("--smoke-runs", type=int, default=1, help="runs of experiment=smoke timed end to end")
@@ -68,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return profile_main([*(["--name", args.name] if args.name else []), "--out", args.out, "--model", args.model,
                              "--like", args.like])
+    if args.suite == "scale":
+        from benchmarks.scale import main as scale_main
+
+        return scale_main(["--sizes", args.sizes, "--rounds", str(args.rounds), "--per-round", str(args.per_round),
+                           "--timeout", str(args.timeout)])
     if args.suite == "overhead":
         from benchmarks.overhead import run
 
