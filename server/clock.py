@@ -41,7 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from strategies import wire
-from strategies.population import DeviceConfig
+from strategies.population import DeviceConfig, DeviceProfile
 
 log = logging.getLogger("anther.server")
 
@@ -76,6 +76,9 @@ class RoundClock:
     def _class(self, ident: int) -> int:
         return int(self.classes[ident % self.num_clients])
 
+    def _profile(self, ident: int) -> DeviceProfile:
+        return self.population.profiles[self.population.names[self._class(ident)]]
+
     def available(self, idents: list[int], rnd: int) -> list[int]:
         """The identities available in round ``rnd``."""
         mask = self.population.available(self.classes, rnd, self.seed, self.elapsed_s)
@@ -85,7 +88,7 @@ class RoundClock:
         return min(available, math.ceil(k * (1 + self.over_select)))
 
     def seconds(self, ident: int, work: ClientWork) -> float:
-        profile = self.population.profiles[self.population.names[self._class(ident)]]
+        profile = self._profile(ident)
         return profile.compute_s(work.flops, work.quantized) + profile.transfer_s(work.bytes_up, work.bytes_down)
 
     def settle(self, rnd: int, replies: Iterable, ident_of, work: dict[int, ClientWork], k: int,
@@ -117,8 +120,7 @@ class RoundClock:
             waited = self.population.next_available_in(self.elapsed_s) or self.deadline_s or 0.0
         round_s = max([t for t, _, _ in timed] + [waited])
         self.elapsed_s += round_s
-        energy = sum(self.population.profiles[self.population.names[self._class(i)]].energy_j(
-            w.flops, w.bytes_up, w.bytes_down) for i, w in work.items())
+        energy = sum(self._profile(i).energy_j(w.flops, w.bytes_up, w.bytes_down) for i, w in work.items())
         row = {"sim_time_s": round(round_s, 3), "sim_elapsed_s": round(self.elapsed_s, 3), "sim_energy_j": round(energy, 3),
                "dropped": dropped, "unused": len(unused), "unavailable": unavailable}
         per_class = {n: 0 for n in self.population.names}
@@ -129,7 +131,7 @@ class RoundClock:
 
 
 
-def work_of(metrics: dict, into: ClientWork) -> None:
+def add_flops(metrics: dict, into: ClientWork) -> None:
     """Add a reply's counted FLOPs (``wire.FLOPS``) to ``into``."""
     into.flops += float(metrics.get(wire.FLOPS, 0.0))
     into.quantized = into.quantized or bool(int(metrics.get(wire.QUANTIZED, 0)))

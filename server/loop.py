@@ -25,7 +25,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
-from server.clock import ClientWork, RoundClock, work_of
+from server.clock import ClientWork, RoundClock, add_flops
 from server.config import ServerConfig
 from server.metrics import MetricsLog, write_json
 from server.progress import RoundProgress
@@ -172,11 +172,12 @@ class RoundTally:
     rejected: int = 0
     asks: int = 0
     resampled: int = 0
-    work: dict[int, ClientWork] = field(default_factory=dict)  # identity -> FLOPs and bytes (simulated devices)
+    work: dict[int, ClientWork] | None = None  # identity -> FLOPs and bytes (only when simulating devices)
 
-    def work_of(self, node: int) -> ClientWork | None:
+    def client_work(self, node: int) -> ClientWork | None:
+        """The work record of the client at ``node`` (None: not tracked, or not a client of the round)."""
         ident = self.ident_of.get(node)
-        return None if ident is None else self.work.setdefault(ident, ClientWork())
+        return None if ident is None or self.work is None else self.work.setdefault(ident, ClientWork())
 
 
 class RoundLoop:
@@ -244,7 +245,7 @@ class RoundLoop:
         t0 = time.perf_counter()
         screen = self.cfg.screen
         ex = RoundExchange(rnd, self.strategy, None, state.global_state, self.codec, self.cfg.max_examples_per_client)
-        tally = RoundTally()
+        tally = RoundTally(work={} if self.clock is not None else None)
         pool, k, needed = fed.identities, self.cfg.clients_per_round, screen.min_valid_replies
         if self.clock is not None:  # only available clients are sampled, over-selected when asked
             pool = self.clock.available(fed.identities, rnd)
@@ -316,16 +317,16 @@ class RoundLoop:
             for m in messages:
                 down = payload_bytes(m)
                 tally.bytes_down += down
-                if (w := tally.work_of(m.metadata.dst_node_id)) is not None:
+                if (w := tally.client_work(m.metadata.dst_node_id)) is not None:
                     w.bytes_down += down
             strays: list[tuple[Message, str]] = []
             replies = send_and_receive(self.grid, messages, self.cfg.timeout_s, strays)
             sizes = {id(r): payload_bytes(r) for r in replies}
             for r in replies:
-                if (w := tally.work_of(r.metadata.src_node_id)) is not None:
+                if (w := tally.client_work(r.metadata.src_node_id)) is not None:
                     w.bytes_up += sizes[id(r)]
                     if not r.has_error() and wire.METRICS in r.content.metric_records:
-                        work_of(r.content[wire.METRICS], w)
+                        add_flops(r.content[wire.METRICS], w)
             tally.bytes_up += sum(sizes.values()) + sum(payload_bytes(r) for r, _ in strays)
             for reply, reason in strays:
                 self._reject(ex.round, tally, reply, reason)
