@@ -30,6 +30,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,18 @@ def finish_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
 
 
 Prune = Callable[[torch.nn.Module, str], tuple[str, ...]]  # (model, task) -> qualified module names to leave out
+_SKELETON: ContextVar[bool] = ContextVar("anther_backbone_skeleton", default=False)
+
+
+@contextmanager
+def skeleton_only() -> Iterator[None]:
+    """Within the block, :func:`load_backbone` builds the model on the meta device (shapes,
+    no memory, no weights read, no quantization): what :mod:`client.estimate` traces."""
+    token = _SKELETON.set(True)
+    try:
+        yield
+    finally:
+        _SKELETON.reset(token)
 
 
 def build_backbone(config: Any, tokenizer: PreTrainedTokenizerBase, spec: ModelConfig, quant: QuantConfig,
@@ -148,6 +161,15 @@ def build_backbone(config: Any, tokenizer: PreTrainedTokenizerBase, spec: ModelC
             config.is_decoder = True  # e.g. BertLMHeadModel
         cls = AutoModelForCausalLM
 
+    if _SKELETON.get():
+        with init_empty_weights(include_buffers=True):
+            model = cls.from_config(config, dtype=torch.float32)
+        model.requires_grad_(False)
+        model.eval()
+        heads = _head_modules(model, task)
+        return Backbone(model=model, tokenizer=tokenizer, task=task, arch=config.model_type,
+                        lora_targets=_lora_targets(model, config.model_type, heads), head_modules=heads,
+                        quant=quant.mode, absent=tuple(prune(model, task)) if prune is not None else ())
     files = q.checkpoint_files(folder) if folder is not None else []
     if files:
         with init_empty_weights(include_buffers=False):
