@@ -7,7 +7,8 @@ forward_grad next to LoRA FedAvg), split (split training's client memory, bytes 
 exchange overhead), methods (client peak RSS of each PEFT method beside LoRA's), trust (wire cost of the
 update codecs, SecAgg+ computation per round), profile (this machine's effective FLOP/s and memory, written
 as a device profile for device=file), scale (N clients' fixed and per-round cost and peak memory beside
-Flower's own run_simulation with a trivial app), firstuse (time to a config error, experiment=smoke
+Flower's own run_simulation with a trivial app), estimate (the pre-flight memory estimate beside
+the measured client peak for every method, fp32 and nf4), firstuse (time to a config error, experiment=smoke
 end to end with its start-up phases and console, and its accuracy vs chance).
 """
 
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     sc.add_argument("--per-round", type=int, default=100, help="clients per round (default 100)")
     sc.add_argument("--timeout", type=float, default=1800, help="seconds before a case is stopped (default 1800)")
+    e = sub.add_parser("estimate", help="pre-flight memory estimate vs the measured client peak, every method")
+    e.add_argument("--models", default="tiny-bert,tiny-llama,minilm,smollm2-135m", help="comma-separated backbones")
+    e.add_argument("--quants", default="none,nf4", help="comma-separated quant modes (default none,nf4)")
+    e.add_argument("--methods", default="lora,prompt,prefix,adapter,ia3,bitfit,zo_seed,forward_grad,split",
+                   help="comma-separated methods")
     f = sub.add_parser("firstuse", help="time to a config error; experiment=smoke end to end, console, accuracy")
     f.add_argument("--repeats", type=int, default=3, help="runs of each config error (the median is reported)")
     f.add_argument("--smoke-runs", type=int, default=1, help="runs of experiment=smoke timed end to end")
@@ -79,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return scale_main(["--sizes", args.sizes, "--rounds", str(args.rounds), "--per-round", str(args.per_round),
                            "--timeout", str(args.timeout)])
+    if args.suite == "estimate":
+        from benchmarks.estimate import main as estimate_main
+
+        estimate_main(["--models", args.models, "--quants", args.quants, "--methods", args.methods])
+        return 0
     if args.suite == "overhead":
         from benchmarks.overhead import run
 

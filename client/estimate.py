@@ -65,7 +65,8 @@ class LiveBytes(TorchDispatchMode):
     """``with LiveBytes() as lb: ...``: ``lb.peak`` is the most bytes of tensors created
     inside that were alive at once (views and in-place results share their storage and
     add nothing). Works on meta tensors; a value read back (``.item()``, a bool test)
-    on a meta tensor reads as one."""
+    on a meta tensor reads as one, and a copy from a meta tensor into a real one copies
+    nothing."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,6 +92,8 @@ class LiveBytes(TorchDispatchMode):
         if func is torch.ops.aten._local_scalar_dense.default and args[0].device.type == "meta":
             dtype = args[0].dtype
             return True if dtype == torch.bool else (1.0 if dtype.is_floating_point else 1)
+        if func is torch.ops.aten.copy_.default and args[1].device.type == "meta" != args[0].device.type:
+            return args[0]  # a real tensor initialised from the meta model (e.g. prefixes from text): shapes only
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
@@ -274,7 +277,8 @@ def estimate(cfg: Any, num_labels: int, runtime: float | None = None) -> Estimat
 
     with skeleton_only(), torch.random.fork_rng(devices=[]), LiveBytes():  # values read back during build: one
         backbone = load_backbone(cfg.model, cfg.quant, num_labels, cfg.method.prune())
-        method = build_method(cfg.method.name, backbone, cfg)
+        with torch.device("meta"):  # what the method adds (prefixes, adapters) is shapes only too
+            method = build_method(cfg.method.name, backbone, cfg)
         model = getattr(method, "model", None) or backbone.model
         trainable = [p for _, p in method.trainable_parameters()]
         n_train = sum(p.numel() for p in trainable)
