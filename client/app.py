@@ -87,10 +87,11 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     attacking = is_attacker(cfg.attack, ident, cfg.num_clients, cfg.seed)
     data = encoded_partition(cfg, _partition_key(context), rt.backbone.task, rt.backbone.tokenizer,
                              flips_labels(cfg.attack, attacking))
-    steps = cfg.method.steps(cfg.local_steps, len(data), cfg.batch_size)
+    batch_size = int(round_cfg.get(wire.ASSIGN_BATCH_SIZE, cfg.batch_size))  # the server's assignment, if any
+    steps = cfg.method.steps(int(round_cfg.get(wire.ASSIGN_LOCAL_STEPS, cfg.local_steps)), len(data), batch_size)
 
     def batches(rnd: int) -> Iterator[dict[str, torch.Tensor]]:  # per (seed, round, client): the same for every request
-        return batch_iterator(data, cfg.batch_size, torch.Generator().manual_seed(_round_seed(cfg.seed, rnd, ident)))
+        return batch_iterator(data, batch_size, torch.Generator().manual_seed(_round_seed(cfg.seed, rnd, ident)))
 
     def train(round_cfg: dict[str, Any]) -> Any:
         rnd, ask = int(round_cfg.get(wire.SERVER_ROUND, 0)), int(round_cfg.get(ASK, 0))

@@ -242,7 +242,7 @@ def _tiny_variant(cfg: Any) -> Any:
 
     causal = cfg.model.task == "causal_lm" or cfg.model.name in ("smollm2-135m", "tiny-llama")
     model = ModelConfig(name="tiny-llama" if causal else "tiny-bert", task="causal_lm" if causal else "auto",
-                        max_length=16)
+                        max_length=cfg.model.max_length)  # causal prompts need their room
     return replace(cfg, model=model, quant=QuantConfig(), method=METHODS["lora"].config(), batch_size=2, local_steps=1)
 
 

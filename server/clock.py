@@ -76,6 +76,10 @@ class RoundClock:
     def _class(self, ident: int) -> int:
         return int(self.classes[ident % self.num_clients])
 
+    def class_name(self, ident: int) -> str:
+        """The device class (profile name) of client ``ident``."""
+        return self.population.names[self._class(ident)]
+
     def _profile(self, ident: int) -> DeviceProfile:
         return self.population.profiles[self.population.names[self._class(ident)]]
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from server.screening import ScreenConfig
 from server.trackers import parse_logger
 from strategies.adversary import AttackConfig
+from strategies.assign import AssignConfig
 from strategies.codecs import CodecConfig
 from strategies.dp import DPConfig
 from strategies.population import DeviceConfig
@@ -44,6 +45,8 @@ class ServerConfig:
         available, simulated time and energy (``server/clock.py``).
     round_deadline_s: simulated seconds a round waits for its clients (None: no
         deadline); a client whose simulated time passes it is dropped, not aggregated.
+    assign: which configuration each simulated device trains (``strategies/assign.py``):
+        ``fixed`` or ``resource_aware`` over ``assign.local_steps`` / ``assign.batch_size``.
     """
 
     strategy: StrategyConfig = field(default_factory=FedAvgConfig, metadata={"registry": "strategies.registry:STRATEGIES"})
@@ -55,6 +58,7 @@ class ServerConfig:
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     round_deadline_s: float | None = None
+    assign: AssignConfig = field(default_factory=AssignConfig)
     num_clients: int = 10
     clients_per_round: int = 5
     rounds: int = 5
@@ -89,4 +93,6 @@ class ServerConfig:
               "a number of seconds > 0 (or null: no deadline)", self.round_deadline_s)
         check(self.round_deadline_s is None or self.device.active, "round_deadline_s",
               "null unless the run simulates devices (device=<profile>|mix|file)", self.round_deadline_s)
+        check(self.assign.name == "fixed" or self.device.active, "assign",
+              "fixed unless the run simulates devices (device=<profile>|mix|file|trace)", self.assign.name)
         check(self.eval_every >= 0, "eval_every", "an integer >= 0 (0 = only after the last round)", self.eval_every)

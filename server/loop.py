@@ -35,6 +35,7 @@ from server.sampling import ClientSampler, SampledGrid
 from server.state import ServerState, load_checkpoint, save_checkpoint
 from server.trackers import Trackers
 from strategies import wire
+from strategies.assign import Assigner
 from strategies.codecs import get_codec
 from strategies.kinds import RoundExchange, get_kind
 from strategies.kinds.delta import decode_state
@@ -199,6 +200,8 @@ class RoundLoop:
         self.run_config = dict(run_config or {})
         self.attackers = cfg.attack.attackers(cfg.num_clients, cfg.seed) if cfg.attack.name != "none" else None
         self.clock = RoundClock(cfg.device, cfg.num_clients, cfg.seed, cfg.round_deadline_s) if cfg.device.active else None
+        self.assigner = (Assigner(cfg.assign, cfg.device.population, cfg.round_deadline_s)
+                         if self.clock is not None and cfg.assign.planned else None)
 
     def _log_row(self, row: dict[str, Any]) -> None:
         self.metrics.append(row)
@@ -247,8 +250,12 @@ class RoundLoop:
         ex = RoundExchange(rnd, self.strategy, None, state.global_state, self.codec, self.cfg.max_examples_per_client)
         tally = RoundTally(work={} if self.clock is not None else None)
         pool, k, needed = fed.identities, self.cfg.clients_per_round, screen.min_valid_replies
-        if self.clock is not None:  # only available clients are sampled, over-selected when asked
+        unfit = 0
+        if self.clock is not None:  # only available clients that can train are sampled, over-selected when asked
             pool = self.clock.available(fed.identities, rnd)
+            if self.assigner is not None:
+                fit = [i for i in pool if self.assigner.choice[self.clock.class_name(i)] is not None]
+                pool, unfit = fit, len(pool) - len(fit)
             k, needed = self.clock.sample_size(k, len(pool)), min(needed, len(pool))
             if not pool:
                 log.warning("round %d: no client is available; the simulated clock moves on", rnd)
@@ -274,8 +281,8 @@ class RoundLoop:
         device_row = {}
         if self.clock is not None:  # dropouts and stragglers leave; the round's simulated time and energy
             settled = self.clock.settle(rnd, valid, lambda m: tally.ident_of.get(m.metadata.src_node_id), tally.work,
-                                        self.cfg.clients_per_round, len(fed.identities) - len(pool))
-            valid, device_row = settled.kept, settled.row
+                                        self.cfg.clients_per_round, len(fed.identities) - len(pool) - unfit)
+            valid, device_row = settled.kept, {**settled.row, **self._assigned(tally.asked, unfit)}
         reported = common_metrics(valid, wire.METRICS)
         arrays, agg_metrics = self.strategy.aggregate_train(rnd, valid) if valid else (None, {})
         if not valid:
@@ -308,6 +315,13 @@ class RoundLoop:
         messages = list(self.strategy.configure_train(ex.round, _to_record(ex.global_state), ConfigRecord(),
                                                       SampledGrid(self.grid, ident_of)))
         self.kind.complete_downlink(ex, messages)
+        if self.assigner is not None:  # each client's option (resource_aware), in its own config record
+            for m in messages:
+                extra = self.assigner.overrides(self.clock.class_name(ident_of[m.metadata.dst_node_id]))
+                if extra:
+                    content = RecordDict(dict(m.content.items()))
+                    content[wire.CONFIG] = ConfigRecord({**dict(m.content.config_records.get(wire.CONFIG, {})), **extra})
+                    m.content = content
         limit = reply_limit_bytes(self.cfg.screen, ex.global_state) if self.kind.name == wire.KIND_DELTA else (
             reply_limit_bytes(self.cfg.screen, {}))
         tally.sent += len(messages)
@@ -341,6 +355,16 @@ class RoundLoop:
             tally.asks += 1
         tally.failures += ex.failures - failures_before
         return self.kind.to_aggregate(ex, valid)
+
+    def _assigned(self, asked: set[int], unfit: int) -> dict[str, int]:
+        """Row columns of the assignment: clients asked per class and option, unfit left out."""
+        if self.assigner is None:
+            return {}
+        counts = {f"assign_{n}_{i}": 0 for n in self.assigner.names for i in range(len(self.cfg.assign.peak_mb))}
+        for ident in asked:
+            name = self.clock.class_name(ident)
+            counts[f"assign_{name}_{self.assigner.choice[name]}"] += 1
+        return {"unfit": unfit, **counts}
 
     def _bounded(self, rnd: int, ex: RoundExchange, valid: list[Message], tally: RoundTally) -> list[Message]:
         """``valid`` less the updates whose norm breaks the round's bound (each rejected)."""

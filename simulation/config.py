@@ -24,12 +24,12 @@ from simulation.devices import resolve as resolve_devices
 from strategies.runconfig import ConfigError, build, check, check_choice, flatten
 
 TOP_LEVEL_KEYS = (
-    "model quant data partition method strategy codec resources device round_deadline_s num_clients clients_per_round "
+    "model quant data partition method strategy codec resources device round_deadline_s assign num_clients clients_per_round "
     "rounds local_steps batch_size lr seed eval_every resume logger screen robust attack dp secagg timeout_s keep_checkpoints"
 ).split()
 CLIENT_KEYS = ("model", "quant", "data", "partition", "method", "codec", "attack", "dp", "device", "num_clients", "local_steps", "batch_size",
                "lr", "seed")
-SERVER_KEYS = ("strategy", "codec", "robust", "attack", "dp", "secagg", "screen", "device", "round_deadline_s", "num_clients", "clients_per_round", "rounds", "local_steps",
+SERVER_KEYS = ("strategy", "codec", "robust", "attack", "dp", "secagg", "screen", "device", "round_deadline_s", "assign", "num_clients", "clients_per_round", "rounds", "local_steps",
                "eval_every", "seed", "resume", "logger", "timeout_s", "keep_checkpoints")
 
 

@@ -187,6 +187,13 @@ def run_federation(
 
     write_run_info(cfg, sim, run_dir)
     preflight(sim, run_dir, rc)
+    if sim.server.device.active:
+        from client.data_source import label_names
+        from simulation.assign_plan import plan_assignment
+
+        rc.phase(f"estimating each device class's memory and time (assign={sim.server.assign.name})")
+        sim = plan_assignment(sim, run_dir, len(label_names(sim.client)), say=console.print)
+        flat = sim.run_config()
     trackers = open_trackers(cfg, sim, run_dir)
     where = "in this process (resources.backend=inprocess)" if backend == "inprocess" else "on Ray"
     rc.phase(f"starting the Simulation Engine: {sim.server.num_clients} virtual clients {where}")

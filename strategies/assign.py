@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from strategies import wire
 from strategies.population import DeviceProfile, Population
 from strategies.runconfig import ConfigError, check, check_choice
 
@@ -45,6 +46,7 @@ class AssignConfig:
     peak_mb: tuple[float, ...] = ()
     flops: tuple[float, ...] = ()
     bytes: tuple[float, ...] = ()
+    quantized: bool = False  # the backbone is nf4/int8: devices compute at their quantized FLOP/s
 
     def __post_init__(self) -> None:
         check_choice("assign", self.name, ASSIGN_POLICIES)
@@ -68,8 +70,8 @@ class AssignConfig:
     def planned(self) -> bool:
         return bool(self.peak_mb)
 
-    def with_plan(self, peak_mb: list[float], flops: list[float], nbytes: list[float]) -> AssignConfig:
-        return dataclasses.replace(self, peak_mb=tuple(round(float(v), 1) for v in peak_mb),
+    def with_plan(self, peak_mb: list[float], flops: list[float], nbytes: list[float], quantized: bool) -> AssignConfig:
+        return dataclasses.replace(self, quantized=quantized, peak_mb=tuple(round(float(v), 1) for v in peak_mb),
                                    flops=tuple(float(v) for v in flops), bytes=tuple(float(v) for v in nbytes))
 
 
@@ -77,10 +79,10 @@ class Assigner:
     """Each device class's option (index) under the policy, from the planned estimates;
     None: the class holds no option (unfit)."""
 
-    def __init__(self, cfg: AssignConfig, population: Population, deadline_s: float | None, quantized: bool) -> None:
+    def __init__(self, cfg: AssignConfig, population: Population, deadline_s: float | None) -> None:
         if not cfg.planned:
             raise ValueError("assign: the options have no estimates; the simulator plans them before training")
-        self.cfg, self.deadline_s, self.quantized = cfg, deadline_s, quantized
+        self.cfg, self.deadline_s, self.quantized = cfg, deadline_s, cfg.quantized
         self.names, self.profiles = population.names, population.profiles
         self.choice = {n: self.choose(self.profiles[n]) for n in self.names}
 
@@ -96,6 +98,14 @@ class Assigner:
             return None
         on_time = [i for i in fits if self.deadline_s is None or self.seconds(i, profile) <= self.deadline_s]
         return on_time[0] if on_time else min(fits, key=lambda i: (self.seconds(i, profile), i))
+
+    def overrides(self, name: str) -> dict[str, int]:
+        """What the train message of a client of class ``name`` carries (resource_aware: its
+        option's local steps and batch size; fixed: nothing)."""
+        i = self.choice[name]
+        if self.cfg.name == "fixed" or i is None:
+            return {}
+        return {wire.ASSIGN_LOCAL_STEPS: self.cfg.local_steps[i], wire.ASSIGN_BATCH_SIZE: self.cfg.batch_size[i]}
 
     def check_someone_fits(self) -> None:
         if all(c is None for c in self.choice.values()):

@@ -62,7 +62,7 @@ _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a s
 
 
 def coerce(key: str, value: Any, tp: Any) -> Any:
-    """``value`` as type ``tp`` (int, float, bool, str, Optional, tuple[str | int, ...], dict),
+    """``value`` as type ``tp`` (int, float, bool, str, Optional, tuple[str | int | float, ...], dict),
     or ConfigError naming ``key``, the expected type and the value."""
     if value == MISSING:
         raise ConfigError(f"{key}: a value is required (set {key}=...)")
@@ -78,8 +78,8 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         item = (typing.get_args(tp) or (str,))[0]
-        if item is int:
-            return tuple(coerce(f"{key}[{i}]", v, int) for i, v in enumerate(value))
+        if item in (int, float):
+            return tuple(coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
         return tuple(str(v) for v in value)
     if origin is dict:
         if isinstance(value, str):

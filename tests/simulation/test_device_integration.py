@@ -84,6 +84,11 @@ def test_without_devices_rows_are_unchanged(tmp_path):
         (["device=trace", "num_clients=2", "device.path={trace}"], "client 2 is not in this population"),
         (["device=trace", "num_clients=4", "device.path={trace}"], r"no row for client\(s\) \[3\]"),
         (["device=trace", "num_clients=3", "device.path={trace}", "device.period_s=-1"], "device.period_s"),
+        (["assign=resource_aware"], "fixed unless the run simulates devices"),
+        (["device=rpi5", "assign=resource_aware", "assign.local_steps=[4,2]", "assign.batch_size=[8]"],
+         "as many values as assign.local_steps"),
+        (["device=rpi5", "assign.local_steps=[4,2]"], "empty with assign=fixed"),
+        (["device=rpi5", "assign=resource_aware", "assign.local_steps=[0]"], "integers >= 1"),
     ],
 )
 def test_bad_populations_are_config_errors(overrides, match, tmp_path):
@@ -94,3 +99,29 @@ def test_bad_populations_are_config_errors(overrides, match, tmp_path):
         del cfg["hydra"]
     with pytest.raises(ConfigError, match=match):
         build_sim_config(cfg, tmp_path)
+
+
+def test_resource_aware_gives_slow_devices_fewer_steps_and_leaves_unfit_ones_out(tmp_path):
+    """Pis at 1e-4 GFLOP/s would need ~3,600 s for 2 steps (0.18 GFLOP each, estimated):
+    they get the second option (1 step, ~1,800 s) to meet the 2,500 s deadline; laptops
+    keep the first. With assign=fixed, Pis of 10 MiB hold nothing: never sampled (`unfit`)."""
+    run_dir = simulation.run([*TINY, *SURE, "num_clients=6", "clients_per_round=4", "rounds=2", "device=mix",
+                              "device.shares={rpi5: 0.5, laptop: 0.5}", "++device.profiles.rpi5.flops_fp32=1e-4",
+                              "assign=resource_aware", "assign.local_steps=[2,1]", "round_deadline_s=2500",
+                              f"hydra.run.dir={tmp_path}"])
+    for r in rows(run_dir)[1:]:
+        assert r["dropped"] == 0 and r["unfit"] == 0 and r["clients"] == 4, r
+        assert r["assign_rpi5_0"] == 0 and r["assign_laptop_1"] == 0, r
+        assert r["assign_rpi5_1"] + r["assign_laptop_0"] == 4 and r["assign_rpi5_1"] >= 1, r
+        assert r["clients_rpi5"] == r["assign_rpi5_1"]  # they made the deadline
+    fixed = simulation.run([*TINY, *SURE, "num_clients=6", "clients_per_round=4", "rounds=1", "device=mix",
+                            "device.shares={rpi5: 0.5, laptop: 0.5}", "++device.profiles.rpi5.memory_mb=10",
+                            f"hydra.run.dir={tmp_path / 'fixed'}"])
+    (r,) = rows(fixed)[1:]
+    assert r["unfit"] == 3 and r["clients"] == 3 and r["assign_laptop_0"] == 3 and r["clients_rpi5"] == 0, r
+
+
+def test_a_population_that_holds_no_option_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no device class can hold any configured option"):
+        simulation.run([*TINY, "num_clients=4", "clients_per_round=2", "rounds=1", "device=rpi5",
+                        "++device.profiles.rpi5.memory_mb=10", f"hydra.run.dir={tmp_path}"])
