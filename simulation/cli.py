@@ -22,7 +22,7 @@ from typing import NoReturn
 from strategies.runconfig import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-GROUPS = ("model", "quant", "data", "partition", "method", "strategy", "codec", "robust", "attack", "dp", "secagg", "resources", "device", "experiment")
+GROUPS = ("model", "quant", "data", "partition", "method", "strategy", "codec", "robust", "attack", "dp", "secagg", "resources", "device", "assign", "experiment")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 HELP = """\

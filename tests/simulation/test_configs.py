@@ -21,6 +21,7 @@ REQUIRED = {
     **{("strategy", s): ["method=split"] for s in ("sfl_v1", "sfl_v2")},
     ("device", "file"): [f"device.path={CONFIG_DIR}/device/rpi5.yaml"],  # a profile file has a profile group's form
     ("device", "trace"): ["device.path={tmp}/trace.csv", "num_clients=2", "clients_per_round=2"],
+    ("assign", "resource_aware"): ["device=mix"],  # assigns options to simulated devices
 }
 
 
