@@ -50,13 +50,45 @@ RUN_CONFIG_ENV = "ANTHER_RUN_CONFIG"  # set by the simulator for custom ClientAp
 STEP_SEEDS = 1 << 16  # requests below this are whole-round calls; split steps seed dropout from here
 
 
-def _identity(context: Context) -> int:
-    return int(context.node_config.get(wire.PARTITION_ID, context.node_id))
+def _pooled_identity(msg: Message | None, context: Context) -> int | None:
+    """The client a pooled simulation's message is for (``wire.CLIENT_ID``), else None.
+    A node with its own data (``data-path``: a deployed device) is always itself."""
+    if msg is None or "data-path" in context.node_config or not msg.has_content():
+        return None
+    ident = msg.content.config_records.get(wire.CONFIG, {}).get(wire.CLIENT_ID)
+    return None if ident is None else int(ident)
 
 
-def _partition_key(context: Context) -> tuple:
+def _identity(context: Context, msg: Message | None = None) -> int:
+    pooled = _pooled_identity(msg, context)
+    return pooled if pooled is not None else int(context.node_config.get(wire.PARTITION_ID, context.node_id))
+
+
+def _partition_key(context: Context, msg: Message | None = None) -> tuple:
+    pooled = _pooled_identity(msg, context)
+    if pooled is not None:
+        return ((wire.PARTITION_ID, pooled),)
     keep = (wire.PARTITION_ID, "data-path")
     return tuple(sorted((k, v) for k, v in context.node_config.items() if k in keep))
+
+
+@contextmanager
+def client_state(context: Context, msg: Message) -> Iterator[RecordDict]:
+    """The state this client keeps between messages (e.g. an error-feedback residual,
+    split training's progress). On a pool node, each client's records are kept apart in
+    the node's state under ``"<identity>/"`` and only that client's are visible."""
+    ident = _pooled_identity(msg, context)
+    if ident is None:
+        yield context.state
+        return
+    prefix = f"{ident}/"
+    mine = [k for k in context.state if k.startswith(prefix)]
+    state = RecordDict({k[len(prefix):]: context.state[k] for k in mine})
+    yield state
+    for k in mine:
+        del context.state[k]
+    for k, record in state.items():
+        context.state[prefix + k] = record
 
 
 def handle_query(msg: Message, cfg: ClientConfig, context: Context) -> Message:
@@ -65,7 +97,7 @@ def handle_query(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     if op == "init":
         rt = get_runtime(cfg, len(label_names(cfg)))
         content = state_content(rt.initial_state, get_codec("fp32"))
-    content[wire.METRICS] = MetricRecord({wire.PARTITION_ID: _identity(context)})
+    content[wire.METRICS] = MetricRecord({wire.PARTITION_ID: _identity(context, msg)})
     return Message(content, reply_to=msg)
 
 
@@ -83,9 +115,9 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     rt = get_runtime(cfg, len(label_names(cfg)))
     kind = serving_kind(rt.method.kind, msg.content.config_records.get(wire.WIRE, {}).get(wire.KIND_KEY))
     round_cfg = dict(msg.content[wire.CONFIG]) if wire.CONFIG in msg.content.config_records else {}
-    ident = _identity(context)
+    ident = _identity(context, msg)
     attacking = is_attacker(cfg.attack, ident, cfg.num_clients, cfg.seed)
-    data = encoded_partition(cfg, _partition_key(context), rt.backbone.task, rt.backbone.tokenizer,
+    data = encoded_partition(cfg, _partition_key(context, msg), rt.backbone.task, rt.backbone.tokenizer,
                              flips_labels(cfg.attack, attacking))
     batch_size = int(round_cfg.get(wire.ASSIGN_BATCH_SIZE, cfg.batch_size))  # the server's assignment, if any
     steps = cfg.method.steps(int(round_cfg.get(wire.ASSIGN_LOCAL_STEPS, cfg.local_steps)), len(data), batch_size)
@@ -126,10 +158,10 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
             **counted,
         }
 
-    call = ClientCall(msg=msg, method=rt.method, round_cfg=round_cfg, state=context.state, codec=get_codec(cfg.codec),
-                      steps=steps, initial_state=lambda: rt.initial_state, train=train, batch=batch, seeded=seeded,
-                      metrics=metrics)
-    with flops if flops is not None else contextlib.nullcontext():
+    with client_state(context, msg) as state, flops if flops is not None else contextlib.nullcontext():
+        call = ClientCall(msg=msg, method=rt.method, round_cfg=round_cfg, state=state, codec=get_codec(cfg.codec),
+                          steps=steps, initial_state=lambda: rt.initial_state, train=train, batch=batch, seeded=seeded,
+                          metrics=metrics)
         reply = kind.serve(call)
     if not attacking:
         return reply
@@ -150,7 +182,7 @@ def _guarded(handler, msg: Message, cfg_override: dict[str, Any] | None, context
     try:
         return handler(msg, client_config(context, cfg_override), context)
     except Exception as err:  # noqa: BLE001 - every failure becomes a logged error reply
-        who = f"client {_identity(context)}"
+        who = f"client {_identity(context, msg)}"
         log.warning("%s failed: %s: %s", who, type(err).__name__, err)
         reason = f"{who}: {type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
         return Message(Error(code=CLIENT_ERROR, reason=reason), reply_to=msg)

@@ -43,6 +43,10 @@ class ServerConfig:
         counts the attackers it sampled.
     device: the simulated device population (``strategies/population.py``): who is
         available, simulated time and energy (``server/clock.py``).
+    pool: a simulation's SuperNodes (set by the simulator; 0: deployment, one SuperNode
+        per client, each asked its identity). With a pool, clients ``0 .. num_clients - 1``
+        are identities the messages carry, run by whichever of the ``pool`` SuperNodes a
+        round gives them: a population costs no node, context or message per client.
     round_deadline_s: simulated seconds a round waits for its clients (None: no
         deadline); a client whose simulated time passes it is dropped, not aggregated.
     assign: which configuration each simulated device trains (``strategies/assign.py``):
@@ -73,6 +77,7 @@ class ServerConfig:
     timeout_s: float = 3600.0
     keep_checkpoints: int = 3
     max_examples_per_client: int = 10**9
+    pool: int = 0
 
     def __post_init__(self) -> None:
         check(self.num_clients >= 1, "num_clients", "an integer >= 1", self.num_clients)
@@ -87,6 +92,7 @@ class ServerConfig:
         object.__setattr__(self, "logger", parse_logger(self.logger))
         check(self.screen.min_valid_replies <= self.clients_per_round, "screen.min_valid_replies",
               f"an integer <= clients_per_round={self.clients_per_round}", self.screen.min_valid_replies)
+        check(self.pool >= 0, "pool", "an integer >= 0 (0: one SuperNode per client)", self.pool)
         check(self.keep_checkpoints >= 0, "keep_checkpoints", "an integer >= 0 (0: keep all)", self.keep_checkpoints)
         check(self.timeout_s > 0, "timeout_s", "a number > 0 (seconds)", self.timeout_s)
         check(self.round_deadline_s is None or self.round_deadline_s > 0, "round_deadline_s",

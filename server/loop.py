@@ -62,13 +62,36 @@ def _from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 @dataclass
 class Federation:
-    """Connected clients: node id <-> stable identity (partition id in simulation)."""
+    """The clients and where they run. Deployment: one SuperNode per client (identity ->
+    node id, learnt with the "hello" query). A pooled simulation: identities
+    ``0 .. num_clients - 1`` and a pool of SuperNodes that run whichever clients a round
+    samples, each message carrying its client's identity (``pool``: the node ids)."""
 
-    node_of: dict[int, int] = field(default_factory=dict)  # identity -> node id
+    node_of: dict[int, int] = field(default_factory=dict)  # identity -> node id (deployment)
+    pool: list[int] = field(default_factory=list)  # pooled: the SuperNodes' ids
+    population: int = 0  # pooled: the number of clients
 
     @property
-    def identities(self) -> list[int]:
-        return sorted(self.node_of)
+    def identities(self) -> list[int] | range:
+        return range(self.population) if self.pool else sorted(self.node_of)
+
+    def nodes_for(self, idents: list[int], busy: dict[int, int]) -> dict[int, int]:
+        """node id -> identity for ``idents``: their own nodes, or pool nodes not ``busy`` this round."""
+        if not self.pool:
+            return {self.node_of[i]: i for i in idents}
+        free = [n for n in self.pool if n not in busy]
+        if len(free) < len(idents):
+            raise RuntimeError(f"{len(idents)} clients to run on {len(free)} free SuperNodes of the pool of "
+                               f"{len(self.pool)}; the simulator sizes the pool to a round's clients")
+        return dict(zip(free, idents))
+
+
+def with_config(msg: Message, extra: dict[str, Any]) -> None:
+    """Add ``extra`` to ``msg``'s config record, in a content of its own (messages of a
+    round may share one RecordDict; the records themselves are shared, not copied)."""
+    content = RecordDict(dict(msg.content.items()))
+    content[wire.CONFIG] = ConfigRecord({**dict(msg.content.config_records.get(wire.CONFIG, {})), **extra})
+    msg.content = content
 
 
 MAX_POLL_S = 0.1  # the longest wait between two pulls for replies
@@ -111,16 +134,22 @@ def send_and_receive(grid: Any, messages: list[Message], timeout: float,
     return replies
 
 
-def _query(grid: Any, node_ids: Iterable[int], op: str, timeout: float) -> list[Message]:
+def _query(grid: Any, node_ids: Iterable[int], op: str, timeout: float, extra: dict | None = None) -> list[Message]:
     msgs = [
-        Message(RecordDict({wire.CONFIG: ConfigRecord({"op": op})}), dst_node_id=n, message_type=MessageType.QUERY)
+        Message(RecordDict({wire.CONFIG: ConfigRecord({"op": op, **(extra or {})})}), dst_node_id=n,
+                message_type=MessageType.QUERY)
         for n in node_ids
     ]
     return send_and_receive(grid, msgs, timeout)
 
 
 def discover(grid: Any, cfg: ServerConfig) -> Federation:
-    """Wait for ``num_clients`` nodes and learn each one's identity."""
+    """Wait for ``num_clients`` nodes and learn each one's identity; a pooled simulation
+    (``cfg.pool``): wait for the pool's nodes, and ask nobody."""
+    if cfg.pool:
+        while len(node_ids := sorted(grid.get_node_ids())) < cfg.pool:
+            time.sleep(0.1)
+        return Federation(pool=node_ids, population=cfg.num_clients)
     log.info("asking the %d clients who they are", cfg.num_clients)
     while len(node_ids := list(grid.get_node_ids())) < cfg.num_clients:
         log.info("waiting for clients: %d of %d connected", len(node_ids), cfg.num_clients)
@@ -147,8 +176,13 @@ def discover(grid: Any, cfg: ServerConfig) -> Federation:
 
 def initial_state(grid: Any, fed: Federation, cfg: ServerConfig) -> dict[str, np.ndarray]:
     """Ask one client for the initial trainable state (deterministic from the run seed)."""
-    for ident in fed.identities:
-        (reply,) = _query(grid, [fed.node_of[ident]], "init", cfg.timeout_s)
+    for ident in fed.identities[:3] if fed.pool else fed.identities:
+        (node, extra) = (fed.pool[0], {wire.CLIENT_ID: ident}) if fed.pool else (fed.node_of[ident], {})
+        replies = _query(grid, [node], "init", cfg.timeout_s, extra)
+        if not replies:
+            log.warning("client %d did not answer the init query in %g s", ident, cfg.timeout_s)
+            continue
+        (reply,) = replies
         if not reply.has_error() and wire.ARRAYS in reply.content.array_records:
             return {k: v.numpy() for k, v in decode_state(reply).items()}
         if not reply.has_error():
@@ -229,7 +263,8 @@ class RoundLoop:
         """Run the remaining rounds; return the summary dict (also in summary.json)."""
         t0 = time.perf_counter()
         fed = discover(self.grid, self.cfg)
-        log.info("%d clients connected and named; getting the initial state", len(fed.node_of))
+        log.info("%d clients %s; getting the initial state", len(fed.identities),
+                 f"on a pool of {len(fed.pool)} SuperNodes" if fed.pool else "connected and named")
         state = self._start_state(fed)
         if state.round == 0 and self._should_eval(0):
             ev = self._evaluate(0, state.global_state)
@@ -308,7 +343,7 @@ class RoundLoop:
     def _exchange(self, ex: RoundExchange, idents: list[int], fed: Federation, tally: RoundTally) -> list[Message]:
         """One batch of clients through the kind's whole exchange (first request and
         follow-ups); returns the replies the strategy aggregates."""
-        ident_of = {fed.node_of[i]: i for i in idents}
+        ident_of = fed.nodes_for(idents, tally.ident_of)
         tally.asked.update(idents)
         tally.ident_of.update(ident_of)
         ex.grid = SampledGrid(self.grid, tally.ident_of)  # follow-ups see every client of the round
@@ -319,15 +354,15 @@ class RoundLoop:
             for m in messages:
                 extra = self.assigner.overrides(self.clock.class_name(ident_of[m.metadata.dst_node_id]))
                 if extra:
-                    content = RecordDict(dict(m.content.items()))
-                    content[wire.CONFIG] = ConfigRecord({**dict(m.content.config_records.get(wire.CONFIG, {})), **extra})
-                    m.content = content
+                    with_config(m, extra)
         limit = reply_limit_bytes(self.cfg.screen, ex.global_state) if self.kind.name == wire.KIND_DELTA else (
             reply_limit_bytes(self.cfg.screen, {}))
         tally.sent += len(messages)
         valid: list[Message] = []
         failures_before = ex.failures
         while messages:  # the round's first request, then the kind's follow-ups
+            for m in messages if fed.pool else ():  # each message names its client to the pool node
+                with_config(m, {wire.CLIENT_ID: tally.ident_of[m.metadata.dst_node_id]})
             for m in messages:
                 down = payload_bytes(m)
                 tally.bytes_down += down

@@ -7,8 +7,10 @@ background (:mod:`simulation.workers`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -155,6 +157,14 @@ def engine_backend(backend: str) -> Iterator[None]:
         log.warning("Flower ran its own backend instead of the in-process one (has Flower changed how it picks it?)")
 
 
+def pool_size(server: Any) -> int:
+    """SuperNodes of a simulation: as many as a round can ask (its clients, over-selected,
+    and the further clients of ``screen.max_resamples`` re-samplings), at most one per
+    client. Clients are identities carried by the messages (``ServerConfig.pool``)."""
+    per_round = math.ceil(server.clients_per_round * (1 + server.device.over_select))
+    return min(server.num_clients, per_round * (1 + server.screen.max_resamples))
+
+
 def run_federation(
     cfg: DictConfig, run_dir: Path, client_app: Any = None, console: RunConsole | None = None, sim: SimConfig | None = None
 ) -> Path:
@@ -164,6 +174,7 @@ def run_federation(
     console = rc.console
     run_dir = Path(run_dir)
     sim = sim or build_sim_config(cfg, run_dir)
+    sim = dataclasses.replace(sim, server=dataclasses.replace(sim.server, pool=pool_size(sim.server)))
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(
         f"[bold]anther-sim[/bold] {sim.client.model.name} · {sim.client.method.name} · "
@@ -196,13 +207,13 @@ def run_federation(
         flat = sim.run_config()
     trackers = open_trackers(cfg, sim, run_dir)
     where = "in this process (resources.backend=inprocess)" if backend == "inprocess" else "on Ray"
-    rc.phase(f"starting the Simulation Engine: {sim.server.num_clients} virtual clients {where}")
+    rc.phase(f"starting the Simulation Engine: {sim.server.num_clients} clients on {sim.server.pool} SuperNodes {where}")
     try:
         with flower_logs_to_run_log(), engine_backend(backend):
             run_simulation(
                 server_app=build_server_app(flat, trackers=trackers),
                 client_app=with_anther_queries(client_app, flat) if client_app is not None else build_client_app(flat),
-                num_supernodes=sim.server.num_clients,
+                num_supernodes=sim.server.pool,
                 backend_name=backend,
                 backend_config=backend_config(sim, rc.verbose),
                 verbose_logging=False,

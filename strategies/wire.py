@@ -30,6 +30,7 @@ PEAK_RSS_MB = "peak-rss-mb"  # client process peak RSS during this call
 FLOPS = "flops"  # floating-point operations of this call (only when the run simulates devices)
 QUANTIZED = "quantized"  # 1 when those ran on a quantized (nf4/int8) backbone
 PARTITION_ID = "partition-id"
+CLIENT_ID = "client-id"  # a pooled simulation: the client (identity) a message is for, on any SuperNode of the pool
 
 def error_reason(msg) -> str:
     """The first line of a Flower error reply, as a rejection reason."""
