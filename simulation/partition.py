@@ -13,7 +13,7 @@ import functools
 import logging
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import datasets
 import numpy as np
@@ -26,6 +26,7 @@ from client.partitioners import LABEL
 from strategies.runconfig import ConfigError
 
 log = logging.getLogger(__name__)
+ROW = "__anther_row"  # the index column a flwr-datasets partitioner's parts are read back by
 
 
 def build_partitioner(cfg: PartitionConfig, num_clients: int, seed: int, num_examples: int = 0):
@@ -42,7 +43,42 @@ def build_partitioner(cfg: PartitionConfig, num_clients: int, seed: int, num_exa
         raise ConfigError(f"partition.name={cfg.name}: {err}; {_hint(cfg)}") from err
 
 
-def partition_train_set(client_cfg: ClientConfig) -> list[datasets.Dataset]:
+class Partitions(Sequence):
+    """Every client's part of the training split, kept as one array of example indices
+    grouped by client (``order``, ``offsets``): a population costs two integer arrays,
+    not an object per client. ``parts[i]`` builds client i's ``datasets.Dataset`` (the
+    rows the partitioner gave it, in its order) on demand; the last 256 are kept."""
+
+    def __init__(self, train: datasets.Dataset, order: np.ndarray, offsets: np.ndarray) -> None:
+        self.train, self.order, self.offsets = train, np.asarray(order, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+        self._part = functools.lru_cache(maxsize=256)(self._select)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self._part(i % len(self))
+
+    def _select(self, i: int) -> datasets.Dataset:
+        return self.train.select(self.order[self.offsets[i]:self.offsets[i + 1]])
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def label_counts(self, num_classes: int) -> np.ndarray:
+        """(num_clients, num_classes) label counts, in one vectorized pass."""
+        labels = np.asarray(self.train.with_format("arrow")[LABEL], dtype=np.int64)[self.order]
+        owner = np.repeat(np.arange(len(self)), self.sizes)
+        flat = np.bincount(owner * num_classes + labels, minlength=len(self) * num_classes)
+        return flat[: len(self) * num_classes].reshape(len(self), num_classes)
+
+
+def partition_train_set(client_cfg: ClientConfig) -> Partitions:
     """All ``num_clients`` partitions of the training split (cached per process).
 
     The cache key is (data config, partition config, num_clients, seed), so configs that
@@ -54,7 +90,7 @@ def partition_train_set(client_cfg: ClientConfig) -> list[datasets.Dataset]:
         More clients than training examples, an impossible scheme, or a client left
         without examples.
     """
-    return list(_partitions(client_cfg.data, client_cfg.partition, client_cfg.num_clients, client_cfg.seed))
+    return _partitions(client_cfg.data, client_cfg.partition, client_cfg.num_clients, client_cfg.seed)
 
 
 def load_client_partition(client_cfg: ClientConfig, partition_id: int) -> datasets.Dataset:
@@ -65,7 +101,7 @@ def load_client_partition(client_cfg: ClientConfig, partition_id: int) -> datase
 
 
 @functools.lru_cache(maxsize=4)
-def _partitions(data: DataConfig, cfg: PartitionConfig, num_clients: int, seed: int) -> tuple[datasets.Dataset, ...]:
+def _partitions(data: DataConfig, cfg: PartitionConfig, num_clients: int, seed: int) -> Partitions:
     splits = load_splits(data)
     train = splits.train
     n, num_classes = len(train), splits.num_classes
@@ -80,18 +116,12 @@ def _partitions(data: DataConfig, cfg: PartitionConfig, num_clients: int, seed: 
             f"got {cfg.classes_per_client}"
         )
     partitioner = build_partitioner(cfg, num_clients, seed, n)
-    partitioner.dataset = train
-    with warnings.catch_warnings():  # Dirichlet retry chatter; failures are rephrased below
-        warnings.filterwarnings("ignore", module=r"flwr_datasets\..*")
-        warnings.filterwarnings("ignore", category=FutureWarning, module="pyarrow")  # datasets' sort
-        try:
-            parts = tuple(partitioner.load_partition(i) for i in range(num_clients))
-        except (ValueError, ZeroDivisionError) as err:
-            raise ConfigError(
-                f"partition.name={cfg.name} cannot split {n} training examples among {num_clients} clients "
-                f"({err}); {_hint(cfg)}"
-            ) from err
-    empty = [i for i, p in enumerate(parts) if len(p) == 0]
+    if partitioner is None:  # a vectorized scheme: every client's indices at once
+        order, offsets = cfg.indices(np.asarray(train.with_format("arrow")[LABEL], dtype=np.int64), num_clients, seed)
+        parts = Partitions(train, order, offsets)
+    else:
+        parts = _flwr_partitions(partitioner, train, cfg, num_clients)
+    empty = [int(i) for i in np.flatnonzero(parts.sizes == 0)]
     if empty:
         shown = ", ".join(map(str, empty[:20])) + (f", ... ({len(empty)} in all)" if len(empty) > 20 else "")
         extra = " (a larger partition.alpha, or partition.min_partition_size >= 1 to resample)"
@@ -99,10 +129,29 @@ def _partitions(data: DataConfig, cfg: PartitionConfig, num_clients: int, seed: 
             f"partition.name={cfg.name} leaves client(s) {shown} without training examples; use fewer "
             f"clients or a less skewed partition{extra if cfg.name.startswith('dirichlet') else ''}"
         )
-    unused = n - sum(len(p) for p in parts)
+    unused = n - int(parts.sizes.sum())
     if unused > 0:
         log.warning("partition %s leaves %d of %d training examples unassigned", cfg.name, unused, n)
     return parts
+
+
+def _flwr_partitions(partitioner: Any, train: datasets.Dataset, cfg: PartitionConfig, num_clients: int) -> Partitions:
+    """A flwr-datasets partitioner's parts, as the indices of their rows in ``train``."""
+    n = len(train)
+    partitioner.dataset = train.add_column(ROW, np.arange(n))  # each part's rows tell their indices
+    with warnings.catch_warnings():  # Dirichlet retry chatter; failures are rephrased below
+        warnings.filterwarnings("ignore", module=r"flwr_datasets\..*")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="pyarrow")  # datasets' sort
+        try:
+            rows = [np.asarray(partitioner.load_partition(i).with_format("arrow")[ROW], dtype=np.int64)
+                    for i in range(num_clients)]
+        except (ValueError, ZeroDivisionError) as err:
+            raise ConfigError(
+                f"partition.name={cfg.name} cannot split {n} training examples among {num_clients} clients "
+                f"({err}); {_hint(cfg)}"
+            ) from err
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    return Partitions(train, np.concatenate(rows) if rows else np.zeros(0, np.int64), offsets)
 
 
 def _hint(cfg: PartitionConfig) -> str:
@@ -120,6 +169,8 @@ def partition_stats(parts: Sequence[datasets.Dataset], num_classes: int) -> np.n
     np.ndarray
         (num_clients, num_classes) int64; row i = histogram of client i's labels.
     """
+    if isinstance(parts, Partitions):
+        return parts.label_counts(num_classes)
     counts = np.zeros((len(parts), num_classes), dtype=np.int64)
     for i, part in enumerate(parts):
         labels = np.asarray(part.with_format("arrow")[LABEL], dtype=np.int64)  # arrow: 10x faster than numpy format

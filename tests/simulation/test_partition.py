@@ -61,7 +61,7 @@ def _max_class_fraction(counts: np.ndarray) -> float:
 
 
 def test_registry_matches_config_choices():
-    assert set(PARTITIONERS) == {"iid", "dirichlet", "dirichlet_clients", "pathological", "shard", "size"}
+    assert set(PARTITIONERS) == {"iid", "dirichlet", "dirichlet_clients", "pathological", "shard", "size", "dirichlet_scale"}
     for name in PARTITIONERS:
         plugin = PARTITIONERS[name]
         assert issubclass(plugin.config, PartitionConfig) and plugin.config().name == name
@@ -202,3 +202,27 @@ def test_plot_writes_png(tmp_path, num_clients):
     path = tmp_path / "partition.png"
     plot_partition(counts, ("a", "b", "c", "d"), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dirichlet_scale_uses_every_example_once_with_equal_sizes_and_skewed_mixes():
+    import numpy as np
+
+    from client.partitioners import dirichlet_scale_indices
+
+    labels = np.random.default_rng(1).integers(0, 4, 40_000)
+    order, offsets = dirichlet_scale_indices(labels, 10_000, 0.1, seed=0)
+    assert sorted(order.tolist()) == list(range(40_000)) and set(np.diff(offsets).tolist()) == {4}
+    again, _ = dirichlet_scale_indices(labels, 10_000, 0.1, seed=0)
+    assert (order == again).all()  # seeded
+    skewed = np.array([len(set(labels[order[a:b]].tolist())) for a, b in zip(offsets[:-1], offsets[1:])]).mean()
+    flat, _ = dirichlet_scale_indices(labels, 10_000, 100.0, seed=0)
+    mixed = np.array([len(set(labels[flat[a:b]].tolist())) for a, b in zip(offsets[:-1], offsets[1:])]).mean()
+    assert skewed < 1.6 < 2.5 < mixed  # alpha 0.1: about one class per client; alpha 100: most of 4
+
+
+def test_partitions_are_index_arrays_with_vectorized_counts():
+    cc = _cfg("dirichlet_scale", num_clients=50, alpha=0.5)
+    parts = partition_train_set(cc)
+    assert len(parts) == 50 and parts.order.dtype.kind == "i" and parts.sizes.sum() == len(parts.train)
+    counts = partition_stats(parts, 4)
+    assert (counts[7] == np.bincount(np.asarray(parts[7]["label"]), minlength=4)).all()
