@@ -7,7 +7,9 @@ its own):
   (it echoes) and a ServerApp that samples ``--per-round`` nodes per round for
   ``--rounds`` rounds: the floor any simulation on Flower's engine pays;
 - ``anther``: ``anther-sim`` on a tiny model (tiny-bert, one local step of batch 4, no
-  evaluation) with ``num_clients=N``, the same rounds and clients per round.
+  evaluation) with ``num_clients=N`` (a Dirichlet partition, ``partition=dirichlet_scale``,
+  of 4N generated examples), the same rounds and clients per round; its clients run on
+  a pool of SuperNodes sized to the round (``ServerConfig.pool``).
 
 It prints fixed seconds (process start to the first round's first message),
 seconds per round (median), and the peak RSS of the whole process tree (sampled every
@@ -121,7 +123,7 @@ def anther_case(n: int, rounds: int, per_round: int, timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "simulation.cli", "model=tiny-bert", f"num_clients={n}", f"clients_per_round={per_round}",
-               f"rounds={rounds}", "eval_every=0", "local_steps=1", "batch_size=4", "partition=iid",
+               f"rounds={rounds}", "eval_every=0", "local_steps=1", "batch_size=4", "partition=dirichlet_scale",
                f"data.num_examples={max(4 * n, 400)}", "data.test_size=100", f"hydra.run.dir={run_dir}"]
         rc, wall, peak = _run(cmd, timeout)
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()] if (run_dir / "metrics.jsonl").exists() else []
