@@ -43,6 +43,8 @@ import os
 import subprocess
 import sys
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -95,8 +97,10 @@ class LiveBytes(TorchDispatchMode):
         if func is torch.ops.aten.copy_.default and args[1].device.type == "meta" != args[0].device.type:
             return args[0]  # a real tensor initialised from the meta model (e.g. prefixes from text): shapes only
         out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
+        inputs = {StorageWeakRef(t.untyped_storage()) for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:  # a view or an in-place result shares an input's storage: nothing new
+            if isinstance(t, torch.Tensor) and StorageWeakRef(t.untyped_storage()) not in inputs:
                 self._track(t)
         return out
 
@@ -174,13 +178,39 @@ def _weights_bytes(model: torch.nn.Module, backbone: Any, quant: Any) -> tuple[i
     return total, largest
 
 
+@contextmanager
+def cpu_attention() -> Iterator[None]:
+    """Within the block, scaled-dot-product attention on meta tensors runs the CPU flash
+    kernel's meta function (what a real CPU step runs: no (B, H, S, S) probabilities
+    kept), not the math fallback the meta device would pick."""
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+
+    def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if q.device.type != "meta":
+            return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                            enable_gqa=enable_gqa)
+        if enable_gqa and k.shape[-3] != q.shape[-3]:
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+            v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
+
+    F.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
 def _trace_step(method: Any, batch: dict[str, Any]) -> tuple[int, float, float]:
     """(peak live bytes, FLOPs, live-memory factor) of one step of ``method`` on ``batch``."""
     from client.batches import forward_loss
     from client.flops import FlopCount
 
     kind = method.kind
-    with FlopCount() as fc, LiveBytes() as lb:
+    with cpu_attention(), FlopCount() as fc, LiveBytes() as lb:
         if kind == wire.KIND_ACTIVATIONS:
             hidden = method.front(batch)
             method.backward_front(hidden, torch.ones_like(hidden))
@@ -189,7 +219,7 @@ def _trace_step(method: Any, batch: dict[str, Any]) -> tuple[int, float, float]:
             with torch.no_grad():
                 forward_loss(method.model, batch)
             jvp = type(method).__name__ == "ForwardGradMethod"
-            factor = 2.0 if jvp else 1.0
+            factor = 1.0  # measured: FwdLLM's client peaks as zo_seed's (anther-bench estimate)
             forwards = FWD_GRAD_FORWARDS_PER_STEP if jvp else ZO_FORWARDS_PER_STEP
         else:
             model = method.model

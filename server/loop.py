@@ -361,13 +361,13 @@ class RoundLoop:
         valid: list[Message] = []
         failures_before = ex.failures
         while messages:  # the round's first request, then the kind's follow-ups
-            for m in messages if fed.pool else ():  # each message names its client to the pool node
-                with_config(m, {wire.CLIENT_ID: tally.ident_of[m.metadata.dst_node_id]})
             for m in messages:
                 down = payload_bytes(m)
                 tally.bytes_down += down
                 if (w := tally.client_work(m.metadata.dst_node_id)) is not None:
                     w.bytes_down += down
+            for m in messages if fed.pool else ():  # each names its client to the pool node (not counted:
+                with_config(m, {wire.CLIENT_ID: tally.ident_of[m.metadata.dst_node_id]})  # a device is itself)
             strays: list[tuple[Message, str]] = []
             replies = send_and_receive(self.grid, messages, self.cfg.timeout_s, strays)
             sizes = {id(r): payload_bytes(r) for r in replies}
