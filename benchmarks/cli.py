@@ -56,10 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default="minilm", help="backbone measured (default minilm)")
     pr.add_argument("--like", default="laptop", help="built-in profile whose unmeasured numbers are copied (default laptop)")
     sc = sub.add_parser("scale", help="N clients: fixed and per-round seconds and peak memory, beside Flower's floor")
-    sc.add_argument("--sizes", default="1000,10000", help="populations, comma-separated (default 1000,10000)")
+    sc.add_argument("--sizes", default="10000,100000,1000000", help="populations (default 10000,100000,1000000)")
     sc.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     sc.add_argument("--per-round", type=int, default=100, help="clients per round (default 100)")
     sc.add_argument("--timeout", type=float, default=1800, help="seconds before a case is stopped (default 1800)")
+    sc.add_argument("--flower-max", type=int, default=100_000, help="largest N for Flower's floor (default 100,000)")
     e = sub.add_parser("estimate", help="pre-flight memory estimate vs the measured client peak, every method")
     e.add_argument("--models", default="tiny-bert,tiny-llama,minilm,smollm2-135m", help="comma-separated backbones")
     e.add_argument("--quants", default="none,nf4", help="comma-separated quant modes (default none,nf4)")
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.scale import main as scale_main
 
         return scale_main(["--sizes", args.sizes, "--rounds", str(args.rounds), "--per-round", str(args.per_round),
-                           "--timeout", str(args.timeout)])
+                           "--timeout", str(args.timeout), "--flower-max", str(args.flower_max)])
     if args.suite == "estimate":
         from benchmarks.estimate import main as estimate_main
 

@@ -135,18 +135,23 @@ def anther_case(n: int, rounds: int, per_round: int, timeout: float) -> dict:
                 "peak_mb": peak}
 
 
-def run(sizes: list[int], rounds: int, per_round: int, timeout: float) -> dict:
+def run(sizes: list[int], rounds: int, per_round: int, timeout: float, flower_max: int = 100_000) -> dict:
     results = {}
     print(f"suite scale: {rounds} rounds of {per_round} clients; fixed s, median s per round, peak RSS MiB of all processes")
     print(f"{'N':>9} {'case':7} {'fixed s':>10} {'s/round':>8} {'peak MiB':>9}")
     for n in sizes:
         for name, case in (("flower", flower_case), ("anther", anther_case)):
+            if name == "flower" and n > flower_max:
+                results[(n, name)] = {"ok": False, "wall_s": 0.0, "peak_mb": 0.0}
+                print(f"{n:>9,} {name:7} {'not run (--flower-max ' + format(flower_max, ',') + ')':>30}")
+                continue
             r = case(n, rounds, min(per_round, n), timeout)
             results[(n, name)] = r
             if r["ok"]:
                 print(f"{n:>9,} {name:7} {r['fixed_s']:>10.1f} {r['round_s']:>8.2f} {r['peak_mb']:>9.0f}")
             else:
-                print(f"{n:>9,} {name:7} {'failed or timed out after ' + format(r['wall_s'], '.0f') + ' s':>30} {r['peak_mb']:>9.0f}")
+                print(f"{n:>9,} {name:7} {'failed or timed out after ' + format(r['wall_s'], '.0f') + ' s':>30} "
+                  f"{r['peak_mb']:>9.0f}")
         f, a = results[(n, "flower")], results[(n, "anther")]
         if f["ok"] and a["ok"]:
             print(f"{n:>9,} {'ratio':7} {a['fixed_s'] / f['fixed_s']:>9.2f}x {a['round_s'] / f['round_s']:>7.2f}x "
@@ -156,17 +161,19 @@ def run(sizes: list[int], rounds: int, per_round: int, timeout: float) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anther-bench scale", description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default="1000,10000", help="populations, comma-separated (default 1000,10000)")
+    p.add_argument("--sizes", default="10000,100000,1000000", help="populations, comma-separated (default 10000,100000,1000000)")
     p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     p.add_argument("--per-round", type=int, default=100, help="clients per round (default 100)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds before a case is stopped (default 1800)")
+    p.add_argument("--flower-max", type=int, default=100_000,
+                   help="largest N for Flower's own floor (one SuperNode per client; default 100,000)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run([int(x) for x in a.sizes.split(",")], a.rounds, a.per_round, a.timeout)
+    run([int(x) for x in a.sizes.split(",")], a.rounds, a.per_round, a.timeout, a.flower_max)
     return 0
 
 
