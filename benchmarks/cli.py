@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--per-round", type=int, default=100, help="clients per round (default 100)")
     sc.add_argument("--timeout", type=float, default=1800, help="seconds before a case is stopped (default 1800)")
     sc.add_argument("--flower-max", type=int, default=100_000, help="largest N for Flower's floor (default 100,000)")
+    sc.add_argument("--backend", default="inprocess", choices=("inprocess", "ray"), help="Anther's client backend")
     e = sub.add_parser("estimate", help="pre-flight memory estimate vs the measured client peak, every method")
     e.add_argument("--models", default="tiny-bert,tiny-llama,minilm,smollm2-135m", help="comma-separated backbones")
     e.add_argument("--quants", default="none,nf4", help="comma-separated quant modes (default none,nf4)")
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.scale import main as scale_main
 
         return scale_main(["--sizes", args.sizes, "--rounds", str(args.rounds), "--per-round", str(args.per_round),
-                           "--timeout", str(args.timeout), "--flower-max", str(args.flower_max)])
+                           "--timeout", str(args.timeout), "--flower-max", str(args.flower_max),
+                           "--backend", args.backend])
     if args.suite == "estimate":
         from benchmarks.estimate import main as estimate_main
 

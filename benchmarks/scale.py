@@ -9,7 +9,8 @@ its own):
 - ``anther``: ``anther-sim`` on a tiny model (tiny-bert, one local step of batch 4, no
   evaluation) with ``num_clients=N`` (a Dirichlet partition, ``partition=dirichlet_scale``,
   of 4N generated examples), the same rounds and clients per round; its clients run on
-  a pool of SuperNodes sized to the round (``ServerConfig.pool``).
+  a pool of SuperNodes sized to the round (``ServerConfig.pool``), in-process by default
+  (``--backend ray``: Ray workers, each of which generates and partitions the data).
 
 It prints fixed seconds (process start to the first round's first message),
 seconds per round (median), and the peak RSS of the whole process tree (sampled every
@@ -119,12 +120,13 @@ def flower_case(n: int, rounds: int, per_round: int, timeout: float) -> dict:
                 "round_s": statistics.median(b - a for a, b in zip(marks, marks[1:])), "wall_s": wall, "peak_mb": peak}
 
 
-def anther_case(n: int, rounds: int, per_round: int, timeout: float) -> dict:
+def anther_case(n: int, rounds: int, per_round: int, timeout: float, backend: str = "inprocess") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "simulation.cli", "model=tiny-bert", f"num_clients={n}", f"clients_per_round={per_round}",
                f"rounds={rounds}", "eval_every=0", "local_steps=1", "batch_size=4", "partition=dirichlet_scale",
-               f"data.num_examples={max(4 * n, 400)}", "data.test_size=100", f"hydra.run.dir={run_dir}"]
+               f"data.num_examples={max(4 * n, 400)}", "data.test_size=100", f"resources.backend={backend}",
+               f"hydra.run.dir={run_dir}"]
         rc, wall, peak = _run(cmd, timeout)
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()] if (run_dir / "metrics.jsonl").exists() else []
         trained = [r for r in rows if r["round"] > 0]
@@ -135,7 +137,8 @@ def anther_case(n: int, rounds: int, per_round: int, timeout: float) -> dict:
                 "peak_mb": peak}
 
 
-def run(sizes: list[int], rounds: int, per_round: int, timeout: float, flower_max: int = 100_000) -> dict:
+def run(sizes: list[int], rounds: int, per_round: int, timeout: float, flower_max: int = 100_000,
+        backend: str = "inprocess") -> dict:
     results = {}
     print(f"suite scale: {rounds} rounds of {per_round} clients; fixed s, median s per round, peak RSS MiB of all processes")
     print(f"{'N':>9} {'case':7} {'fixed s':>10} {'s/round':>8} {'peak MiB':>9}")
@@ -145,7 +148,7 @@ def run(sizes: list[int], rounds: int, per_round: int, timeout: float, flower_ma
                 results[(n, name)] = {"ok": False, "wall_s": 0.0, "peak_mb": 0.0}
                 print(f"{n:>9,} {name:7} {'not run (--flower-max ' + format(flower_max, ',') + ')':>30}")
                 continue
-            r = case(n, rounds, min(per_round, n), timeout)
+            r = case(n, rounds, min(per_round, n), timeout, **({"backend": backend} if name == "anther" else {}))
             results[(n, name)] = r
             if r["ok"]:
                 print(f"{n:>9,} {name:7} {r['fixed_s']:>10.1f} {r['round_s']:>8.2f} {r['peak_mb']:>9.0f}")
@@ -167,13 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1800, help="seconds before a case is stopped (default 1800)")
     p.add_argument("--flower-max", type=int, default=100_000,
                    help="largest N for Flower's own floor (one SuperNode per client; default 100,000)")
+    p.add_argument("--backend", default="inprocess", choices=("inprocess", "ray"),
+                   help="Anther's client backend (default inprocess: one process; ray: each worker loads the data)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run([int(x) for x in a.sizes.split(",")], a.rounds, a.per_round, a.timeout, a.flower_max)
+    run([int(x) for x in a.sizes.split(",")], a.rounds, a.per_round, a.timeout, a.flower_max, a.backend)
     return 0
 
 
