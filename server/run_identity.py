@@ -25,6 +25,10 @@ RUN_CONFIG_FILE = "run_config.json"
 RESUMABLE = frozenset({"rounds", "eval_every", "resume", "logger", "logger_group", "run_dir", "timeout_s",
                        "evaluator", "keep_checkpoints", "screen.max_reply_mb", "screen.norm_bound", "screen.min_valid_replies",
                        "screen.max_resamples"})
+# derived by the simulator, not chosen: the node pool (a round's size; clients train the same on any
+# pool) and the assignment's estimates (a resumed run plans with the recorded ones)
+DERIVED = frozenset({"pool", "assign.peak_mb", "assign.flops", "assign.bytes", "assign.quantized",
+                     "assign.run_local_steps", "assign.run_batch_size"})
 
 
 def record_run_config(ckpt_dir: Path, run_config: Mapping[str, Any]) -> None:
@@ -42,7 +46,7 @@ def check_resumable(ckpt_dir: Path, run_config: Mapping[str, Any]) -> None:
     if not path.is_file():
         return
     old, new = json.loads(path.read_text()), _plain(run_config)
-    changed = sorted(k for k in set(old) & set(new) if k not in RESUMABLE and old[k] != new[k])
+    changed = sorted(k for k in set(old) & set(new) if k not in RESUMABLE | DERIVED and old[k] != new[k])
     if changed:
         shown = "\n  - ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:12])
         more = f"\n  - ... and {len(changed) - 12} more" if len(changed) > 12 else ""

@@ -40,12 +40,8 @@ def estimate_options(sim: Any, num_labels: int) -> AssignConfig:
     a, client = sim.server.assign, sim.client
     options = a.options(client.local_steps, client.batch_size)
     ests = [estimate(dataclasses.replace(client, local_steps=s, batch_size=b), num_labels) for s, b in options]
-    planned = a.with_plan([e.peak_mb for e in ests], [e.flops for e in ests], [2.0 * e.reply_bytes for e in ests],
-                          client.quant.mode != "none")
-    if a.name == "resource_aware":  # the options as sent to the clients
-        planned = dataclasses.replace(planned, local_steps=tuple(s for s, _ in options),
-                                      batch_size=tuple(b for _, b in options))
-    return planned
+    return a.with_plan([e.peak_mb for e in ests], [e.flops for e in ests], [2.0 * e.reply_bytes for e in ests],
+                       client.quant.mode != "none", client.local_steps, client.batch_size)
 
 
 def plan_assignment(sim: Any, run_dir: Path, num_labels: int, say=print) -> Any:
@@ -64,11 +60,8 @@ def plan_assignment(sim: Any, run_dir: Path, num_labels: int, say=print) -> Any:
                           "use assign=fixed")
     recorded = recorded_plan(run_dir, server.resume)
     if recorded is not None:
-        assign = dataclasses.replace(server.assign, **recorded, quantized=sim.client.quant.mode != "none")
-        if server.assign.name == "resource_aware":
-            options = server.assign.options(sim.client.local_steps, sim.client.batch_size)
-            assign = dataclasses.replace(assign, local_steps=tuple(s for s, _ in options),
-                                         batch_size=tuple(b for _, b in options))
+        assign = dataclasses.replace(server.assign, **recorded, quantized=sim.client.quant.mode != "none",
+                                     run_local_steps=sim.client.local_steps, run_batch_size=sim.client.batch_size)
     else:
         try:
             assign = estimate_options(sim, num_labels)

@@ -174,7 +174,9 @@ def run_federation(
     console = rc.console
     run_dir = Path(run_dir)
     sim = sim or build_sim_config(cfg, run_dir)
-    sim = dataclasses.replace(sim, server=dataclasses.replace(sim.server, pool=pool_size(sim.server)))
+    # Anther's ClientApp takes its identity from the message; a user's may read node_config: one node per client
+    pool = pool_size(sim.server) if client_app is None else 0
+    sim = dataclasses.replace(sim, server=dataclasses.replace(sim.server, pool=pool))
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(
         f"[bold]anther-sim[/bold] {sim.client.model.name} · {sim.client.method.name} · "
@@ -207,13 +209,14 @@ def run_federation(
         flat = sim.run_config()
     trackers = open_trackers(cfg, sim, run_dir)
     where = "in this process (resources.backend=inprocess)" if backend == "inprocess" else "on Ray"
-    rc.phase(f"starting the Simulation Engine: {sim.server.num_clients} clients on {sim.server.pool} SuperNodes {where}")
+    nodes = sim.server.pool or sim.server.num_clients
+    rc.phase(f"starting the Simulation Engine: {sim.server.num_clients} clients on {nodes} SuperNodes {where}")
     try:
         with flower_logs_to_run_log(), engine_backend(backend):
             run_simulation(
                 server_app=build_server_app(flat, trackers=trackers),
                 client_app=with_anther_queries(client_app, flat) if client_app is not None else build_client_app(flat),
-                num_supernodes=sim.server.pool,
+                num_supernodes=nodes,
                 backend_name=backend,
                 backend_config=backend_config(sim, rc.verbose),
                 verbose_logging=False,

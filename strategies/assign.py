@@ -47,6 +47,8 @@ class AssignConfig:
     flops: tuple[float, ...] = ()
     bytes: tuple[float, ...] = ()
     quantized: bool = False  # the backbone is nf4/int8: devices compute at their quantized FLOP/s
+    run_local_steps: int = 0  # the run's own local_steps and batch_size (filled with the plan)
+    run_batch_size: int = 0
 
     def __post_init__(self) -> None:
         check_choice("assign", self.name, ASSIGN_POLICIES)
@@ -70,8 +72,10 @@ class AssignConfig:
     def planned(self) -> bool:
         return bool(self.peak_mb)
 
-    def with_plan(self, peak_mb: list[float], flops: list[float], nbytes: list[float], quantized: bool) -> AssignConfig:
-        return dataclasses.replace(self, quantized=quantized, peak_mb=tuple(round(float(v), 1) for v in peak_mb),
+    def with_plan(self, peak_mb: list[float], flops: list[float], nbytes: list[float], quantized: bool,
+                  local_steps: int, batch_size: int) -> AssignConfig:
+        return dataclasses.replace(self, quantized=quantized, run_local_steps=local_steps, run_batch_size=batch_size,
+                                   peak_mb=tuple(round(float(v), 1) for v in peak_mb),
                                    flops=tuple(float(v) for v in flops), bytes=tuple(float(v) for v in nbytes))
 
 
@@ -105,7 +109,8 @@ class Assigner:
         i = self.choice[name]
         if self.cfg.name == "fixed" or i is None:
             return {}
-        return {wire.ASSIGN_LOCAL_STEPS: self.cfg.local_steps[i], wire.ASSIGN_BATCH_SIZE: self.cfg.batch_size[i]}
+        steps, batch = self.cfg.options(self.cfg.run_local_steps, self.cfg.run_batch_size)[i]
+        return {wire.ASSIGN_LOCAL_STEPS: steps, wire.ASSIGN_BATCH_SIZE: batch}
 
     def check_someone_fits(self) -> None:
         if all(c is None for c in self.choice.values()):

@@ -114,7 +114,7 @@ def test_inprocess_run_equals_ray_run(tmp_path, caplog):
                                   f"hydra.run.dir={tmp_path / backend}"])
         runs[backend] = fingerprint(run_dir)
         where = "in this process" if backend == "inprocess" else "on Ray"
-        assert any(f"virtual clients {where}" in r.getMessage() for r in caplog.records)
+        assert any(f"SuperNodes {where}" in r.getMessage() for r in caplog.records)
         caplog.clear()
     assert [r["round"] for r in runs["ray"]["rows"]] == [0, 1, 2]
     assert runs["inprocess"] == runs["ray"]
