@@ -174,8 +174,10 @@ def run_federation(
     console = rc.console
     run_dir = Path(run_dir)
     sim = sim or build_sim_config(cfg, run_dir)
-    # Anther's ClientApp takes its identity from the message; a user's may read node_config: one node per client
-    pool = pool_size(sim.server) if client_app is None else 0
+    # Anther's ClientApp takes its identity from the message; a user's may read node_config, and split training
+    # and error-feedback codecs keep a client's state between rounds on its node: one node per client for those
+    keeps_state = sim.client.method.name == "split" or sim.server.codec.name == "topk"
+    pool = pool_size(sim.server) if client_app is None and not keeps_state else 0
     sim = dataclasses.replace(sim, server=dataclasses.replace(sim.server, pool=pool))
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(
