@@ -15,9 +15,8 @@ The peak resident memory of a train call is then::
 
     peak = runtime + weights + optimizer + copies + step + dequant
 
-``runtime``: the process before the model (interpreter, torch, transformers, Flower,
-thread pools); measured once per machine by :func:`runtime_mb`, or the device profile's
-``runtime_mb`` (``anther-bench profile`` writes it). ``weights``: every parameter and
+``runtime``: the process before the model (interpreter, libraries, data pipeline,
+thread pools), measured once per data set-up by :func:`runtime_mb`. ``weights``: every parameter and
 buffer of the model part the client holds, at 4 bytes, except the Linear layers that
 ``quant`` replaces: nf4/fp4 at 0.5 byte per weight plus one fp32 scale per 64 (double
 quantization: one byte per 64), int8 at 1 byte plus one fp32 scale per row.
@@ -30,9 +29,8 @@ The batch is the worst case of the configuration: ``batch_size`` rows of
 ``model.max_length`` tokens (real batches are trimmed to their longest row). Sequences
 are not masked (memory does not depend on the values), and any value read back from a
 tensor during tracing reads as one. The zeroth-order methods trace their forward under
-``no_grad`` (two forwards per step); forward gradients carry a tangent per activation,
-so their step is counted twice a forward's live memory and three forwards' FLOPs (an
-approximation, said here and in ``docs/results.md``). ``anther-bench estimate`` checks
+``no_grad`` (two forwards per step); forward gradients count three forwards' FLOPs and
+a forward's live memory (their measured peak is zo_seed's). ``anther-bench estimate`` checks
 every figure against the measured peak of a real train call.
 """
 
@@ -145,25 +143,24 @@ def _dummy_batch(task: str, batch: int, length: int) -> dict[str, Any]:
             "logits_to_keep": ANSWER_TOKENS}
 
 
-def _quantized_linears(model: torch.nn.Module, backbone: Any) -> list[torch.nn.Linear]:
+def _quantized_linears(backbone: Any) -> list[torch.nn.Linear]:
     """The Linear layers ``quant`` replaces (:func:`client.quantize.replace_linear_layers_`)."""
     from client import quantize as q
 
     skip = tuple(backbone.head_modules) + q.ALWAYS_FP32
-    base = backbone.model
-    return [m for n, m in base.named_modules()
+    return [m for n, m in backbone.model.named_modules()
             if type(m) is torch.nn.Linear and not q._skipped(n, skip) and not q.under(n, backbone.absent)]
 
 
 def _weights_bytes(model: torch.nn.Module, backbone: Any, quant: Any) -> tuple[int, int]:
     """(resident bytes of the model part held, fp32 bytes of its largest quantized weight)."""
     absent = tuple(backbone.absent)
-    quantized = {id(m.weight): m for m in _quantized_linears(model, backbone)} if quant.mode != "none" else {}
+    quantized = {id(m.weight): m for m in _quantized_linears(backbone)} if quant.mode != "none" else {}
     seen: set[int] = set()
     total = largest = 0
     named = list(model.named_parameters(remove_duplicate=True)) + list(model.named_buffers(remove_duplicate=True))
     for name, t in named:
-        if id(t) in seen or any(a in name for a in absent if a):
+        if id(t) in seen or any(f".{a}." in f".{name}" for a in absent if a):  # under an absent module
             continue
         seen.add(id(t))
         n = t.numel()
@@ -204,8 +201,8 @@ def cpu_attention() -> Iterator[None]:
         F.scaled_dot_product_attention = original
 
 
-def _trace_step(method: Any, batch: dict[str, Any]) -> tuple[int, float, float]:
-    """(peak live bytes, FLOPs, live-memory factor) of one step of ``method`` on ``batch``."""
+def _trace_step(method: Any, batch: dict[str, Any]) -> tuple[int, float]:
+    """(peak live bytes, FLOPs) of one step of ``method`` on ``batch``."""
     from client.batches import forward_loss
     from client.flops import FlopCount
 
@@ -214,12 +211,11 @@ def _trace_step(method: Any, batch: dict[str, Any]) -> tuple[int, float, float]:
         if kind == wire.KIND_ACTIVATIONS:
             hidden = method.front(batch)
             method.backward_front(hidden, torch.ones_like(hidden))
-            factor, forwards = 1.0, 1.0
+            forwards = 1
         elif kind == wire.KIND_SEEDS:
             with torch.no_grad():
                 forward_loss(method.model, batch)
-            jvp = type(method).__name__ == "ForwardGradMethod"
-            factor = 1.0  # measured: FwdLLM's client peaks as zo_seed's (anther-bench estimate)
+            jvp = type(method).__name__ == "ForwardGradMethod"  # its peak: zo_seed's (measured)
             forwards = FWD_GRAD_FORWARDS_PER_STEP if jvp else ZO_FORWARDS_PER_STEP
         else:
             model = method.model
@@ -227,8 +223,8 @@ def _trace_step(method: Any, batch: dict[str, Any]) -> tuple[int, float, float]:
             loss, _ = forward_loss(model, batch)
             loss.backward()
             model.eval()
-            factor, forwards = 1.0, 1.0
-    return int(lb.peak * factor), fc.total * forwards, factor
+            forwards = 1
+    return lb.peak, fc.total * forwards
 
 
 def _optimizer_factor(cfg: Any) -> int:
@@ -314,7 +310,8 @@ def estimate(cfg: Any, num_labels: int, runtime: float | None = None) -> Estimat
         n_train = sum(p.numel() for p in trainable)
         weights, largest = _weights_bytes(model, backbone, cfg.quant)
         batch = _dummy_batch(backbone.task, cfg.batch_size, cfg.model.max_length)
-        step, flops, _ = _trace_step(method, batch)
+        step, flops = _trace_step(method, batch)
+    # local_epochs counts passes over the data, unknown here: one step per configured local step
     steps = cfg.method.steps(cfg.local_steps, max(cfg.batch_size, 1) * max(cfg.local_steps, 1), cfg.batch_size)
     train_bytes = n_train * 4
     delta = method.kind == wire.KIND_DELTA

@@ -194,15 +194,11 @@ def dirichlet_scale_indices(labels: Any, num_clients: int, alpha: float, seed: i
 
 
 @dataclass(frozen=True)
-class DirichletScaleConfig(PartitionConfig):
+class DirichletScaleConfig(DirichletConfig):
     """alpha: concentration of each client's label mix (as ``dirichlet``), vectorized."""
 
     name: str = "dirichlet_scale"
-    alpha: float = 0.5
     hint: ClassVar[str] = "use fewer clients (num_clients) or more data"
-
-    def __post_init__(self) -> None:
-        check(self.alpha > 0, "partition.alpha", "a number > 0", self.alpha)
 
     def build(self, num_clients: int, seed: int, num_examples: int) -> Any:
         return None  # no flwr-datasets partitioner: :meth:`indices` gives every client's examples

@@ -82,4 +82,4 @@ def plan_assignment(sim: Any, run_dir: Path, num_labels: int, say=print) -> Any:
     return dataclasses.replace(sim, server=dataclasses.replace(server, assign=assign))
 
 
-__all__ = ["ConfigError", "plan_assignment", "recorded_plan", "estimate_options"]
+__all__ = ["plan_assignment", "recorded_plan", "estimate_options"]
