@@ -56,7 +56,7 @@ def init_state(cfg, ctx):
     """The ClientApp's "init" query (loads the backbone): the initial trainable ArrayRecord."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
-    from client.app import handle_query
+    from client.handlers import handle_query
     from strategies import wire
 
     init = Message(RecordDict({wire.CONFIG: ConfigRecord({"op": "init"})}), dst_node_id=1, message_type="query")
@@ -77,14 +77,14 @@ def run_child(module: str, child_args: list[str], what: str, env: dict[str, str]
 def child(mode: str, batch: int, seq: int, checkpointing: bool, steps: int = 2, method: str = "lora") -> dict:
     """One real ClientApp train call on smollm2-135m with ``quant.mode=mode`` and ``method``.
 
-    The call goes through :func:`client.app.handle_train` exactly as in a simulation
+    The call goes through :func:`client.handlers.handle_train` exactly as in a simulation
     (backbone load, LoRA wrap, causal-LM prompts with the loss on the answer tokens,
     ``steps`` local steps, encoding); its reply carries ``peak-rss-mb``, the per-call
     peak that ``metrics.jsonl`` records as ``client_peak_rss_mb``.
     """
     from flwr.app import ConfigRecord, Message, RecordDict
 
-    from client.app import handle_train
+    from client.handlers import handle_train
     from client.config import ClientConfig, ModelConfig, QuantConfig
     from client.methods import METHODS
     from client.partitioners import IidConfig

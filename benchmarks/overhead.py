@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from client.app import handle_train
+from client.handlers import handle_train
 from client.config import ClientConfig, DataConfig, ModelConfig
 from client.data_source import label_names
 from client.partitioners import IidConfig

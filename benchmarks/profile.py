@@ -53,7 +53,7 @@ def train_rate(model: str, quant: str, local_steps: int, batch_size: int, calls:
     from benchmarks.overhead import _message
     from flwr.app import Context, RecordDict
 
-    from client.app import handle_train
+    from client.handlers import handle_train
     from client.data_source import label_names
     from client.runtime import get_runtime
     from strategies import wire

@@ -50,7 +50,7 @@ def child(case: str, batch: int, seq: int, steps: int) -> dict:
     import torch
     from flwr.app import ConfigRecord, Message, RecordDict
 
-    from client.app import handle_train
+    from client.handlers import handle_train
     from strategies import wire
     from strategies.kinds import activations as sk
     from strategies.kinds.base import wire_record

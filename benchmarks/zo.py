@@ -1,7 +1,7 @@
 """Suite ``zo``: bytes and memory of backprop-free clients next to LoRA FedAvg.
 
 Memory: each case runs in its own subprocess — a real ClientApp "init" query (loads the
-backbone) and one real train call through :func:`client.app.handle_train`, with the
+backbone) and one real train call through :func:`client.handlers.handle_train`, with the
 downlink a real strategy builds (FedKSeed for zo_seed, FwdLLM for forward_grad, FedAvg
 for LoRA) — and reports the per-call peak RSS the client records in ``metrics.jsonl``.
 ``inference`` is the same model (LoRA-wrapped) and the same batches, forward only.
@@ -91,7 +91,7 @@ def child(case: str, model: str, batch: int, seq: int, steps: int, perturbations
     import torch
 
     from client import memory
-    from client.app import handle_train
+    from client.handlers import handle_train
     from client.batches import batch_iterator, forward_loss
     from client.data_source import encoded_partition, label_names
     from client.runtime import get_runtime

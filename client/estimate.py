@@ -244,7 +244,7 @@ def tiny_call_peak(cfg: Any) -> float:
 
     from flwr.supercore.task_identity import TaskIdentity
 
-    from client.app import handle_query, handle_train
+    from client.handlers import handle_query, handle_train
     from strategies.kinds.base import wire_record
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # what a node's process has set

@@ -34,7 +34,7 @@ NOTE = (
 PAIRING = {"method": ["strategy=fedkseed"], "strategy": ["method=zo_seed"]}  # compose a seed plug-in validly
 
 
-def _composed(overrides: list[str]) -> Any:
+def composed(overrides: list[str]) -> Any:
     from simulation import compose_config
     from simulation.config import raw_values
 
@@ -51,7 +51,7 @@ def app_run_config() -> dict[str, Any]:
     from simulation.cli import group_choices
     from simulation.config import build_sim_config
 
-    cfg, _ = _composed([])
+    cfg, _ = composed([])
     sim = build_sim_config(cfg, Path(ServerConfig().run_dir))
     server = dataclasses.replace(sim.server, run_dir=ServerConfig().run_dir)
     flat = {**sim.run_config(), **flatten(server)}
@@ -61,7 +61,7 @@ def app_run_config() -> dict[str, Any]:
             if registry is None:
                 continue
             for name in group_choices(f.name):
-                _, raw = _composed([f"{f.name}={name}", *PAIRING.get(f.name, [])])
+                _, raw = composed([f"{f.name}={name}", *PAIRING.get(f.name, [])])
                 errors: list[str] = []
                 plugin = build_plugin(registry, raw[f.name], f.name, errors)
                 if errors:
@@ -70,7 +70,7 @@ def app_run_config() -> dict[str, Any]:
     return flat
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -79,7 +79,7 @@ def _toml_value(value: Any) -> str:
 
 
 def render(flat: dict[str, Any]) -> str:
-    return HEADER + "\n" + NOTE + "".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in flat.items())
+    return HEADER + "\n" + NOTE + "".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in flat.items())
 
 
 def _split(text: str) -> tuple[str, str, str]:

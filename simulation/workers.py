@@ -84,7 +84,7 @@ def warm_worker() -> None:
     """Ray worker set-up hook: import the client stack and build this run's runtime."""
     t0 = time.perf_counter()
     try:
-        from client.app import build_client_app  # noqa: F401  (torch, transformers, Flower)
+        import client.handlers  # noqa: F401  (torch, transformers, Flower)
         from client.config import ClientConfig
         from client.data_source import label_names
         from client.runtime import get_runtime

@@ -15,8 +15,8 @@ gives 8 values instead of Box-Muller's 4.
 
 Values are data, not arithmetic: every backend reads the same bytes, so ``gaussian16``
 is bitwise identical on every CPU, GPU, OS and backend (like ``rademacher``). The bytes
-ship with the package (``gaussian16.f32``, little-endian fp32, 256 KiB) and are checked
-against their SHA-256 on load; ``python -m kernels.perturb.gaussian16`` regenerates them
+ship with the package (``gaussian16.f32``, little-endian fp32, 256 KiB; computed on first
+use where the file is absent) and are checked against their SHA-256 on load; ``python -m kernels.perturb.gaussian16`` regenerates them
 (Wichura's AS241 through :class:`statistics.NormalDist`, in fp64) and says whether they
 changed.
 """
@@ -49,8 +49,10 @@ def build() -> np.ndarray:
 
 @functools.cache
 def table() -> np.ndarray:
-    """The shipped table, read-only, after its checksum."""
-    data = PATH.read_bytes()
+    """The shipped table, read-only, after its checksum. Where the file is absent (a Flower
+    App package carries source files only) it is computed (about 0.1 s) and must match the
+    same checksum."""
+    data = PATH.read_bytes() if PATH.exists() else build().astype("<f4").tobytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != SHA256:
         raise RuntimeError(

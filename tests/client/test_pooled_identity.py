@@ -1,11 +1,11 @@
-"""A pooled simulation's SuperNode runs whichever client a message names (client/app.py):
+"""A pooled simulation's SuperNode runs whichever client a message names (client/handlers.py):
 the identity comes from the message, each client's state stays its own, and a deployed
 device (its own data-path) is always itself."""
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import _identity, _partition_key, client_state
+from client.handlers import _identity, _partition_key, client_state
 from strategies import wire
 
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0

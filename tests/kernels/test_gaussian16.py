@@ -42,6 +42,18 @@ def test_damaged_table_is_refused(tmp_path, monkeypatch):
         gaussian16.table.cache_clear()
 
 
+def test_absent_file_is_computed_to_the_same_bytes(tmp_path, monkeypatch):
+    """A Flower App package (FAB) carries source files only: the table is then computed."""
+    shipped = gaussian16.table().copy()
+    monkeypatch.setattr(gaussian16, "PATH", tmp_path / "absent.f32")
+    gaussian16.table.cache_clear()
+    try:
+        np.testing.assert_array_equal(gaussian16.table(), shipped)
+    finally:
+        monkeypatch.undo()
+        gaussian16.table.cache_clear()
+
+
 def test_reference_layout_from_the_scalar_generator():
     """Element 64 b + 16 j + 8 h + q is half h of word j of counter 8 b + q."""
     seed, t = 2**40 + 7, gaussian16.table()

@@ -6,7 +6,7 @@ import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.app import client_config, handle_query, handle_train
+from client.handlers import client_config, handle_query, handle_train
 
 
 def tampering_client_app(tamper: Callable[[int, Message], Message]) -> ClientApp:

@@ -1,0 +1,127 @@
+"""``anther-deploy`` without a running federation: certificates, keys, checks, errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from simulation.deploy import certs, cli, procs, steps
+from simulation.deploy.layout import layout
+from strategies.runconfig import ConfigError
+
+
+@pytest.fixture()
+def fed(tmp_path):
+    lay = layout(tmp_path / "fed")
+    steps.init(lay, 2, ["192.168.1.10", "link.example"], 9093, 30, force=False, say=lambda s: None)
+    return lay
+
+
+def test_init_writes_a_ca_a_server_certificate_and_node_keys_with_private_parts_owner_only(fed):
+    for secret in (fed.ca_key, fed.link_key, fed.node_key(0), fed.node_key(1)):
+        assert secret.stat().st_mode & 0o777 == 0o600, secret
+    certs.check_superlink_tls(fed)
+    for host in ("localhost", "127.0.0.1", "192.168.1.10", "link.example"):
+        assert certs.covers(fed.link_cert, host), host
+    assert not certs.covers(fed.link_cert, "10.0.0.1")
+    assert json.loads(fed.meta.read_text()) == {"nodes": 2, "port": 9093, "days": 30,
+                                                "hosts": ["localhost", "127.0.0.1", "192.168.1.10", "link.example"]}
+
+
+def test_node_keys_load_as_flower_loads_them(fed):
+    """flower-supernode reads the private key as OpenSSH EC; `flwr supernode register` the
+    public one (NIST curves only)."""
+    from flwr.cli.supernode.register import try_load_public_key
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+    private = serialization.load_ssh_private_key(fed.node_key(0).read_bytes(), password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    assert try_load_public_key(fed.node_pub(0)) == public_key_to_bytes(private.public_key())
+    certs.check_node_key(fed.node_key(0))
+
+
+def test_init_refuses_to_overwrite_without_force(fed):
+    with pytest.raises(ConfigError, match="already holds a deployment.*--force"):
+        steps.init(fed, 2, [], 9093, 30, force=False, say=lambda s: None)
+
+
+@pytest.mark.parametrize("bad", [{"nodes": 0}, {"port": 70000}, {"days": 0}])
+def test_init_checks_its_numbers(tmp_path, bad):
+    args = {"nodes": 1, "port": 9093, "days": 1, **bad}
+    with pytest.raises(ConfigError, match=f"--{next(iter(bad))}"):
+        steps.init(layout(tmp_path), args["nodes"], [], args["port"], args["days"], False, say=lambda s: None)
+
+
+def _resign(fed, days_ago_start: int, days_ago_end: int) -> None:
+    """Re-issue the SuperLink certificate with the given validity window (same CA)."""
+    ca_key = serialization.load_pem_private_key(fed.ca_key.read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate(fed.ca_cert.read_bytes())
+    old = x509.load_pem_x509_certificate(fed.link_cert.read_bytes())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca.subject).public_key(old.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=days_ago_start))
+            .not_valid_after(now - dt.timedelta(days=days_ago_end)).sign(ca_key, hashes.SHA256()))
+    fed.link_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_an_expired_certificate_is_named(fed):
+    _resign(fed, 10, 1)
+    with pytest.raises(ConfigError, match=r"superlink\.crt: certificate expired .*--force"):
+        certs.check_superlink_tls(fed)
+
+
+def test_certificates_from_two_inits_are_told_apart(fed, tmp_path):
+    other = layout(tmp_path / "other")
+    steps.init(other, 1, [], 9093, 30, force=False, say=lambda s: None)
+    fed.ca_cert.write_bytes(other.ca_cert.read_bytes())
+    with pytest.raises(ConfigError, match="was not issued by .*ca.crt"):
+        certs.check_superlink_tls(fed)
+
+
+def test_a_key_that_is_not_the_certificates_is_named(fed, tmp_path):
+    other = layout(tmp_path / "other")
+    steps.init(other, 1, [], 9093, 30, force=False, say=lambda s: None)
+    fed.link_key.write_bytes(other.link_key.read_bytes())
+    with pytest.raises(ConfigError, match="superlink.key does not match"):
+        certs.check_superlink_tls(fed)
+
+
+def test_a_garbled_node_key_is_named(fed):
+    fed.node_key(1).write_bytes(b"not a key")
+    with pytest.raises(ConfigError, match="node-1/auth_key: not an unencrypted OpenSSH private key"):
+        certs.check_node_key(fed.node_key(1))
+
+
+def test_a_superlink_that_does_not_answer_is_named(fed):
+    port = procs.free_port()
+    with pytest.raises(ConfigError, match=f"no SuperLink answers at 127.0.0.1:{port}"):
+        steps.supernode(fed, 0, f"127.0.0.1:{port}", None, None, say=lambda s: None)
+
+
+def test_run_before_superlink_says_so(fed):
+    with pytest.raises(ConfigError, match="no SuperLink address .*anther-deploy superlink"):
+        steps.run(fed, ["rounds=1"], None, None, say=lambda s: None)
+
+
+def test_not_a_deployment_directory(tmp_path, capsys):
+    assert cli.main(["superlink", str(tmp_path)]) == cli.EXIT_CONFIG
+    assert "no deploy.json" in capsys.readouterr().err
+
+
+def test_run_overrides_are_anther_sims_and_only_changed_keys_are_sent(fed):
+    changed = steps._run_overrides(fed, ["model=tiny-bert", "strategy=fedkseed", "method=zo_seed", "rounds=2"],
+                                   fed.run_dir("r"))
+    assert changed == {"model.name": "tiny-bert", "strategy.name": "fedkseed", "method.name": "zo_seed",
+                       "rounds": 2, "num_clients": 2, "clients_per_round": 2, "run_dir": str(fed.run_dir("r"))}
+    with pytest.raises(ConfigError, match="no_such_key"):
+        steps._run_overrides(fed, ["no_such_key=1"], fed.run_dir("r"))
+
+
+def test_a_node_index_outside_the_deployment_is_named(fed):
+    with pytest.raises(ConfigError, match=r"--node must be in 0\.\.1"):
+        steps.supernode(fed, 2, "127.0.0.1:9093", None, None, say=lambda s: None)
