@@ -9,7 +9,8 @@ update codecs, SecAgg+ computation per round), profile (this machine's effective
 as a device profile for device=file), scale (N clients' fixed and per-round cost and peak memory beside
 Flower's own run_simulation with a trivial app), estimate (the pre-flight memory estimate beside
 the measured client peak for every method, fp32 and nf4), firstuse (time to a config error, experiment=smoke
-end to end with its start-up phases and console, and its accuracy vs chance).
+end to end with its start-up phases and console, and its accuracy vs chance), deploy (per-round time and
+bytes of the same run in the simulator, on anther-deploy's TLS federation and with Flower's default settings).
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--smoke-runs", type=int, default=1, help="runs of experiment=smoke timed end to end")
     f.add_argument("--seeds", default="", help="comma-separated seeds: smoke's final accuracy per seed vs chance")
     f.add_argument("--extra", default="", help="space-separated overrides added to every smoke run")
+    d = sub.add_parser("deploy", help="per-round time and bytes: simulator vs anther-deploy vs Flower's defaults")
+    d.add_argument("--model", default="tiny-bert")
+    d.add_argument("--nodes", type=int, default=3)
+    d.add_argument("--rounds", type=int, default=5)
+    d.add_argument("--extra", default="", help="space-separated overrides added to every case")
     return parser
 
 
@@ -88,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         return scale_main(["--sizes", args.sizes, "--rounds", str(args.rounds), "--per-round", str(args.per_round),
                            "--timeout", str(args.timeout), "--flower-max", str(args.flower_max),
                            "--backend", args.backend])
+    if args.suite == "deploy":
+        from benchmarks.deploy import main as deploy_main
+
+        return deploy_main(["--model", args.model, "--nodes", str(args.nodes), "--rounds", str(args.rounds),
+                            "--extra", args.extra])
     if args.suite == "estimate":
         from benchmarks.estimate import main as estimate_main
 

@@ -30,6 +30,7 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from client import memory
 from client.attacks import clipped_update, craft_reply, craft_update, flips_labels, is_attacker
 from client.batches import batch_iterator
+from client.budget import budget_mb, check
 from client.config import ClientConfig
 from client.data_source import encoded_partition, label_names
 from client.flops import FlopCount
@@ -88,10 +89,20 @@ def client_state(context: Context, msg: Message) -> Iterator[RecordDict]:
         context.state[prefix + k] = record
 
 
+def _within_budget(cfg: ClientConfig, context: Context, batch_size: int | None = None,
+                   local_steps: int | None = None) -> None:
+    """On a device with a memory budget: the pre-flight estimate, before the model is loaded
+    (:mod:`client.budget`; raises OverBudget, which becomes this client's error reply)."""
+    budget = budget_mb(context.node_config)
+    if budget is not None:
+        check(cfg, len(label_names(cfg)), budget, batch_size, local_steps)
+
+
 def handle_query(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     op = msg.content[wire.CONFIG]["op"] if wire.CONFIG in msg.content.config_records else "hello"
     content = RecordDict()
     if op == "init":
+        _within_budget(cfg, context)
         rt = get_runtime(cfg, len(label_names(cfg)))
         content = state_content(rt.initial_state, get_codec("fp32"))
     content[wire.METRICS] = MetricRecord({wire.PARTITION_ID: _identity(context, msg)})
@@ -109,14 +120,15 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     global state, train locally, reply; see the module docstring)."""
     t0 = time.perf_counter()
     memory.reset_peak()
+    round_cfg = dict(msg.content[wire.CONFIG]) if wire.CONFIG in msg.content.config_records else {}
+    batch_size = int(round_cfg.get(wire.ASSIGN_BATCH_SIZE, cfg.batch_size))  # the server's assignment, if any
+    _within_budget(cfg, context, batch_size, int(round_cfg.get(wire.ASSIGN_LOCAL_STEPS, cfg.local_steps)))
     rt = get_runtime(cfg, len(label_names(cfg)))
     kind = serving_kind(rt.method.kind, msg.content.config_records.get(wire.WIRE, {}).get(wire.KIND_KEY))
-    round_cfg = dict(msg.content[wire.CONFIG]) if wire.CONFIG in msg.content.config_records else {}
     ident = _identity(context, msg)
     attacking = is_attacker(cfg.attack, ident, cfg.num_clients, cfg.seed)
     data = encoded_partition(cfg, _partition_key(context, msg), rt.backbone.task, rt.backbone.tokenizer,
                              flips_labels(cfg.attack, attacking))
-    batch_size = int(round_cfg.get(wire.ASSIGN_BATCH_SIZE, cfg.batch_size))  # the server's assignment, if any
     steps = cfg.method.steps(int(round_cfg.get(wire.ASSIGN_LOCAL_STEPS, cfg.local_steps)), len(data), batch_size)
 
     def batches(rnd: int) -> Iterator[dict[str, torch.Tensor]]:  # per (seed, round, client): the same for every request

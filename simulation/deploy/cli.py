@@ -13,6 +13,7 @@ from pathlib import Path
 from simulation.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from simulation.deploy import procs, steps
 from simulation.deploy.layout import DEFAULT_PORT, Layout, layout
+from simulation.deploy.supernode_main import DEFAULT_POLL_S
 from strategies.runconfig import ConfigError
 
 EPILOG = """\
@@ -55,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--superlink", required=True, metavar="HOST:PORT")
     q.add_argument("--data", default=None, help="this device's own CSV/JSONL/Parquet (default: partition NODE of the run's data)")
     q.add_argument("--port", type=int, default=None, help="its ClientAppIo port on 127.0.0.1 (default: a free one)")
+    q.add_argument("--poll-s", type=float, default=DEFAULT_POLL_S,
+                   help=f"longest wait between the node's pulls for messages (default {DEFAULT_POLL_S}; Flower's own: 3)")
+    q.add_argument("--memory-mb", type=float, default=None,
+                   help="this device's memory budget (MiB): a call estimated above it is refused before loading the model, "
+                        "and the client worker is held to it by a cgroup where the OS allows")
     q.add_argument("--no-worker", action="store_true",
                    help="no warm client worker: Flower's per-message ClientApp process imports and loads everything each time")
 
@@ -111,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "superlink":
             steps.superlink(lay, args.host, args.port)
         elif args.command == "supernode":
-            steps.supernode(lay, args.node, args.superlink, args.data, args.port, worker=not args.no_worker)
+            steps.supernode(lay, args.node, args.superlink, args.data, args.port, worker=not args.no_worker,
+                           poll_s=args.poll_s, memory_mb=args.memory_mb)
         elif args.command == "run":
             steps.run(lay, args.overrides, args.name, args.superlink, stream=not args.detach)
         elif args.command == "local":

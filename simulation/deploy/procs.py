@@ -85,6 +85,12 @@ def home_env(lay: Layout, who: str, **extra: str) -> dict[str, str]:
     return flower_env(FLWR_HOME=str(home), **extra)
 
 
+def python_env(lay: Layout, who: str, **extra: str) -> dict[str, str]:
+    """:func:`home_env` for a Python process of ours (``python -m ...``): this Anther importable."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return home_env(lay, who, PYTHONPATH=path, **extra)
+
+
 def start(lay: Layout, who: str, cmd: list[str], env: dict[str, str]) -> psutil.Process:
     """Start ``cmd`` detached (own session, output to ``DIR/logs/<who>.log``) and record it."""
     log = lay.log(who)

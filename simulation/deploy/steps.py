@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import socket
 import ssl
@@ -20,9 +19,11 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
+from client.budget import MEMORY_KEY
 from client.worker_link import WORKER_KEY, key_file
-from simulation.deploy import certs, procs
+from simulation.deploy import certs, memcap, procs
 from simulation.deploy.layout import CONNECTION, DEFAULT_PORT, Layout
+from simulation.deploy.supernode_main import DEFAULT_POLL_S, POLL_ENV
 from strategies.runconfig import ConfigError
 
 STARTUP_S = 60.0
@@ -147,7 +148,7 @@ def node_config(node: int, nodes: int, data: str | None) -> str:
 
 def supernode(lay: Layout, node: int, address: str, data: str | None, port: int | None,
               say: Say = print, extra_env: dict | None = None, key: Path | None = None, who: str | None = None,
-              worker: bool = True) -> None:
+              worker: bool = True, poll_s: float = DEFAULT_POLL_S, memory_mb: float | None = None) -> None:
     """Start SuperNode ``node`` detached, after checking its key, the CA and the SuperLink, and
     wait until the SuperLink accepted it (it logs its node id) or refused it (HTTP 412, exit)."""
     meta = lay.read_meta()
@@ -164,16 +165,26 @@ def supernode(lay: Layout, node: int, address: str, data: str | None, port: int 
     if procs.recorded(lay, who) is not None:
         raise ConfigError(f"{who} started from {lay.root} is still running; `anther-deploy stop {lay.root}` first")
     port = port or procs.free_port()
+    if memory_mb is not None and memory_mb <= 0:
+        raise ConfigError(f"--memory-mb must be > 0, got {memory_mb}")
     config = node_config(node, meta["nodes"], data)
+    if memory_mb:
+        config += f" {MEMORY_KEY}={float(memory_mb)}"
     if worker:
         config += f' {WORKER_KEY}="{start_worker(lay, who, extra_env)}"'
-    cmd = [str(procs.BIN / "flower-supernode"), "--superlink", address, "--root-certificates", str(lay.ca_cert),
+        if memory_mb:
+            say(f"  client worker {memcap.cap(procs.recorded(lay, 'worker-' + who).pid, memory_mb, group(lay, who))}")
+    cmd = [sys.executable, "-m", "simulation.deploy.supernode_main", "--superlink", address, "--root-certificates", str(lay.ca_cert),
            "--auth-supernode-private-key", str(key), "--host", "127.0.0.1", "--port", str(port),
            "--node-config", config]
-    ps = procs.start(lay, who, cmd, procs.home_env(lay, who, **(extra_env or {})))
+    env = procs.python_env(lay, who, **{POLL_ENV: str(poll_s), **(extra_env or {})})
+    ps = procs.start(lay, who, cmd, env)
+
     def log_says(text: str) -> bool:
         return text in procs.tail(lay.log(who), 30)
 
+    if memory_mb and not worker:
+        say(f"  SuperNode and its ClientApps {memcap.cap(ps.pid, memory_mb, group(lay, who))}")
     procs.wait_for(lambda: log_says(ACCEPTED) or log_says(REFUSED), STARTUP_S, alive=ps)
     if not log_says(ACCEPTED):
         procs.stop(lay, [who, f"worker-{who}"])
@@ -182,6 +193,11 @@ def supernode(lay: Layout, node: int, address: str, data: str | None, port: int 
                           f"{procs.tail(lay.log(who), 8)}")
     say(f"SuperNode {node} -> {address} (ClientAppIo on 127.0.0.1:{port}), pid {ps.pid}; log: {lay.log(who)}"
         + (f"; warm client worker log: {lay.log('worker-' + who)}" if worker else ""))
+
+
+def group(lay: Layout, who: str) -> str:
+    """The cgroup holding ``who``'s memory budget (unique per deployment directory)."""
+    return f"anther-{hashlib.sha1(str(lay.root).encode()).hexdigest()[:8]}-{who}"
 
 
 def socket_path(lay: Layout, who: str) -> Path:
@@ -203,8 +219,7 @@ def start_worker(lay: Layout, who: str, extra_env: dict | None) -> Path:
     key_file(sock).unlink(missing_ok=True)
     name = f"worker-{who}"
     ps = procs.start(lay, name, [sys.executable, "-m", "client.worker", "--socket", str(sock)],
-                     procs.flower_env(PYTHONPATH=os.pathsep.join(filter(None, [str(procs.REPO), os.environ.get("PYTHONPATH")])),
-                                     **(extra_env or {})))
+                     procs.python_env(lay, name, **(extra_env or {})))
     if not procs.wait_for(lambda: sock.exists() and key_file(sock).exists(), STARTUP_S, alive=ps):
         procs.stop(lay, [name])
         raise RuntimeError(f"the client worker did not start:\n{procs.tail(lay.log(name))}")
@@ -286,5 +301,7 @@ def run(lay: Layout, overrides: list[str], name: str | None, address: str | None
 
 def stop(lay: Layout, say: Say = print) -> list[str]:
     stopped = procs.stop(lay)
+    for who in stopped:
+        memcap.release(group(lay, who.removeprefix("worker-")))
     say(f"stopped: {', '.join(stopped)}" if stopped else f"nothing started from {lay.root} is running")
     return stopped

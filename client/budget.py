@@ -1,0 +1,57 @@
+"""A deployed device's memory budget, checked before the model is loaded.
+
+A SuperNode started with ``anther-deploy supernode --memory-mb M`` carries ``memory-mb=M``
+in its node config (and its client worker runs under that cap where the OS allows it).
+Before a message would load the backbone (the ``init`` query, every train message), the
+client estimates the peak of the call it is asked to make — the same pre-flight estimate
+the simulator plans device populations with (:mod:`client.estimate`: the model and method
+traced on the meta device, nothing loaded, plus the measured runtime baseline) — and
+refuses when it exceeds the budget: an error reply naming the estimate, the budget and
+what would lower it, counted by the server as this client's failure, instead of an
+out-of-memory kill in the middle of a round. Estimates are cached per configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from functools import lru_cache
+from typing import Any
+
+MEMORY_KEY = "memory-mb"  # node_config key: the device's memory budget in MiB
+
+
+class OverBudget(RuntimeError):
+    """The estimated peak of a call exceeds the device's memory budget."""
+
+
+@lru_cache(maxsize=16)
+def _estimate(flat_json: str, num_labels: int) -> Any:
+    from client.config import ClientConfig
+    from client.estimate import estimate
+    from strategies.runconfig import unflatten
+
+    return estimate(unflatten(ClientConfig, json.loads(flat_json)), num_labels)
+
+
+def budget_mb(node_config: dict[str, Any]) -> float | None:
+    raw = node_config.get(MEMORY_KEY)
+    return None if raw in (None, "", 0) else float(raw)
+
+
+def check(cfg: Any, num_labels: int, budget: float, batch_size: int | None = None,
+          local_steps: int | None = None) -> Any:
+    """The estimate of one call of ``cfg`` (with the server's assigned batch size and local
+    steps, if any); raises :class:`OverBudget` when its peak exceeds ``budget`` MiB."""
+    from strategies.runconfig import flatten
+
+    cfg = dataclasses.replace(cfg, batch_size=batch_size or cfg.batch_size, local_steps=local_steps or cfg.local_steps)
+    est = _estimate(json.dumps(flatten(cfg), sort_keys=True, default=str), num_labels)
+    if est.peak_mb > budget:
+        raise OverBudget(
+            f"estimated peak {est.peak_mb:.0f} MiB (runtime {est.runtime_mb:.0f} + weights {est.weights_mb:.0f} + "
+            f"training step {est.step_mb + est.optimizer_mb + est.copies_mb + est.dequant_mb:.0f}) exceeds this "
+            f"device's memory budget of {budget:.0f} MiB ({MEMORY_KEY}); refused before loading "
+            f"{cfg.model.name}: a quantized backbone (quant=nf4), a smaller batch_size or model.max_length, or a "
+            "backprop-free method (method=zo_seed) lowers it")
+    return est

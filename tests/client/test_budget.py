@@ -1,0 +1,64 @@
+"""A device's memory budget (node config ``memory-mb``): the pre-flight estimate refuses a
+call the budget cannot hold before the model is loaded (client/budget.py)."""
+
+from __future__ import annotations
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from client import budget, estimate, handlers
+from client.config import ClientConfig, DataConfig, ModelConfig
+from strategies import wire
+
+RUNTIME_MB = 400.0  # stands in for the measured baseline (a ~10 s subprocess)
+
+
+@pytest.fixture(autouse=True)
+def _runtime(monkeypatch):
+    monkeypatch.setattr(estimate, "runtime_mb", lambda cfg: RUNTIME_MB)
+    budget._estimate.cache_clear()
+    yield
+    budget._estimate.cache_clear()
+
+
+def _cfg() -> ClientConfig:
+    return ClientConfig(model=ModelConfig(name="tiny-bert", max_length=32), data=DataConfig(num_examples=40, test_size=8),
+                        num_clients=2, batch_size=4, local_steps=1)
+
+
+def _ctx(mb: float | None) -> Context:
+    node = {wire.PARTITION_ID: 0, **({budget.MEMORY_KEY: mb} if mb else {})}
+    return Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
+
+
+def _init() -> Message:
+    return Message(RecordDict({wire.CONFIG: ConfigRecord({"op": "init"})}), dst_node_id=1, message_type="query")
+
+
+def test_a_budget_below_the_estimate_is_refused_before_the_model_loads(monkeypatch):
+    loaded = []
+    monkeypatch.setattr(handlers, "get_runtime", lambda *a: loaded.append(a))
+    with pytest.raises(budget.OverBudget, match=r"estimated peak \d+ MiB .* exceeds this device's memory budget of 300 MiB"):
+        handlers.handle_query(_init(), _cfg(), _ctx(300))
+    train = Message(RecordDict({wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 1})}), dst_node_id=1, message_type="train")
+    reply = handlers.guarded(handlers.handle_train, train, None, _ctx(300))
+    assert reply.has_error() and "memory budget of 300 MiB" in reply.error.reason and "quant=nf4" in reply.error.reason
+    assert loaded == []
+
+
+def test_a_budget_that_holds_the_estimate_trains():
+    est = budget.check(_cfg(), 4, 10_000)
+    assert RUNTIME_MB < est.peak_mb < RUNTIME_MB + 200  # a tiny model adds little to the runtime
+    state = handlers.handle_query(_init(), _cfg(), _ctx(est.peak_mb + 1)).content[wire.ARRAYS]
+    assert len(state) > 0
+
+
+def test_the_servers_assigned_batch_counts():
+    small = budget.check(_cfg(), 4, 10_000, batch_size=1)
+    large = budget.check(_cfg(), 4, 10_000, batch_size=64)
+    assert large.step_mb > small.step_mb
+
+
+def test_no_budget_no_estimate(monkeypatch):
+    monkeypatch.setattr(budget, "check", lambda *a, **k: pytest.fail("estimated without a budget"))
+    handlers._within_budget(_cfg(), _ctx(None))
