@@ -176,6 +176,7 @@ def discover(grid: Any, cfg: ServerConfig) -> Federation:
 
 def initial_state(grid: Any, fed: Federation, cfg: ServerConfig) -> dict[str, np.ndarray]:
     """Ask one client for the initial trainable state (deterministic from the run seed)."""
+    reasons: list[str] = []
     for ident in fed.identities[:3] if fed.pool else fed.identities:
         (node, extra) = (fed.pool[0], {wire.CLIENT_ID: ident}) if fed.pool else (fed.node_of[ident], {})
         replies = _query(grid, [node], "init", cfg.timeout_s, extra)
@@ -189,7 +190,9 @@ def initial_state(grid: Any, fed: Federation, cfg: ServerConfig) -> dict[str, np
             log.warning("client %d answered the init query without a state", ident)
             continue
         log.warning("client %d could not provide the initial state: %s", ident, reply.error.reason)
-    raise RuntimeError("no client could provide the initial trainable state")
+        reasons.append(reply.error.reason.splitlines()[0])
+    raise RuntimeError("no client could provide the initial trainable state"
+                       + (f"; the first said: {reasons[0]}" if reasons else " (none answered the init query)"))
 
 
 @dataclass

@@ -38,7 +38,7 @@ def _init() -> Message:
 def test_a_budget_below_the_estimate_is_refused_before_the_model_loads(monkeypatch):
     loaded = []
     monkeypatch.setattr(handlers, "get_runtime", lambda *a: loaded.append(a))
-    with pytest.raises(budget.OverBudget, match=r"estimated peak \d+ MiB .* exceeds this device's memory budget of 300 MiB"):
+    with pytest.raises(budget.OverBudget, match=r"estimated peak \d+ MiB \+ 20% margin .* exceeds this device's memory budget of 300 MiB"):
         handlers.handle_query(_init(), _cfg(), _ctx(300))
     train = Message(RecordDict({wire.CONFIG: ConfigRecord({wire.SERVER_ROUND: 1})}), dst_node_id=1, message_type="train")
     reply = handlers.guarded(handlers.handle_train, train, None, _ctx(300))
@@ -49,8 +49,14 @@ def test_a_budget_below_the_estimate_is_refused_before_the_model_loads(monkeypat
 def test_a_budget_that_holds_the_estimate_trains():
     est = budget.check(_cfg(), 4, 10_000)
     assert RUNTIME_MB < est.peak_mb < RUNTIME_MB + 200  # a tiny model adds little to the runtime
-    state = handlers.handle_query(_init(), _cfg(), _ctx(est.peak_mb + 1)).content[wire.ARRAYS]
+    state = handlers.handle_query(_init(), _cfg(), _ctx(est.peak_mb * (1 + budget.MARGIN) + 1)).content[wire.ARRAYS]
     assert len(state) > 0
+
+
+def test_the_margin_refuses_a_budget_just_above_the_estimate():
+    est = budget.check(_cfg(), 4, 10_000)
+    with pytest.raises(budget.OverBudget):
+        budget.check(_cfg(), 4, est.peak_mb * (1 + budget.MARGIN / 2))
 
 
 def test_the_servers_assigned_batch_counts():

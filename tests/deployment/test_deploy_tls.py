@@ -22,6 +22,7 @@ NODES, ROUNDS = 3, 2
 TINY = ["model=tiny-bert", "data.num_examples=120", "data.test_size=30", "local_steps=2", "batch_size=8",
         f"rounds={ROUNDS}", "timeout_s=120"]
 LOCAL_ENV = {"OMP_NUM_THREADS": "1"}
+BUDGET_MB = 3000
 
 
 def _quiet(_: str) -> None:
@@ -71,8 +72,9 @@ def test_tls_federation_with_node_auth_runs_lora_and_fedkseed_and_refuses_a_stra
     ports: list[int] = []
     try:
         address = steps.superlink(lay, "127.0.0.1", None, say=_quiet, extra_env=LOCAL_ENV)
-        for i in range(NODES):
-            steps.supernode(lay, i, address, None, None, say=_quiet, extra_env=LOCAL_ENV)
+        for i in range(NODES):  # node 0 with a memory budget: its calls are estimated first
+            steps.supernode(lay, i, address, None, None, say=_quiet, extra_env=LOCAL_ENV,
+                            memory_mb=BUDGET_MB if i == 0 else None)
 
         from simulation.deploy.certs import create_node_key
 
@@ -89,6 +91,7 @@ def test_tls_federation_with_node_auth_runs_lora_and_fedkseed_and_refuses_a_stra
         _check_run(lora, "fedavg")
         rows = _check_run(zo, "fedkseed")
         assert all(r["bytes_up"] < 1000 for r in rows[1:]), rows  # (seed, scalar) pairs, not tensors
+        assert f"within this device's budget of {BUDGET_MB} MiB" in lay.log("worker-supernode-0").read_text()
     finally:
         pids, ports = pids or _descendants(lay), ports or _ports_of(lay)
         steps.stop(lay, say=_quiet)
