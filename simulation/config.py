@@ -42,7 +42,9 @@ class Resources:
     """Resources one simulated client gets from the Simulation Engine, and where it runs.
 
     ``backend``: ``ray`` runs the ClientApp in Ray worker processes, as many at once as
-    the cores hold clients of ``client_cpus``; ``inprocess`` runs it in the driver
+    the cores hold clients of ``client_cpus`` (on this machine, or on the Ray cluster at
+    ``ray_address``: ``ray start --head`` on one machine, ``ray start --address=HEAD:PORT``
+    on the others, each with this Anther installed at the same path); ``inprocess`` runs it in the driver
     process, one call at a time (:mod:`simulation.inprocess_backend`: no Ray start and
     no worker imports, about 25 s less start-up on 2 cores); ``auto`` picks in-process
     for small runs (see :meth:`SimConfig.backend`).
@@ -54,11 +56,14 @@ class Resources:
     malloc_mmap_threshold: int = 0  # > 0: glibc returns freed tensors >= this many bytes at once
     backend: str = "auto"  # auto | ray | inprocess
     warm_workers: bool = True  # Ray: Anther starts Ray; workers import and load the backbone as they start
+    ray_address: str = ""  # "": a Ray of this run on this machine; "HOST:PORT" or "auto": an existing Ray cluster
 
     def __post_init__(self) -> None:
         check(self.client_cpus > 0, "resources.client_cpus", "a number > 0", self.client_cpus)
         check(self.client_gpus >= 0, "resources.client_gpus", "a number >= 0", self.client_gpus)
         check_choice("resources.backend", self.backend, BACKENDS)
+        check(not (self.ray_address and self.backend == "inprocess"), "resources.ray_address",
+              "empty with resources.backend=inprocess (a Ray cluster runs clients on Ray)", self.ray_address)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class SimConfig:
         workers would gain little), else Ray."""
         if self.resources.backend != "auto":
             return self.resources.backend
+        if self.resources.ray_address:
+            return "ray"
         small = self.server.clients_per_round <= INPROCESS_MAX_CLIENTS and self.resources.client_gpus == 0
         return "inprocess" if small else "ray"
 

@@ -79,3 +79,20 @@ def resolve(raw: dict[str, Any] | None, config_dir: Path, num_clients: int = 0) 
                               "(or a file: device=file device.path=...)")
     raw.update(profiles=profiles, shares=shares)
     return raw
+
+
+def device_memory_mb(device: str, config_dir: Path) -> float:
+    """The memory budget (MiB) of a built-in profile name or of a profile YAML that
+    ``anther-bench profile`` wrote (its first profile)."""
+    path = Path(device).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        profiles = _read(path, "--device")["profiles"]
+    elif device in profile_names(config_dir):
+        profiles = _read(config_dir / "device" / f"{device}.yaml", f"--device {device}")["profiles"]
+    else:
+        raise ConfigError(f"--device {device!r} is neither a profile ({', '.join(profile_names(config_dir))}) "
+                          "nor a profile YAML written by `anther-bench profile`")
+    numbers = profiles.get(device) or next(iter(profiles.values()))
+    if "memory_mb" not in numbers:
+        raise ConfigError(f"--device {device}: the profile has no memory_mb")
+    return float(numbers["memory_mb"])

@@ -127,9 +127,14 @@ def open_trackers(cfg: DictConfig, sim: SimConfig, run_dir: Path) -> Trackers:
 
 def backend_config(sim: SimConfig, verbose: bool = False) -> dict[str, Any]:
     """Ray's settings; the workers' own output reaches the console only when verbose."""
+    init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": verbose}
+    if sim.resources.ray_address:  # an existing cluster: its own dashboard and system settings
+        init_args["address"] = sim.resources.ray_address
+    else:
+        init_args["include_dashboard"] = False
     return {
         "client_resources": {"num_cpus": sim.resources.client_cpus, "num_gpus": sim.resources.client_gpus},
-        "init_args": {"logging_level": "ERROR", "log_to_driver": verbose, "include_dashboard": False},
+        "init_args": init_args,
     }
 
 

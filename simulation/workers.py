@@ -52,13 +52,18 @@ def start_ray(init_args: dict[str, Any], warm: bool = True, client_cpus: float =
         if os.environ.get("PYTHONPATH"):
             pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
         os.environ["PYTHONPATH"] = pythonpath
-        runtime_env: dict[str, Any] = {"env_vars": {"PYTHONPATH": pythonpath, **worker_threads(client_cpus)}}
+        # workers on other machines of a cluster do not inherit this environment: what they read travels with them
+        passed = {k: os.environ[k] for k in (RUN_CONFIG_ENV, "MALLOC_MMAP_THRESHOLD_", "HF_HUB_OFFLINE") if k in os.environ}
+        runtime_env: dict[str, Any] = {"env_vars": {"PYTHONPATH": pythonpath, **passed, **worker_threads(client_cpus)}}
         if warm:
             runtime_env["worker_process_setup_hook"] = WARM_HOOK
-        # no idle workers prestarted: actors get workers of their own (which warm up),
-        # so prestarted ones would only compete for the cores while everything starts
-        system = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
-        info = ray.init(runtime_env=runtime_env, **{"include_dashboard": False, "_system_config": system, **init_args})
+        if init_args.get("address"):  # an existing cluster keeps its own system settings
+            info = ray.init(runtime_env=runtime_env, **init_args)
+        else:
+            # no idle workers prestarted: actors get workers of their own (which warm up),
+            # so prestarted ones would only compete for the cores while everything starts
+            system = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
+            info = ray.init(runtime_env=runtime_env, **{"include_dashboard": False, "_system_config": system, **init_args})
         log.debug("Ray started in %.1f s", time.perf_counter() - t0)
         session = getattr(info, "address_info", {}).get("session_dir")
         return Path(session) if session else None

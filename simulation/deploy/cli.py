@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--memory-mb", type=float, default=None,
                    help="this device's memory budget (MiB): a call estimated above it is refused before loading the model, "
                         "and the client worker is held to it by a cgroup where the OS allows")
+    q.add_argument("--device", default=None, metavar="PROFILE",
+                   help="a device profile (rpi5, phone-mid, ... or the YAML `anther-bench profile` wrote on it): "
+                        "its memory_mb is the budget unless --memory-mb is given")
     q.add_argument("--no-worker", action="store_true",
                    help="no warm client worker: Flower's per-message ClientApp process imports and loads everything each time")
 
@@ -117,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "superlink":
             steps.superlink(lay, args.host, args.port)
         elif args.command == "supernode":
+            if args.device and args.memory_mb is None:
+                from simulation.cli import CONFIG_DIR
+                from simulation.devices import device_memory_mb
+
+                args.memory_mb = device_memory_mb(args.device, CONFIG_DIR)
             steps.supernode(lay, args.node, args.superlink, args.data, args.port, worker=not args.no_worker,
                            poll_s=args.poll_s, memory_mb=args.memory_mb)
         elif args.command == "run":

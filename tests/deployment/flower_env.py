@@ -24,3 +24,33 @@ def read_rows(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             break
     return rows
+
+
+def marked(key: str, token: str) -> list:
+    """Processes whose environment carries ``key=token`` (orphans and daemons included)."""
+    import os
+
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(key) == token:
+                found.append(proc)
+        except psutil.Error:  # gone, zombie, or not ours to read
+            pass
+    return found
+
+
+def stop_marked(key: str, token: str) -> None:
+    """SIGTERM, then SIGKILL, every process carrying the marker (twice: a dying parent may spawn)."""
+    import psutil
+
+    for _ in range(2):
+        victims = marked(key, token)
+        for proc in victims:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+        kill_stragglers(victims, timeout=10)

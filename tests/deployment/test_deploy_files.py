@@ -125,3 +125,15 @@ def test_run_overrides_are_anther_sims_and_only_changed_keys_are_sent(fed):
 def test_a_node_index_outside_the_deployment_is_named(fed):
     with pytest.raises(ConfigError, match=r"--node must be in 0\.\.1"):
         steps.supernode(fed, 2, "127.0.0.1:9093", None, None, say=lambda s: None)
+
+
+def test_a_device_profile_gives_the_memory_budget(tmp_path):
+    from simulation.cli import CONFIG_DIR
+    from simulation.devices import device_memory_mb
+
+    assert device_memory_mb("rpi5", CONFIG_DIR) == 3000
+    own = tmp_path / "pi.yaml"
+    own.write_text("profiles:\n  mypi:\n    memory_mb: 1500\n")
+    assert device_memory_mb(str(own), CONFIG_DIR) == 1500
+    with pytest.raises(ConfigError, match="neither a profile .*rpi5"):
+        device_memory_mb("toaster", CONFIG_DIR)

@@ -26,10 +26,9 @@ import tomllib
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.deployment.flower_env import BIN, REPO, copy_app, flower_env, free_port, kill_stragglers, read_rows
+from tests.deployment.flower_env import BIN, REPO, copy_app, flower_env, free_port, marked, read_rows, stop_marked
 
 pytestmark = pytest.mark.integration
 
@@ -54,18 +53,6 @@ def _summary_rounds(run_dir: Path) -> int | None:
         return None
 
 
-def _marked(token: str) -> list[psutil.Process]:
-    """Processes whose environment carries this test's marker (orphans included)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid != os.getpid() and proc.environ().get(MARKER) == token:
-                found.append(proc)
-        except psutil.Error:  # gone, zombie, or not ours to read
-            pass
-    return found
-
-
 def _stop(flwr: subprocess.Popen | None, token: str) -> None:
     """Stop ``flwr run`` and the local SuperLink, SuperExec, simulation and Ray it started."""
     if flwr is not None and flwr.poll() is None:
@@ -73,14 +60,7 @@ def _stop(flwr: subprocess.Popen | None, token: str) -> None:
             os.killpg(flwr.pid, signal.SIGTERM)  # pgid == pid: start_new_session
         except ProcessLookupError:
             pass
-    for _ in range(2):  # a dying parent may still spawn a child
-        victims = _marked(token)
-        for proc in victims:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
-        kill_stragglers(victims, timeout=10)
+    stop_marked(MARKER, token)
     if flwr is not None:
         try:
             flwr.wait(timeout=5)
@@ -144,4 +124,4 @@ def test_flwr_run_local_simulation_from_fresh_home(tmp_path):
         assert _summary_rounds(run_dir) == ROUNDS, logs()
     finally:
         _stop(flwr, token)
-    assert not _marked(token), "processes left running"
+    assert not marked(MARKER, token), "processes left running"
