@@ -74,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seeds", default="", help="comma-separated seeds: smoke's final accuracy per seed vs chance")
     f.add_argument("--extra", default="", help="space-separated overrides added to every smoke run")
     d = sub.add_parser("deploy", help="per-round time and bytes: simulator vs anther-deploy vs Flower's defaults")
-    d.add_argument("--model", default="tiny-bert")
-    d.add_argument("--nodes", type=int, default=3)
-    d.add_argument("--rounds", type=int, default=5)
+    d.add_argument("--model", default="tiny-bert", help="backbone (default tiny-bert)")
+    d.add_argument("--nodes", type=int, default=3, help="SuperNodes = clients, all sampled every round (default 3)")
+    d.add_argument("--rounds", type=int, default=5, help="rounds; the median of rounds 2.. is reported (default 5)")
     d.add_argument("--extra", default="", help="space-separated overrides added to every case")
     return parser
 
