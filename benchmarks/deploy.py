@@ -3,8 +3,8 @@
 One config (tiny model, N clients, all sampled every round) runs three ways in one go:
 
 - ``sim``: ``anther-sim`` (Flower's Simulation Engine, in-process backend);
-- ``deploy``: ``anther-deploy`` on this machine (TLS, node authentication, a warm client
-  worker per node, SuperNode pulls every 0.25 s, SuperExec task polls every 0.1 s);
+- ``deploy``: ``anther-deploy local`` on this machine (TLS, node authentication, each
+  node's ClientApp running warm in its SuperNode process, pulls every 0.25 s);
 - ``deploy-flower``: the same federation with Flower's own settings (a ClientApp process
   importing everything per message, 3 s SuperNode pulls, 1 s SuperExec polls).
 
@@ -21,10 +21,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from simulation.deploy import procs, steps
+from simulation.deploy import cli
 from simulation.deploy.layout import layout
-
-LOCAL_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -36,17 +34,9 @@ def _per_round(rows: list[dict]) -> float:
 
 
 def _deploy(root: Path, nodes: int, overrides: list[str], flower_defaults: bool) -> list[dict]:
-    lay = layout(root)
-    steps.init(lay, nodes, [], procs.free_port(), 1, force=True, say=lambda s: None)
-    env = {**LOCAL_ENV, **({"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"} if flower_defaults else {})}
-    try:
-        address = steps.superlink(lay, "127.0.0.1", None, say=lambda s: None, extra_env=env)
-        for i in range(nodes):
-            steps.supernode(lay, i, address, None, None, say=lambda s: None, extra_env=env,
-                            worker=not flower_defaults, poll_s=3.0 if flower_defaults else 0.25)
-        return _rows(steps.run(lay, overrides, "bench", None, say=lambda s: None))
-    finally:
-        steps.stop(lay, say=lambda s: None)
+    env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"} if flower_defaults else {}
+    return _rows(cli.local(layout(root), nodes, overrides, "bench", say=lambda s: None, env=env,
+                           warm=not flower_defaults, poll_s=3.0 if flower_defaults else 0.25))
 
 
 def main(argv: list[str] | None = None) -> int:

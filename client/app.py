@@ -1,10 +1,10 @@
 """The Anther ClientApp (Flower component ``client.app:app``): a light front.
 
 Importing this module costs Flower only (no torch, transformers, data or plotting), so a
-deployed node's per-message ``flwr-clientapp`` process starts in about a second. Each
-message is answered by :mod:`client.handlers` — in a warm worker when the node config
-names one (``worker-socket``, started by ``anther-deploy supernode``; see
-:mod:`client.worker_link`), else in this process (simulation: imported once per worker).
+node running Flower's own isolation (a ``flwr-clientapp`` process per message) starts it in
+about a second. Each message is answered by :mod:`client.handlers`, imported on the first
+message: once per simulation worker, and once per node under ``anther-deploy supernode``,
+whose SuperNode runs this ClientApp warm (:mod:`simulation.deploy.warm_runtime`).
 
 query  "hello": this node's identity (partition id), for seeded sampling.
 query  "init":  the initial trainable state (deterministic from the seed).
@@ -19,12 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import Context, Error, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-
-from client.worker_link import WORKER_KEY, WorkerGone, call
-
-WORKER_ERROR = 2  # Flower Error code: the node's client worker died during the call
 
 
 def answer(op: str, msg: Message, context: Context, run_config: dict[str, Any] | None) -> Message:
@@ -34,29 +30,17 @@ def answer(op: str, msg: Message, context: Context, run_config: dict[str, Any] |
     return guarded(handle_query if op == "query" else handle_train, msg, run_config, context)
 
 
-def _dispatch(op: str, msg: Message, context: Context, run_config: dict[str, Any] | None) -> Message:
-    socket_path = context.node_config.get(WORKER_KEY)
-    if socket_path:
-        try:
-            reply = call(str(socket_path), op, msg, context, run_config)
-        except WorkerGone as err:
-            return Message(Error(code=WORKER_ERROR, reason=f"node {context.node_id}: {err}"), reply_to=msg)
-        if reply is not None:
-            return reply
-    return answer(op, msg, context, run_config)
-
-
 def build_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
     """A ClientApp whose run_config is ``run_config`` merged over Flower's."""
     app = ClientApp()
 
     @app.query()
     def _query(msg: Message, context: Context) -> Message:
-        return _dispatch("query", msg, context, run_config)
+        return answer("query", msg, context, run_config)
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        return _dispatch("train", msg, context, run_config)
+        return answer("train", msg, context, run_config)
 
     return app
 

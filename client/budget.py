@@ -1,7 +1,7 @@
 """A deployed device's memory budget, checked before the model is loaded.
 
 A SuperNode started with ``anther-deploy supernode --memory-mb M`` carries ``memory-mb=M``
-in its node config (and its client worker runs under that cap where the OS allows it).
+in its node config (and its SuperNode runs under that cap where the OS allows it).
 Before a message would load the backbone (the ``init`` query, every train message), the
 client estimates the peak of the call it is asked to make — the same pre-flight estimate
 the simulator plans device populations with (:mod:`client.estimate`: the model and method

@@ -31,7 +31,7 @@ a laptop SuperLink (192.168.1.10) and Raspberry Pi SuperNodes:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anther-deploy", description="A Flower deployment with TLS and node authentication: "
-                                "certificates and keys, SuperLink, SuperNodes (each with a warm client worker), runs.",
+                                "certificates and keys, SuperLink, SuperNodes (each running its ClientApp warm), runs.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -60,12 +60,13 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"longest wait between the node's pulls for messages (default {DEFAULT_POLL_S}; Flower's own: 3)")
     q.add_argument("--memory-mb", type=float, default=None,
                    help="this device's memory budget (MiB): a call estimated above it is refused before loading the model, "
-                        "and the client worker is held to it by a cgroup where the OS allows")
+                        "and the SuperNode is held to it by a cgroup where the OS allows")
     q.add_argument("--device", default=None, metavar="PROFILE",
                    help="a device profile (rpi5, phone-mid, ... or the YAML `anther-bench profile` wrote on it): "
                         "its memory_mb is the budget unless --memory-mb is given")
-    q.add_argument("--no-worker", action="store_true",
-                   help="no warm client worker: Flower's per-message ClientApp process imports and loads everything each time")
+    q.add_argument("--cold", action="store_true",
+                   help="Flower's own isolation: a new flwr-clientapp process per message, which imports and loads "
+                        "everything each time (default: the ClientApp runs warm in the SuperNode process)")
 
     q = sub.add_parser("run", help="submit the App with anther-sim's KEY=VALUE overrides and follow its log")
     q.add_argument("dir")
@@ -88,19 +89,22 @@ def _parser() -> argparse.ArgumentParser:
 LOCAL_ENV = {"OMP_NUM_THREADS": "1"}  # several torch processes share one machine
 
 
-def local(lay: Layout, nodes: int, overrides: list[str], name: str | None) -> Path:
-    """Everything on this machine, and every process stopped at the end (also on failure)."""
+def local(lay: Layout, nodes: int, overrides: list[str], name: str | None, say: steps.Say = print,
+          env: dict | None = None, warm: bool = True, poll_s: float = DEFAULT_POLL_S) -> Path:
+    """Everything on this machine, and every process stopped at the end (also on failure).
+    ``env`` is added to every process's environment; ``warm`` and ``poll_s`` as for ``supernode``."""
+    env = {**LOCAL_ENV, **(env or {})}
     if not lay.meta.exists() or lay.read_meta()["nodes"] != nodes:
-        steps.init(lay, nodes, [], procs.free_port(), 365, force=True)
+        steps.init(lay, nodes, [], procs.free_port(), 365, force=True, say=say)
     meta = lay.read_meta()
     port = meta["port"] if not procs.listening("127.0.0.1", meta["port"]) else procs.free_port()
     try:
-        address = steps.superlink(lay, "127.0.0.1", port, extra_env=LOCAL_ENV)
+        address = steps.superlink(lay, "127.0.0.1", port, say=say, extra_env=env)
         for i in range(nodes):
-            steps.supernode(lay, i, address, None, None, extra_env=LOCAL_ENV)
-        return steps.run(lay, overrides, name, address)
+            steps.supernode(lay, i, address, None, None, say=say, extra_env=env, warm=warm, poll_s=poll_s)
+        return steps.run(lay, overrides, name, address, say=say)
     finally:
-        steps.stop(lay)
+        steps.stop(lay, say=say)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 from simulation.devices import device_memory_mb
 
                 args.memory_mb = device_memory_mb(args.device, CONFIG_DIR)
-            steps.supernode(lay, args.node, args.superlink, args.data, args.port, worker=not args.no_worker,
+            steps.supernode(lay, args.node, args.superlink, args.data, args.port, warm=not args.cold,
                            poll_s=args.poll_s, memory_mb=args.memory_mb)
         elif args.command == "run":
             steps.run(lay, args.overrides, args.name, args.superlink, stream=not args.detach)

@@ -13,21 +13,19 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from pathlib import Path
 from typing import Callable
 
 from client.budget import MEMORY_KEY
-from client.worker_link import WORKER_KEY, key_file
 from simulation.deploy import certs, memcap, procs
 from simulation.deploy.layout import CONNECTION, DEFAULT_PORT, Layout
-from simulation.deploy.supernode_main import DEFAULT_POLL_S, POLL_ENV
+from simulation.deploy.supernode_main import DEFAULT_POLL_S, POLL_ENV, WARM_ENV
 from strategies.runconfig import ConfigError
 
 STARTUP_S = 60.0
-ACCEPTED, REFUSED = "SuperNode ID:", " 412"  # flower-supernode's log once the SuperLink took it / refused it
+ACCEPTED = "SuperNode ID:"  # flower-supernode's log once the SuperLink took it (a refused node exits)
 Say = Callable[[str], None]
 
 
@@ -148,9 +146,11 @@ def node_config(node: int, nodes: int, data: str | None) -> str:
 
 def supernode(lay: Layout, node: int, address: str, data: str | None, port: int | None,
               say: Say = print, extra_env: dict | None = None, key: Path | None = None, who: str | None = None,
-              worker: bool = True, poll_s: float = DEFAULT_POLL_S, memory_mb: float | None = None) -> None:
+              warm: bool = True, poll_s: float = DEFAULT_POLL_S, memory_mb: float | None = None) -> None:
     """Start SuperNode ``node`` detached, after checking its key, the CA and the SuperLink, and
-    wait until the SuperLink accepted it (it logs its node id) or refused it (HTTP 412, exit)."""
+    wait until the SuperLink accepted it (it logs its node id) or refused it (HTTP 412: it exits).
+    ``warm``: its ClientApp tasks run in the SuperNode process (:mod:`simulation.deploy.warm_runtime`),
+    else in a ``flwr-clientapp`` process per message, as Flower does."""
     meta = lay.read_meta()
     if not 0 <= node < meta["nodes"]:
         raise ConfigError(f"--node must be in 0..{meta['nodes'] - 1} ({lay.meta} has {meta['nodes']} nodes), got {node}")
@@ -170,60 +170,33 @@ def supernode(lay: Layout, node: int, address: str, data: str | None, port: int 
     config = node_config(node, meta["nodes"], data)
     if memory_mb:
         config += f" {MEMORY_KEY}={float(memory_mb)}"
-    if worker:
-        config += f' {WORKER_KEY}="{start_worker(lay, who, extra_env)}"'
-        if memory_mb:
-            say(f"  client worker {memcap.cap(procs.recorded(lay, 'worker-' + who).pid, memory_mb, group(lay, who))}")
     cmd = [sys.executable, "-m", "simulation.deploy.supernode_main", "--superlink", address, "--root-certificates", str(lay.ca_cert),
            "--auth-supernode-private-key", str(key), "--host", "127.0.0.1", "--port", str(port),
            "--node-config", config]
-    env = procs.python_env(lay, who, **{POLL_ENV: str(poll_s), **(extra_env or {})})
-    ps = procs.start(lay, who, cmd, env)
+    runtime = {POLL_ENV: str(poll_s)}
+    if warm:
+        cmd += ["--isolation", "process"]
+        runtime[WARM_ENV] = f"127.0.0.1:{port}"
+    ps = procs.start(lay, who, cmd, procs.python_env(lay, who, **{**runtime, **(extra_env or {})}))
 
     def log_says(text: str) -> bool:
-        return text in procs.tail(lay.log(who), 30)
+        return text in procs.tail(lay.log(who), 80)
 
-    if memory_mb and not worker:
+    if memory_mb:
         say(f"  SuperNode and its ClientApps {memcap.cap(ps.pid, memory_mb, group(lay, who))}")
-    procs.wait_for(lambda: log_says(ACCEPTED) or log_says(REFUSED), STARTUP_S, alive=ps)
+    procs.wait_for(lambda: log_says(ACCEPTED), STARTUP_S, alive=ps)
     if not log_says(ACCEPTED):
-        procs.stop(lay, [who, f"worker-{who}"])
+        procs.stop(lay, [who])
         raise ConfigError(f"the SuperLink at {address} refused node {node} (key {key}): is its public key "
                           f"registered? (`anther-deploy superlink` registers {lay.root}/nodes/*)\n"
                           f"{procs.tail(lay.log(who), 8)}")
     say(f"SuperNode {node} -> {address} (ClientAppIo on 127.0.0.1:{port}), pid {ps.pid}; log: {lay.log(who)}"
-        + (f"; warm client worker log: {lay.log('worker-' + who)}" if worker else ""))
+        + ("; ClientApp tasks run warm in the SuperNode process" if warm else ""))
 
 
 def group(lay: Layout, who: str) -> str:
     """The cgroup holding ``who``'s memory budget (unique per deployment directory)."""
     return f"anther-{hashlib.sha1(str(lay.root).encode()).hexdigest()[:8]}-{who}"
-
-
-def socket_path(lay: Layout, who: str) -> Path:
-    """The worker's Unix socket: in DIR/run, or (a path too long for AF_UNIX) a private temp folder."""
-    path = lay.root / "run" / f"{who}.sock"
-    if len(str(path)) > 100:
-        short = Path(tempfile.gettempdir()) / f"anther-{hashlib.sha1(str(lay.root).encode()).hexdigest()[:12]}"
-        short.mkdir(mode=0o700, exist_ok=True)
-        path = short / f"{who}.sock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
-    return path
-
-
-def start_worker(lay: Layout, who: str, extra_env: dict | None) -> Path:
-    """Start the node's warm client worker (:mod:`client.worker`) and wait for its socket."""
-    sock = socket_path(lay, who)
-    sock.unlink(missing_ok=True)
-    key_file(sock).unlink(missing_ok=True)
-    name = f"worker-{who}"
-    ps = procs.start(lay, name, [sys.executable, "-m", "client.worker", "--socket", str(sock)],
-                     procs.python_env(lay, name, **(extra_env or {})))
-    if not procs.wait_for(lambda: sock.exists() and key_file(sock).exists(), STARTUP_S, alive=ps):
-        procs.stop(lay, [name])
-        raise RuntimeError(f"the client worker did not start:\n{procs.tail(lay.log(name))}")
-    return sock
 
 
 def _run_overrides(lay: Layout, overrides: list[str], run_dir: Path) -> dict:
@@ -302,6 +275,9 @@ def run(lay: Layout, overrides: list[str], name: str | None, address: str | None
 def stop(lay: Layout, say: Say = print) -> list[str]:
     stopped = procs.stop(lay)
     for who in stopped:
-        memcap.release(group(lay, who.removeprefix("worker-")))
+        peak = memcap.peak_mb(group(lay, who))
+        if peak is not None:
+            say(f"  {who}: peak memory {peak:.0f} MiB under its budget's cgroup")
+        memcap.release(group(lay, who))
     say(f"stopped: {', '.join(stopped)}" if stopped else f"nothing started from {lay.root} is running")
     return stopped

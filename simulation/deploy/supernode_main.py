@@ -9,6 +9,11 @@ and, in split training, every exchange. This entry caps those waits at
 for that module only, then runs Flower's own ``flower_supernode``. The cost is one small
 HTTPS request per node per interval while idle. Where the module does not look as expected
 (another Flower version) it runs unchanged, with a warning.
+
+With ``ANTHER_WARM_RUNTIME=HOST:PORT`` (the SuperNode's own Runtime API; ``anther-deploy
+supernode`` sets it and passes ``--isolation process``), the node's ClientApp tasks run in
+this process, warm, instead of a ``flwr-clientapp`` process per message
+(:mod:`simulation.deploy.warm_runtime`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 import types
 
 POLL_ENV = "ANTHER_SUPERNODE_POLL_S"
+WARM_ENV = "ANTHER_WARM_RUNTIME"
 DEFAULT_POLL_S = 0.25
 
 
@@ -38,6 +44,17 @@ def main() -> int:
     else:
         print(f"anther: flwr.supernode.start_client_internal has no module-level `time`: the SuperNode keeps "
               "Flower's own poll interval", file=sys.stderr)
+    if os.environ.get(WARM_ENV):
+        import logging
+
+        from simulation.deploy.warm_runtime import WarmRuntime
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s"))
+        for name in ("anther", "client"):  # Anther's loggers; Flower's keep their own handler
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).setLevel(logging.INFO)
+        WarmRuntime(os.environ[WARM_ENV], poll_s=min(poll_s, 0.05)).start()
     sys.argv[0] = "flower-supernode"
     return flower_supernode() or 0
 

@@ -75,19 +75,13 @@ def test_an_expired_certificate_is_named(fed):
         certs.check_superlink_tls(fed)
 
 
-def test_certificates_from_two_inits_are_told_apart(fed, tmp_path):
+@pytest.mark.parametrize("swap, error", [("ca_cert", "was not issued by .*ca.crt"),
+                                          ("link_key", "superlink.key does not match")])
+def test_files_from_another_init_are_named(fed, tmp_path, swap, error):
     other = layout(tmp_path / "other")
     steps.init(other, 1, [], 9093, 30, force=False, say=lambda s: None)
-    fed.ca_cert.write_bytes(other.ca_cert.read_bytes())
-    with pytest.raises(ConfigError, match="was not issued by .*ca.crt"):
-        certs.check_superlink_tls(fed)
-
-
-def test_a_key_that_is_not_the_certificates_is_named(fed, tmp_path):
-    other = layout(tmp_path / "other")
-    steps.init(other, 1, [], 9093, 30, force=False, say=lambda s: None)
-    fed.link_key.write_bytes(other.link_key.read_bytes())
-    with pytest.raises(ConfigError, match="superlink.key does not match"):
+    getattr(fed, swap).write_bytes(getattr(other, swap).read_bytes())
+    with pytest.raises(ConfigError, match=error):
         certs.check_superlink_tls(fed)
 
 

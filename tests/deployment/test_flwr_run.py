@@ -69,6 +69,7 @@ def _stop(flwr: subprocess.Popen | None, token: str) -> None:
             flwr.wait(timeout=5)
 
 
+@pytest.mark.slow  # 43 s on 2 cores; run with -m slow
 def test_flwr_run_local_simulation_from_fresh_home(tmp_path):
     home, flwr_home, run_dir = tmp_path / "home", tmp_path / "flwr-home", tmp_path / "run"
     home.mkdir()

@@ -171,6 +171,7 @@ SPLIT = 'method.name="split" method.split.cut=1 strategy.name="sfl_v2" local_ste
 
 
 # LoRA and FedKSeed over TLS with node authentication: test_deploy_tls.py (anther-deploy).
+@pytest.mark.slow  # 140 s on 2 cores; anther-deploy's own test covers the deployment runtime by default
 @pytest.mark.parametrize("extra", [SPLIT], ids=["split"])
 def test_two_rounds_on_superlink_and_two_supernodes(tmp_path, extra):
     app_dir = copy_app(tmp_path / "app")

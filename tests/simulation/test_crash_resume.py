@@ -59,7 +59,7 @@ def _final(run_dir) -> dict:
             "meta": json.loads((folder / "state.json").read_text())}
 
 
-@pytest.mark.parametrize("run", sorted(RUNS))
+@pytest.mark.parametrize("run", [pytest.param(r, marks=pytest.mark.slow) if r != "fedadam" else r for r in sorted(RUNS)])
 def test_sigkill_at_several_points_then_resume_equals_the_uninterrupted_run(tmp_path, run):
     straight, killed = tmp_path / run / "straight", tmp_path / run / "killed"
     assert _start(straight).wait() == 0

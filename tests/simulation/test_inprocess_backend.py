@@ -100,6 +100,7 @@ def test_backend_choice_and_auto_rule():
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # 130 s on 2 cores (Ray start-up); run with -m slow
 def test_inprocess_run_equals_ray_run(tmp_path, caplog):
     """Same seed, same rows (less the measured fields) and the same final checkpoint, when
     clients compute with the same threads: a Ray worker gets ``resources.client_cpus``

@@ -1,0 +1,145 @@
+"""A SuperNode's warm ClientApp runtime: Flower's SuperExec and ``flwr-clientapp`` as one
+long-lived thread of the SuperNode process.
+
+Flower 1.42's SuperNode (``--isolation subprocess``, its default) starts ``flower-superexec``,
+which starts a new ``flwr-clientapp`` process for every message: it imports Flower, unpacks
+the FAB, loads the ClientApp and, for Anther, imports torch and loads the backbone, the
+tokenizer and the client's data again (seconds per message on a laptop, more on a Pi).
+``anther-deploy supernode`` runs the SuperNode with ``--isolation process`` and this runtime
+beside it (``ANTHER_WARM_RUNTIME``, see :mod:`simulation.deploy.supernode_main`): it acquires
+each ClientApp task from the SuperNode's Runtime API as Flower's SuperExec does, and runs it
+as ``flwr-clientapp`` does (pull the message, the context, the run and the FAB; heartbeats
+while it runs; push the reply, then the context and the final status), but in this process
+with the ClientApp imported once, so what the handlers keep (backbone, data, per-client
+state) stays loaded between messages. One task at a time: a node is one device.
+
+The node runs this installation's ClientApp, so it answers a run only when every Python file
+of the run's FAB is byte-identical to this installation's (the App ``anther-deploy run``
+submits from the same source). A FAB with other code gets an error reply naming the first
+file that differs (a SuperNode started with ``--cold`` runs any FAB, as Flower does). A
+ClientApp that raises becomes an error reply, as in Flower; the runtime keeps serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger("anther.warm_runtime")
+REPO = Path(__file__).resolve().parents[2]
+RETRY_S = 1.0  # wait after a failed poll (the SuperNode not up yet, or restarting)
+
+
+def fab_runs_here(fab_content: bytes, repo: Path = REPO) -> tuple[bool, str]:
+    """Whether the FAB's Python files are exactly this installation's (and why not)."""
+    with zipfile.ZipFile(io.BytesIO(fab_content)) as z:
+        for name in z.namelist():
+            if not name.endswith(".py"):
+                continue
+            local = repo / name
+            if not local.is_file():
+                return False, f"{name} is not part of this installation"
+            if hashlib.sha256(z.read(name)).digest() != hashlib.sha256(local.read_bytes()).digest():
+                return False, f"{name} differs from {local}"
+    return True, ""
+
+
+def _client(address: str, component: str, token: str | None = None):
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    interceptors = [RuntimeVersionHttpInterceptor(component_name=component)]
+    if token is not None:
+        interceptors.append(RuntimeTokenHttpInterceptor(token))
+    return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
+                                                 interceptors=interceptors,
+                                                 retry_invoker=make_simple_http_retry_invoker())
+
+
+class WarmRuntime:
+    """Serve the SuperNode's ClientApp tasks at ``address`` (its Runtime API, loopback)."""
+
+    def __init__(self, address: str, poll_s: float = 0.05) -> None:
+        self.address, self.poll_s = address, poll_s
+        self.stop = threading.Event()
+        self._verdicts: dict[str, tuple[bool, str]] = {}  # FAB hash -> (runs here, why not)
+        self.served = 0
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve, name="anther-warm-runtime", daemon=True)
+        thread.start()
+        return thread
+
+    def serve(self) -> None:
+        import client.app  # noqa: F401 - the ClientApp and, through it, what the handlers need
+        import client.handlers  # noqa: F401 - torch, transformers, PEFT: imported before the first message
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+        from flwr.supercore.constant import TaskType
+
+        log.info("warm ClientApp runtime polling %s", self.address)
+        superexec = _client(self.address, "SuperExec")
+        request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP], agentapp_fab_hashes=[])
+        while not self.stop.is_set():
+            try:
+                res = superexec.AcquireTask(request)
+            except Exception as err:  # noqa: BLE001 - the SuperNode is starting or gone: retry
+                log.debug("AcquireTask failed (%s); retrying", err)
+                self.stop.wait(RETRY_S)
+                continue
+            if res.HasField("task") and res.token:
+                try:
+                    self.run_task(res.token)
+                except Exception:  # noqa: BLE001 - one task's failure must not end the node
+                    log.exception("ClientApp task %s failed outside the ClientApp", res.task.task_id)
+                continue
+            self.stop.wait(self.poll_s)
+
+    def _verdict(self, fab) -> tuple[bool, str]:
+        if fab.hash_str not in self._verdicts:
+            self._verdicts[fab.hash_str] = fab_runs_here(fab.content)
+            if not self._verdicts[fab.hash_str][0]:
+                log.warning("FAB %s is not this installation's App: %s", fab.hash_str[:12],
+                            self._verdicts[fab.hash_str][1])
+        return self._verdicts[fab.hash_str]
+
+    def run_task(self, token: str) -> None:
+        """Run one ClientApp task in this process, as ``flwr-clientapp --token`` would."""
+        from flwr.app import Error, Message
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+        from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+        from client.app import app
+
+        rt = _client(self.address, "flwr-clientapp", token)
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(rt))
+        heartbeat.start()
+        context, status, details = None, SubStatus.FAILED, "ClientApp task failed"
+        try:
+            message, context, _run, fab = pull_task_input(rt)
+            t0 = time.perf_counter()
+            ours, why = self._verdict(fab)
+            try:
+                if not ours:
+                    raise RuntimeError(f"node {context.node_id} runs Anther's installed ClientApp warm and this "
+                                       f"run's App differs ({why}); start the SuperNode with --cold to run it")
+                reply = app(message=message, context=context)
+                status, details = SubStatus.COMPLETED, ""
+            except Exception as ex:  # noqa: BLE001 - as flwr-clientapp: an error reply
+                log.exception("ClientApp raised an exception")
+                details = f"{type(ex)}:<'{ex}'>"
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
+            push_message(rt, reply, context)
+            self.served += 1
+            log.debug("task answered in %.3f s", time.perf_counter() - t0)
+        finally:
+            push_task_output(client=rt, context=context, sub_status=status, details=details)
+            if heartbeat.is_running:
+                heartbeat.stop()
+            rt.close()
