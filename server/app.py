@@ -17,6 +17,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.config import ServerConfig
+from server.object_pulls import shorten
 from server.loop import EvaluateFn, run_server
 from server.trackers import Trackers
 from strategies.plugins import import_string
@@ -71,4 +72,5 @@ def build_server_app(run_config: dict[str, Any] | None = None, trackers: Tracker
     return app
 
 
+shorten("flwr.superlink.grid.http_grid")  # the deployment's Grid (server/object_pulls.py)
 app = build_server_app()

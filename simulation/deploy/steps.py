@@ -21,11 +21,12 @@ from typing import Callable
 from client.budget import MEMORY_KEY
 from simulation.deploy import certs, memcap, procs
 from simulation.deploy.layout import CONNECTION, DEFAULT_PORT, Layout
-from simulation.deploy.supernode_main import DEFAULT_POLL_S, POLL_ENV, WARM_ENV
+from simulation.deploy.supernode_main import DEFAULT_POLL_S, POLL_ENV
 from strategies.runconfig import ConfigError
 
 STARTUP_S = 60.0
 ACCEPTED = "SuperNode ID:"  # flower-supernode's log once the SuperLink took it (a refused node exits)
+READY = "warm ClientApp runtime polling"  # the warm runtime's log once it imported the client stack
 Say = Callable[[str], None]
 
 
@@ -149,8 +150,9 @@ def supernode(lay: Layout, node: int, address: str, data: str | None, port: int 
               warm: bool = True, poll_s: float = DEFAULT_POLL_S, memory_mb: float | None = None) -> None:
     """Start SuperNode ``node`` detached, after checking its key, the CA and the SuperLink, and
     wait until the SuperLink accepted it (it logs its node id) or refused it (HTTP 412: it exits).
-    ``warm``: its ClientApp tasks run in the SuperNode process (:mod:`simulation.deploy.warm_runtime`),
-    else in a ``flwr-clientapp`` process per message, as Flower does."""
+    ``warm``: its ClientApp tasks run in one long-lived process beside it
+    (:mod:`simulation.deploy.warm_runtime`), else in a ``flwr-clientapp`` process per
+    message, as Flower does. ``memory_mb`` holds the process(es) running the ClientApp."""
     meta = lay.read_meta()
     if not 0 <= node < meta["nodes"]:
         raise ConfigError(f"--node must be in 0..{meta['nodes'] - 1} ({lay.meta} has {meta['nodes']} nodes), got {node}")
@@ -173,16 +175,15 @@ def supernode(lay: Layout, node: int, address: str, data: str | None, port: int 
     cmd = [sys.executable, "-m", "simulation.deploy.supernode_main", "--superlink", address, "--root-certificates", str(lay.ca_cert),
            "--auth-supernode-private-key", str(key), "--host", "127.0.0.1", "--port", str(port),
            "--node-config", config]
-    runtime = {POLL_ENV: str(poll_s)}
     if warm:
         cmd += ["--isolation", "process"]
-        runtime[WARM_ENV] = f"127.0.0.1:{port}"
-    ps = procs.start(lay, who, cmd, procs.python_env(lay, who, **{**runtime, **(extra_env or {})}))
+    env = procs.python_env(lay, who, **{POLL_ENV: str(poll_s), **(extra_env or {})})
+    ps = procs.start(lay, who, cmd, env)
 
     def log_says(text: str) -> bool:
         return text in procs.tail(lay.log(who), 80)
 
-    if memory_mb:
+    if memory_mb and not warm:
         say(f"  SuperNode and its ClientApps {memcap.cap(ps.pid, memory_mb, group(lay, who))}")
     procs.wait_for(lambda: log_says(ACCEPTED), STARTUP_S, alive=ps)
     if not log_says(ACCEPTED):
@@ -190,8 +191,25 @@ def supernode(lay: Layout, node: int, address: str, data: str | None, port: int 
         raise ConfigError(f"the SuperLink at {address} refused node {node} (key {key}): is its public key "
                           f"registered? (`anther-deploy superlink` registers {lay.root}/nodes/*)\n"
                           f"{procs.tail(lay.log(who), 8)}")
-    say(f"SuperNode {node} -> {address} (ClientAppIo on 127.0.0.1:{port}), pid {ps.pid}; log: {lay.log(who)}"
-        + ("; ClientApp tasks run warm in the SuperNode process" if warm else ""))
+    if warm:
+        start_clientapp(lay, who, port, ps.pid, memory_mb, extra_env, say)
+    say(f"SuperNode {node} -> {address} (Runtime API on 127.0.0.1:{port}), pid {ps.pid}; log: {lay.log(who)}"
+        + (f"; its ClientApp runs warm, log: {lay.log('clientapp-' + who)}" if warm else ""))
+
+
+def start_clientapp(lay: Layout, who: str, port: int, supernode_pid: int, memory_mb: float | None,
+                    extra_env: dict | None, say: Say) -> None:
+    """Start the node's warm ClientApp runtime (:mod:`simulation.deploy.warm_runtime`), held to
+    ``memory_mb``, and wait until it polls the SuperNode."""
+    name = f"clientapp-{who}"
+    ps = procs.start(lay, name, [sys.executable, "-m", "simulation.deploy.warm_runtime", "--runtime-api",
+                                 f"127.0.0.1:{port}", "--parent-pid", str(supernode_pid)],
+                     procs.python_env(lay, name, **(extra_env or {})))
+    if memory_mb:
+        say(f"  its ClientApp {memcap.cap(ps.pid, memory_mb, group(lay, name))}")
+    if not procs.wait_for(lambda: READY in procs.tail(lay.log(name), 20), STARTUP_S, alive=ps):
+        procs.stop(lay, [name, who])
+        raise RuntimeError(f"the node's ClientApp runtime did not start:\n{procs.tail(lay.log(name))}")
 
 
 def group(lay: Layout, who: str) -> str:

@@ -1,12 +1,12 @@
 """A SuperNode's warm ClientApp runtime: Flower's SuperExec and ``flwr-clientapp`` as one
-long-lived thread of the SuperNode process.
+long-lived process, ``python -m simulation.deploy.warm_runtime --runtime-api HOST:PORT``.
 
 Flower 1.42's SuperNode (``--isolation subprocess``, its default) starts ``flower-superexec``,
 which starts a new ``flwr-clientapp`` process for every message: it imports Flower, unpacks
 the FAB, loads the ClientApp and, for Anther, imports torch and loads the backbone, the
 tokenizer and the client's data again (seconds per message on a laptop, more on a Pi).
 ``anther-deploy supernode`` runs the SuperNode with ``--isolation process`` and this runtime
-beside it (``ANTHER_WARM_RUNTIME``, see :mod:`simulation.deploy.supernode_main`): it acquires
+beside it (held to the device's memory budget, where one is given): it acquires
 each ClientApp task from the SuperNode's Runtime API as Flower's SuperExec does, and runs it
 as ``flwr-clientapp`` does (pull the message, the context, the run and the FAB; heartbeats
 while it runs; push the reply, then the context and the final status), but in this process
@@ -22,9 +22,11 @@ ClientApp that raises becomes an error reply, as in Flower; the runtime keeps se
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import logging
+import sys
 import threading
 import time
 import zipfile
@@ -70,11 +72,6 @@ class WarmRuntime:
         self.stop = threading.Event()
         self._verdicts: dict[str, tuple[bool, str]] = {}  # FAB hash -> (runs here, why not)
         self.served = 0
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve, name="anther-warm-runtime", daemon=True)
-        thread.start()
-        return thread
 
     def serve(self) -> None:
         import client.app  # noqa: F401 - the ClientApp and, through it, what the handlers need
@@ -143,3 +140,32 @@ class WarmRuntime:
             if heartbeat.is_running:
                 heartbeat.stop()
             rt.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m simulation.deploy.warm_runtime", description=__doc__.splitlines()[0])
+    p.add_argument("--runtime-api", required=True, metavar="HOST:PORT", help="the SuperNode's Runtime API (loopback)")
+    p.add_argument("--poll-s", type=float, default=0.05, help="wait between task polls while idle (default 0.05)")
+    p.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the SuperNode) exits")
+    args = p.parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s"))
+    for name in ("anther", "client"):  # Anther's loggers; Flower's keep their own handler
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+    from flwr.supercore.app_utils import start_parent_process_monitor
+
+    from server.object_pulls import shorten
+
+    shorten("flwr.supernode.runtime.run_clientapp")  # its pulls of message objects from the SuperNode
+    if args.parent_pid is not None:
+        start_parent_process_monitor(args.parent_pid)
+    try:
+        WarmRuntime(args.runtime_api, args.poll_s).serve()
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

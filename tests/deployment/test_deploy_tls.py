@@ -1,6 +1,6 @@
 """``anther-deploy`` end to end on this machine: a SuperLink with TLS and node
-authentication, three registered SuperNodes (two running the ClientApp warm in the SuperNode
-process, one with Flower's process per message), two rounds of LoRA and two of FedKSeed on a
+authentication, three registered SuperNodes (two running their ClientApp warm in a process beside
+the SuperNode, one with Flower's process per message), two rounds of LoRA and two of FedKSeed on a
 tiny model, a node with an unregistered key refused and
 logged, and every process stopped and every port freed at the end — also when a step fails.
 """
@@ -92,9 +92,9 @@ def test_tls_federation_with_node_auth_runs_lora_and_fedkseed_and_refuses_a_stra
         _check_run(lora, "fedavg")
         rows = _check_run(zo, "fedkseed")
         assert all(r["bytes_up"] < 1000 for r in rows[1:]), rows  # (seed, scalar) pairs, not tensors
-        warm, cold = lay.log("supernode-0").read_text(), lay.log(f"supernode-{NODES - 1}").read_text()
-        assert f"within this device's budget of {BUDGET_MB} MiB" in warm
-        assert "warm ClientApp runtime polling" in warm and "warm ClientApp runtime" not in cold
+        warm = lay.log("clientapp-supernode-0").read_text()
+        assert f"within this device's budget of {BUDGET_MB} MiB" in warm and steps.READY in warm
+        assert not lay.log(f"clientapp-supernode-{NODES - 1}").exists()  # the cold node: Flower's process per message
     finally:
         pids, ports = pids or _descendants(lay), ports or _ports_of(lay)
         steps.stop(lay, say=_quiet)
@@ -121,5 +121,5 @@ def test_local_stops_everything_when_a_step_fails(tmp_path, capsys):
     assert code == cli.EXIT_CONFIG
     assert "no_such_key" in capsys.readouterr().err
     pids, ports = [p for p in seen if p > 0], [-p for p in seen if p < 0]
-    assert len(ports) == 3 and len(pids) >= 3  # SuperLink + 2 SuperNodes were up
+    assert len(ports) == 3 and len(pids) >= 5  # SuperLink + 2 SuperNodes + their 2 ClientApp runtimes were up
     _assert_all_stopped(lay, pids, ports)
