@@ -22,6 +22,8 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from strategies.transport_packing import packing_mod
+
 
 def answer(op: str, msg: Message, context: Context, run_config: dict[str, Any] | None) -> Message:
     """Answer ``msg`` in this process (``op``: "query" or "train")."""
@@ -31,8 +33,10 @@ def answer(op: str, msg: Message, context: Context, run_config: dict[str, Any] |
 
 
 def build_client_app(run_config: dict[str, Any] | None = None) -> ClientApp:
-    """A ClientApp whose run_config is ``run_config`` merged over Flower's."""
-    app = ClientApp()
+    """A ClientApp whose run_config is ``run_config`` merged over Flower's; requests that
+    arrive packed (deployment, :mod:`strategies.transport_packing`) are unpacked for the
+    handlers and answered packed."""
+    app = ClientApp(mods=[packing_mod])
 
     @app.query()
     def _query(msg: Message, context: Context) -> Message:

@@ -15,6 +15,7 @@ round trips (1, or more with follow-ups: FwdLLM's extra requests, split training
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from strategies.assign import Assigner
 from strategies.codecs import get_codec
 from strategies.kinds import RoundExchange, get_kind
 from strategies.kinds.delta import decode_state
+from strategies.transport_packing import is_packed, pack, unpack
 from strategies.registry import update_kind
 from strategies.state import get_strategy_state, set_strategy_state
 
@@ -97,6 +99,12 @@ def with_config(msg: Message, extra: dict[str, Any]) -> None:
 MAX_POLL_S = 0.1  # the longest wait between two pulls for replies
 
 
+def _pack_for(grid: Any) -> bool:
+    """Whether ``grid`` is the deployment's (HTTP) Grid, whose messages travel packed."""
+    http = sys.modules.get("flwr.superlink.grid.http_grid")
+    return http is not None and isinstance(grid, http.HttpGrid)
+
+
 def send_and_receive(grid: Any, messages: list[Message], timeout: float,
                      strays: list[tuple[Message, str]] | None = None) -> list[Message]:
     """Push ``messages`` and pull their replies until all arrived or ``timeout`` s passed.
@@ -109,18 +117,37 @@ def send_and_receive(grid: Any, messages: list[Message], timeout: float,
     A reply that answers none of the pending messages, a second reply to one, or one
     from a node other than the one asked is not returned: with ``strays`` given, it goes
     there with the reason. A grid without ``push_messages`` (a test double) answers
-    through its own ``send_and_receive``.
+    through its own ``send_and_receive``. On the deployment's Grid, messages travel with
+    each array record packed into one array (:mod:`strategies.transport_packing`): the
+    callers see, and count, the unpacked payloads.
     """
     if not hasattr(grid, "push_messages"):
         return list(grid.send_and_receive(messages, timeout=timeout))
+    packing = _pack_for(grid)
+    if packing:
+        cache: dict = {}
+        originals = [m.content if m.has_content() else None for m in messages]
+        for m, content in zip(messages, originals):
+            if content is not None:
+                m.content = pack(content, cache)
     pending = set(grid.push_messages(messages))
     sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    if packing:
+        for m, content in zip(messages, originals):
+            if content is not None:
+                m.content = content
     replies: list[Message] = []
     delay, end = 0.005, time.monotonic() + timeout
     while pending:
         got = []
         for reply in grid.pull_messages(list(pending)):
             reason = transport_reason(reply, pending, sent_to)
+            if reason is None and packing and reply.has_content() and is_packed(reply.content):
+                try:
+                    reply.content = unpack(reply.content)
+                except (KeyError, ValueError, TypeError) as err:
+                    reason = f"undecodable packed payload ({type(err).__name__}: {err})"
+                    pending.discard(reply.metadata.reply_to_message_id)
             if reason is None:
                 got.append(reply)
                 pending.discard(reply.metadata.reply_to_message_id)

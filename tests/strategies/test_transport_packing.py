@@ -1,0 +1,72 @@
+"""Array records travel packed on the deployment's wire (strategies/transport_packing.py):
+the exact arrays come back, so handlers and the server's byte counts see what they see in
+simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+
+from server.loop import payload_bytes
+from strategies.transport_packing import PREFIX, is_packed, pack, packing_mod, unpack
+
+
+def _content() -> RecordDict:
+    rng = np.random.default_rng(0)
+    state = ArrayRecord({"a.weight": Array(rng.normal(size=(4, 3)).astype(np.float32)),
+                         "b.bias": Array(np.arange(5, dtype=np.int64)), "scalar": Array(np.array(2.5, dtype=np.float16))})
+    return RecordDict({"arrays": state, "one": ArrayRecord({"x": Array(np.ones(3))}),
+                       "config": ConfigRecord({"op": "train", "round": 3}), "metrics": MetricRecord({"loss": 0.5})})
+
+
+def _same(a: RecordDict, b: RecordDict) -> None:
+    assert list(a.keys()) == list(b.keys())
+    for key, rec in a.array_records.items():
+        assert list(rec.keys()) == list(b[key].keys())
+        for name, arr in rec.items():
+            other = b[key][name]
+            assert (arr.dtype, arr.shape, arr.stype, arr.data) == (other.dtype, other.shape, other.stype, other.data)
+    assert payload_bytes(Message(a, dst_node_id=1, message_type=MessageType.TRAIN)) == \
+        payload_bytes(Message(b, dst_node_id=1, message_type=MessageType.TRAIN))
+
+
+def test_pack_then_unpack_gives_the_same_arrays_and_bytes():
+    content = _content()
+    packed = pack(content)
+    assert is_packed(packed) and not is_packed(content)
+    assert len(packed["arrays"]) == 1 and len(packed["one"]) == 1 and PREFIX + "one" not in packed  # one array: as is
+    _same(content, unpack(packed))
+
+
+def test_records_shared_by_messages_are_packed_once():
+    content, cache = _content(), {}
+    first, second = pack(content, cache), pack(RecordDict(dict(content.items())), cache)
+    assert first["arrays"] is second["arrays"]
+
+
+def test_a_garbled_layout_is_an_error():
+    packed = pack(_content())
+    layout = packed[PREFIX + "arrays"]
+    packed[PREFIX + "arrays"] = ConfigRecord({**dict(layout), "sizes": [1, 2, 3]})
+    with pytest.raises(ValueError, match="layout names"):
+        unpack(packed)
+
+
+def _request(content: RecordDict) -> Message:
+    return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+
+
+def test_the_client_mod_unpacks_for_the_handler_and_packs_its_reply_only_when_asked_packed():
+    seen = []
+
+    def handler(msg: Message, ctx: Context) -> Message:
+        seen.append(is_packed(msg.content))
+        return Message(_content(), reply_to=msg)
+
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    plain = packing_mod(_request(_content()), ctx, handler)
+    packed = packing_mod(_request(pack(_content())), ctx, handler)
+    assert seen == [False, False]
+    assert not is_packed(plain.content) and is_packed(packed.content)
+    _same(plain.content, unpack(packed.content))
