@@ -71,7 +71,6 @@ class WarmRuntime:
         self.address, self.poll_s = address, poll_s
         self.stop = threading.Event()
         self._verdicts: dict[str, tuple[bool, str]] = {}  # FAB hash -> (runs here, why not)
-        self.served = 0
 
     def serve(self) -> None:
         import client.app  # noqa: F401 - the ClientApp and, through it, what the handlers need
@@ -133,7 +132,6 @@ class WarmRuntime:
                 details = f"{type(ex)}:<'{ex}'>"
                 reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
             push_message(rt, reply, context)
-            self.served += 1
             log.debug("task answered in %.3f s", time.perf_counter() - t0)
         finally:
             push_task_output(client=rt, context=context, sub_status=status, details=details)
