@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.superlink.grid.http_grid import HttpGrid
 
 from server.loop import payload_bytes
 from strategies.transport_packing import PREFIX, is_packed, pack, packing_mod, unpack
@@ -70,3 +71,44 @@ def test_the_client_mod_unpacks_for_the_handler_and_packs_its_reply_only_when_as
     assert seen == [False, False]
     assert not is_packed(plain.content) and is_packed(packed.content)
     _same(plain.content, unpack(packed.content))
+
+
+class _PackingGrid(HttpGrid):
+    """The deployment's Grid, as far as send_and_receive uses it: nodes answer with their
+    request's content (packed, as the ClientApp's mod would), node 2 with a garbled layout."""
+
+    def __init__(self):  # no SuperLink: only the two calls below are used
+        self.pushed: list[RecordDict] = []
+        self.replies: list[Message] = []
+
+    def push_messages(self, messages):
+        ids = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = m.object_id
+            self.pushed.append(m.content)
+            content = RecordDict(dict(m.content.items()))
+            if m.metadata.dst_node_id == 2:
+                layout = content[PREFIX + "arrays"]
+                content[PREFIX + "arrays"] = ConfigRecord({**dict(layout), "sizes": [1, 2, 3]})
+            self.replies.append(Message(content, reply_to=m))
+            ids.append(m.metadata.message_id)
+        return ids
+
+    def pull_messages(self, ids):
+        out, self.replies = self.replies, []
+        return out
+
+
+def test_the_server_packs_on_the_deployment_grid_and_rejects_a_garbled_reply():
+    from server.loop import send_and_receive
+
+    grid = _PackingGrid()
+    shared = _content()
+    messages = [Message(shared, dst_node_id=n, message_type=MessageType.TRAIN) for n in (1, 2)]
+    strays: list = []
+    replies = send_and_receive(grid, messages, timeout=5.0, strays=strays)
+    assert all(is_packed(c) for c in grid.pushed) and grid.pushed[0]["arrays"] is grid.pushed[1]["arrays"]
+    assert all(m.content is shared for m in messages)  # the callers' messages are left as they were
+    assert [r.metadata.src_node_id for r in replies] == [1]
+    _same(shared, replies[0].content)
+    assert [r.metadata.src_node_id for r, _ in strays] == [2] and "undecodable packed payload" in strays[0][1]
