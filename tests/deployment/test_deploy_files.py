@@ -131,3 +131,12 @@ def test_a_device_profile_gives_the_memory_budget(tmp_path):
     assert device_memory_mb(str(own), CONFIG_DIR) == 1500
     with pytest.raises(ConfigError, match="neither a profile .*rpi5"):
         device_memory_mb("toaster", CONFIG_DIR)
+
+
+def test_a_node_polls_fast_after_a_message_then_backs_off_to_its_interval():
+    from simulation.deploy.supernode_main import PollWaits
+
+    waits = PollWaits(0.25)
+    assert [waits.empty_pull() for _ in range(2)] == [0.25, 0.25]  # idle from the start
+    waits.had_message()
+    assert [waits.empty_pull() for _ in range(6)] == [0.02, 0.04, 0.08, 0.16, 0.25, 0.25]
