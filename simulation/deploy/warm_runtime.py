@@ -26,6 +26,8 @@ import argparse
 import hashlib
 import io
 import logging
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -140,17 +142,57 @@ class WarmRuntime:
             rt.close()
 
 
+RESTARTS, RESTART_WINDOW_S = 5, 300.0  # give up after this many deaths within the window
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def supervise(argv: list[str], parent_pid: int | None) -> int:
+    """Run the runtime in a child process (``--once``) and start a new one when it dies
+    while the SuperNode lives (a ClientApp killed for memory must not take the node out
+    for the rest of the run); give up after ``RESTARTS`` deaths in ``RESTART_WINDOW_S``."""
+    deaths: list[float] = []
+    while True:
+        code = subprocess.call([sys.executable, "-m", "simulation.deploy.warm_runtime", *argv, "--once"])
+        if code == 0 or not _alive(parent_pid):
+            return 0
+        now = time.monotonic()
+        deaths = [t for t in deaths if now - t < RESTART_WINDOW_S] + [now]
+        why = f"killed by signal {-code}" + (" (SIGKILL: out of memory?)" if code == -9 else "") if code < 0 else f"exit {code}"
+        if len(deaths) > RESTARTS:
+            log.error("the ClientApp runtime died %d times in %.0f s (last: %s); not restarting it", len(deaths),
+                      RESTART_WINDOW_S, why)
+            return 1
+        log.warning("the ClientApp runtime died (%s); starting a new one (its task in flight is lost)", why)
+        time.sleep(1.0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m simulation.deploy.warm_runtime", description=__doc__.splitlines()[0])
     p.add_argument("--runtime-api", required=True, metavar="HOST:PORT", help="the SuperNode's Runtime API (loopback)")
     p.add_argument("--poll-s", type=float, default=0.05, help="wait between task polls while idle (default 0.05)")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the SuperNode) exits")
+    p.add_argument("--once", action="store_true",
+                   help="serve in this process, not restarted when it dies (default: a supervised child process)")
     args = p.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s"))
     for name in ("anther", "client"):  # Anther's loggers; Flower's keep their own handler
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
+    if not args.once:
+        return supervise([a for a in argv if a != "--once"], args.parent_pid)
     from flwr.supercore.app_utils import start_parent_process_monitor
 
     from server.object_pulls import shorten

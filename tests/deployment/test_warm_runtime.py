@@ -28,3 +28,29 @@ def test_a_fab_with_changed_or_foreign_code_does_not():
     assert not ok and "client/app.py differs" in why
     ok, why = fab_runs_here(_fab({"mine/app.py": b"app = None\n"}))
     assert not ok and "mine/app.py is not part of this installation" in why
+
+
+def test_a_runtime_that_dies_is_started_again_while_the_supernode_lives(monkeypatch, caplog):
+    import os
+
+    from simulation.deploy import warm_runtime as wr
+
+    codes = [-9, 0]
+    calls = []
+    monkeypatch.setattr(wr.subprocess, "call", lambda cmd: calls.append(cmd) or codes.pop(0))
+    monkeypatch.setattr(wr.time, "sleep", lambda s: None)
+    assert wr.supervise(["--runtime-api", "127.0.0.1:1"], os.getpid()) == 0
+    assert len(calls) == 2 and all(c[-1] == "--once" for c in calls)
+    assert "SIGKILL: out of memory?" in caplog.text
+
+
+def test_no_restart_once_the_supernode_is_gone_or_after_too_many_deaths(monkeypatch):
+    from simulation.deploy import warm_runtime as wr
+
+    calls = []
+    monkeypatch.setattr(wr.subprocess, "call", lambda cmd: calls.append(cmd) or 1)
+    monkeypatch.setattr(wr.time, "sleep", lambda s: None)
+    monkeypatch.setattr(wr, "_alive", lambda pid: False)
+    assert wr.supervise([], 12345) == 0 and len(calls) == 1
+    monkeypatch.setattr(wr, "_alive", lambda pid: True)
+    assert wr.supervise([], 12345) == 1 and len(calls) == 1 + wr.RESTARTS + 1
