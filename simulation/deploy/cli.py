@@ -55,18 +55,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--node", type=int, required=True)
     q.add_argument("--superlink", required=True, metavar="HOST:PORT")
     q.add_argument("--data", default=None, help="this device's own CSV/JSONL/Parquet (default: partition NODE of the run's data)")
-    q.add_argument("--port", type=int, default=None, help="its ClientAppIo port on 127.0.0.1 (default: a free one)")
+    q.add_argument("--port", type=int, default=None, help="its Runtime API port on 127.0.0.1 (default: a free one)")
     q.add_argument("--poll-s", type=float, default=DEFAULT_POLL_S,
-                   help=f"longest wait between the node's pulls for messages (default {DEFAULT_POLL_S}; Flower's own: 3)")
+                   help=f"longest wait between the node's pulls for messages while idle (default {DEFAULT_POLL_S}; Flower's own: 3)")
     q.add_argument("--memory-mb", type=float, default=None,
                    help="this device's memory budget (MiB): a call estimated above it is refused before loading the model, "
-                        "and the SuperNode is held to it by a cgroup where the OS allows")
+                        "and the node's ClientApp runtime is held to it by a cgroup where the OS allows")
     q.add_argument("--device", default=None, metavar="PROFILE",
                    help="a device profile (rpi5, phone-mid, ... or the YAML `anther-bench profile` wrote on it): "
                         "its memory_mb is the budget unless --memory-mb is given")
     q.add_argument("--cold", action="store_true",
                    help="Flower's own isolation: a new flwr-clientapp process per message, which imports and loads "
-                        "everything each time (default: the ClientApp runs warm in the SuperNode process)")
+                        "everything each time (default: the ClientApp runs warm in one long-lived process beside the SuperNode)")
 
     q = sub.add_parser("run", help="submit the App with anther-sim's KEY=VALUE overrides and follow its log")
     q.add_argument("dir")
