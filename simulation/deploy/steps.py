@@ -21,7 +21,7 @@ from typing import Callable
 from client.budget import MEMORY_KEY
 from simulation.deploy import certs, memcap, procs
 from simulation.deploy.layout import CONNECTION, DEFAULT_PORT, Layout
-from simulation.deploy.supernode_main import DEFAULT_POLL_S, POLL_ENV
+from simulation.deploy.supernode_main import DEFAULT_POLL_S, POLL_ENV, WAKE_ENV
 from strategies.runconfig import ConfigError
 
 STARTUP_S = 60.0
@@ -175,9 +175,11 @@ def supernode(lay: Layout, node: int, address: str, data: str | None, port: int 
     cmd = [sys.executable, "-m", "simulation.deploy.supernode_main", "--superlink", address, "--root-certificates", str(lay.ca_cert),
            "--auth-supernode-private-key", str(key), "--host", "127.0.0.1", "--port", str(port),
            "--node-config", config]
+    runtime_env = {POLL_ENV: str(poll_s)}
     if warm:
         cmd += ["--isolation", "process"]
-    env = procs.python_env(lay, who, **{POLL_ENV: str(poll_s), **(extra_env or {})})
+        runtime_env[WAKE_ENV] = str(wake_port := procs.free_port(kind=socket.SOCK_DGRAM))
+    env = procs.python_env(lay, who, **{**runtime_env, **(extra_env or {})})
     ps = procs.start(lay, who, cmd, env)
 
     def log_says(text: str) -> bool:
@@ -192,18 +194,18 @@ def supernode(lay: Layout, node: int, address: str, data: str | None, port: int 
                           f"registered? (`anther-deploy superlink` registers {lay.root}/nodes/*)\n"
                           f"{procs.tail(lay.log(who), 8)}")
     if warm:
-        start_clientapp(lay, who, port, ps.pid, memory_mb, extra_env, say)
+        start_clientapp(lay, who, port, wake_port, ps.pid, memory_mb, extra_env, say)
     say(f"SuperNode {node} -> {address} (Runtime API on 127.0.0.1:{port}), pid {ps.pid}; log: {lay.log(who)}"
         + (f"; its ClientApp runs warm, log: {lay.log('clientapp-' + who)}" if warm else ""))
 
 
-def start_clientapp(lay: Layout, who: str, port: int, supernode_pid: int, memory_mb: float | None,
+def start_clientapp(lay: Layout, who: str, port: int, wake_port: int, supernode_pid: int, memory_mb: float | None,
                     extra_env: dict | None, say: Say) -> None:
     """Start the node's warm ClientApp runtime (:mod:`simulation.deploy.warm_runtime`), held to
     ``memory_mb``, and wait until it polls the SuperNode."""
     name = f"clientapp-{who}"
     ps = procs.start(lay, name, [sys.executable, "-m", "simulation.deploy.warm_runtime", "--runtime-api",
-                                 f"127.0.0.1:{port}", "--parent-pid", str(supernode_pid)],
+                                 f"127.0.0.1:{port}", "--wake-port", str(wake_port), "--parent-pid", str(supernode_pid)],
                      procs.python_env(lay, name, **(extra_env or {})))
     if memory_mb:
         say(f"  its ClientApp {memcap.cap(ps.pid, memory_mb, group(lay, name))}")

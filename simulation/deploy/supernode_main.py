@@ -11,12 +11,15 @@ while none comes, and the second 0.02 s, for that module only, then runs Flower'
 ``flower_supernode``. The cost is one small
 HTTPS request per node per interval while idle. Where the module does not look as expected
 (another Flower version) it runs unchanged, with a warning.
-It also shortens the SuperNode's waits for message objects (:mod:`server.object_pulls`).
+It also shortens the SuperNode's waits for message objects (:mod:`server.object_pulls`)
+and, with ``ANTHER_WAKE_PORT``, sends a datagram to the node's warm ClientApp runtime for
+every message it stores (:mod:`simulation.deploy.warm_runtime`).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import types
@@ -56,12 +59,23 @@ def _capped_time(waits: PollWaits) -> types.SimpleNamespace:
                                                                       min(s, REPLY_POLL_S))})
 
 
-def _noting_messages(pull, waits: PollWaits):
-    """Flower's ``_pull_and_store_message``, telling ``waits`` when a message came."""
+WAKE_ENV = "ANTHER_WAKE_PORT"  # UDP port of the node's warm ClientApp runtime (simulation.deploy.warm_runtime)
+
+
+def _noting_messages(pull, waits: PollWaits, wake_port: int | None = None):
+    """Flower's ``_pull_and_store_message``, telling ``waits`` when a message came, and the
+    warm ClientApp runtime at ``wake_port`` (a datagram to 127.0.0.1; lost if none listens)."""
+    wake = socket.socket(socket.AF_INET, socket.SOCK_DGRAM) if wake_port else None
+
     def pulled(*args, **kwargs):
         run_id = pull(*args, **kwargs)
         if run_id is not None:
             waits.had_message()
+            if wake is not None:
+                try:
+                    wake.sendto(b"m", ("127.0.0.1", wake_port))
+                except OSError:
+                    pass
         return run_id
     return pulled
 
@@ -74,7 +88,8 @@ def main() -> int:
     if getattr(loop, "time", None) is time and callable(getattr(loop, "_pull_and_store_message", None)):
         waits = PollWaits(poll_s)
         loop.time = _capped_time(waits)
-        loop._pull_and_store_message = _noting_messages(loop._pull_and_store_message, waits)
+        wake_port = int(os.environ[WAKE_ENV]) if os.environ.get(WAKE_ENV) else None
+        loop._pull_and_store_message = _noting_messages(loop._pull_and_store_message, waits, wake_port)
     else:
         print(f"anther: flwr.supernode.start_client_internal has no module-level `time`: the SuperNode keeps "
               "Flower's own poll interval", file=sys.stderr)

@@ -11,7 +11,9 @@ each ClientApp task from the SuperNode's Runtime API as Flower's SuperExec does,
 as ``flwr-clientapp`` does (pull the message, the context, the run and the FAB; heartbeats
 while it runs; push the reply, then the context and the final status), but in this process
 with the ClientApp imported once, so what the handlers keep (backbone, data, per-client
-state) stays loaded between messages. One task at a time: a node is one device.
+state) stays loaded between messages. One task at a time: a node is one device. The
+SuperNode signals each message it stores with a datagram (``--wake-port``), so a task is
+taken at once and an idle node polls its Runtime API only once a second.
 
 The node runs this installation's ClientApp, so it answers a run only when every Python file
 of the run's FAB is byte-identical to this installation's (the App ``anther-deploy run``
@@ -27,6 +29,7 @@ import hashlib
 import io
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +40,7 @@ from pathlib import Path
 log = logging.getLogger("anther.warm_runtime")
 REPO = Path(__file__).resolve().parents[2]
 RETRY_S = 1.0  # wait after a failed poll (the SuperNode not up yet, or restarting)
+POLL_S, WAKE_POLL_S = 0.05, 1.0  # idle task polls without / with the SuperNode's wake signal
 
 
 def fab_runs_here(fab_content: bytes, repo: Path = REPO) -> tuple[bool, str]:
@@ -69,9 +73,28 @@ def _client(address: str, component: str, token: str | None = None):
 class WarmRuntime:
     """Serve the SuperNode's ClientApp tasks at ``address`` (its Runtime API, loopback)."""
 
-    def __init__(self, address: str, poll_s: float = 0.05) -> None:
+    def __init__(self, address: str, poll_s: float = 0.05, wake_port: int | None = None) -> None:
         self.address, self.poll_s = address, poll_s
         self.stop = threading.Event()
+        self._wake = None
+        if wake_port is not None:  # the SuperNode sends a datagram here when it stores a message
+            self._wake = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._wake.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._wake.bind(("127.0.0.1", wake_port))
+
+    def _idle(self) -> None:
+        """Wait ``poll_s``, or until the SuperNode says a message came (then drain its datagrams)."""
+        if self._wake is None:
+            self._idle()
+            return
+        self._wake.settimeout(self.poll_s)
+        try:
+            self._wake.recv(16)
+            self._wake.setblocking(False)
+            while True:
+                self._wake.recv(16)
+        except (TimeoutError, BlockingIOError, OSError):
+            pass
         self._verdicts: dict[str, tuple[bool, str]] = {}  # FAB hash -> (runs here, why not)
 
     def serve(self) -> None:
@@ -96,7 +119,7 @@ class WarmRuntime:
                 except Exception:  # noqa: BLE001 - one task's failure must not end the node
                     log.exception("ClientApp task %s failed outside the ClientApp", res.task.task_id)
                 continue
-            self.stop.wait(self.poll_s)
+            self._idle()
 
     def _verdict(self, fab) -> tuple[bool, str]:
         if fab.hash_str not in self._verdicts:
@@ -181,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m simulation.deploy.warm_runtime", description=__doc__.splitlines()[0])
     p.add_argument("--runtime-api", required=True, metavar="HOST:PORT", help="the SuperNode's Runtime API (loopback)")
-    p.add_argument("--poll-s", type=float, default=0.05, help="wait between task polls while idle (default 0.05)")
+    p.add_argument("--poll-s", type=float, default=None,
+                   help="wait between task polls while idle (default 0.05; 1 with --wake-port)")
+    p.add_argument("--wake-port", type=int, default=None,
+                   help="UDP port on 127.0.0.1 where the SuperNode signals each message it stores "
+                        "(ANTHER_WAKE_PORT of simulation.deploy.supernode_main): a task is taken at once")
     p.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the SuperNode) exits")
     p.add_argument("--once", action="store_true",
                    help="serve in this process, not restarted when it dies (default: a supervised child process)")
@@ -201,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid is not None:
         start_parent_process_monitor(args.parent_pid)
     try:
-        WarmRuntime(args.runtime_api, args.poll_s).serve()
+        poll_s = args.poll_s if args.poll_s is not None else (WAKE_POLL_S if args.wake_port else POLL_S)
+        WarmRuntime(args.runtime_api, poll_s, args.wake_port).serve()
     except KeyboardInterrupt:
         return 0
     return 0

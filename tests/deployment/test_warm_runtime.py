@@ -54,3 +54,25 @@ def test_no_restart_once_the_supernode_is_gone_or_after_too_many_deaths(monkeypa
     assert wr.supervise([], 12345) == 0 and len(calls) == 1
     monkeypatch.setattr(wr, "_alive", lambda pid: True)
     assert wr.supervise([], 12345) == 1 and len(calls) == 1 + wr.RESTARTS + 1
+
+
+def test_the_supernodes_datagram_wakes_an_idle_runtime_at_once():
+    import socket
+    import time
+
+    from simulation.deploy import procs
+    from simulation.deploy.supernode_main import PollWaits, _noting_messages
+    from simulation.deploy.warm_runtime import WarmRuntime
+
+    port = procs.free_port(kind=socket.SOCK_DGRAM)
+    rt = WarmRuntime("127.0.0.1:1", poll_s=5.0, wake_port=port)
+    pull = _noting_messages(lambda: 7, PollWaits(0.25), port)  # Flower's pull that stored a message of run 7
+    for _ in range(3):
+        assert pull() == 7
+    t0 = time.monotonic()
+    rt._idle()  # three datagrams waiting: returns at once and drains them all
+    assert time.monotonic() - t0 < 1.0
+    rt.poll_s = 0.2
+    t0 = time.monotonic()
+    rt._idle()  # nothing new: waits its poll
+    assert time.monotonic() - t0 >= 0.15
