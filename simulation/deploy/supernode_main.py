@@ -26,8 +26,6 @@ import types
 
 POLL_ENV = "ANTHER_SUPERNODE_POLL_S"
 DEFAULT_POLL_S = 0.25
-
-
 REPLY_POLL_S = 0.02  # between checks of the node's own state for the ClientApp's reply (Flower: 0.5)
 FIRST_POLL_S = 0.02  # the first wait after a message: the run's next one often follows soon
 
@@ -91,8 +89,8 @@ def main() -> int:
         wake_port = int(os.environ[WAKE_ENV]) if os.environ.get(WAKE_ENV) else None
         loop._pull_and_store_message = _noting_messages(loop._pull_and_store_message, waits, wake_port)
     else:
-        print(f"anther: flwr.supernode.start_client_internal has no module-level `time`: the SuperNode keeps "
-              "Flower's own poll interval", file=sys.stderr)
+        print("anther: flwr.supernode.start_client_internal has no module-level `time` or `_pull_and_store_message` "
+              "(another Flower version?): the SuperNode keeps Flower's own waits", file=sys.stderr)
     from server.object_pulls import shorten
 
     shorten("flwr.supernode.start_client_internal")  # its pulls of message objects from the SuperLink
