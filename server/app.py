@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.config import ServerConfig
 from server.object_pulls import shorten
-from server.loop import EvaluateFn, run_server
+from server.loop import EvaluateFn, is_deployment_grid, run_server
 from server.trackers import Trackers
 from strategies.plugins import import_string
 from strategies.registry import build_strategy
@@ -67,10 +67,11 @@ def build_server_app(run_config: dict[str, Any] | None = None, trackers: Tracker
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
+        if is_deployment_grid(grid):
+            shorten(type(grid).__module__)  # its waits for message objects (server/object_pulls.py)
         main(grid, {**dict(context.run_config), **(run_config or {})}, trackers)
 
     return app
 
 
-shorten("flwr.superlink.grid.http_grid")  # the deployment's Grid (server/object_pulls.py)
 app = build_server_app()

@@ -99,7 +99,7 @@ def with_config(msg: Message, extra: dict[str, Any]) -> None:
 MAX_POLL_S = 0.1  # the longest wait between two pulls for replies
 
 
-def _pack_for(grid: Any) -> bool:
+def is_deployment_grid(grid: Any) -> bool:
     """Whether ``grid`` is the deployment's (HTTP) Grid, whose messages travel packed."""
     http = sys.modules.get("flwr.superlink.grid.http_grid")
     return http is not None and isinstance(grid, http.HttpGrid)
@@ -123,7 +123,7 @@ def send_and_receive(grid: Any, messages: list[Message], timeout: float,
     """
     if not hasattr(grid, "push_messages"):
         return list(grid.send_and_receive(messages, timeout=timeout))
-    packing = _pack_for(grid)
+    packing = is_deployment_grid(grid)
     if packing:
         cache: dict = {}
         originals = [m.content if m.has_content() else None for m in messages]
