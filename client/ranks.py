@@ -14,7 +14,8 @@ import numpy as np
 
 def client_rank(identity: int, choices: Sequence[int], assignment: str, seed: int) -> int:
     """The rank client ``identity`` trains: ``choices[identity % n]`` (cycle) or a draw
-    seeded by ``(seed, identity)`` (random)."""
+    seeded by ``(seed, identity)`` (random); ``by_device`` needs the population
+    (:func:`ranks_by_identity`)."""
     if not choices:
         raise ValueError("no rank choices")
     if assignment == "cycle":
@@ -22,6 +23,27 @@ def client_rank(identity: int, choices: Sequence[int], assignment: str, seed: in
     if assignment == "random":
         return int(np.random.default_rng([seed, identity, 0x52414E4B]).choice(list(choices)))
     raise ValueError(f"rank assignment {assignment!r} is not supported here")
+
+
+def device_ranks(choices: Sequence[int], speeds: dict[str, tuple[float, float]]) -> dict[str, int]:
+    """``rank_assignment=by_device``: each device class's rank. Classes are ordered by their
+    profile's compute, then memory (``speeds``: name -> (GFLOP/s, MiB)), and spread over the
+    sorted choices: the slowest class trains the smallest rank, the fastest the largest,
+    the others evenly between (K classes, n choices: class k of K gets the choice at
+    ``round(k (n - 1) / (K - 1))``); a population of one class trains the largest."""
+    ranked, order = sorted(choices), sorted(speeds, key=lambda n: (*speeds[n], n))
+    if len(order) == 1:
+        return {order[0]: int(ranked[-1])}
+    return {name: int(ranked[round(k * (len(ranked) - 1) / (len(order) - 1))]) for k, name in enumerate(order)}
+
+
+def ranks_by_identity(choices: Sequence[int], population, num_clients: int, seed: int) -> tuple[np.ndarray, dict]:
+    """(num_clients,) rank of every client identity under ``by_device`` and the per-class
+    ranks; the classes are the simulator's own draw (:meth:`Population.classes`, the
+    same seed), so a client's rank follows the device its round is clocked on."""
+    per_class = device_ranks(choices, {n: (p.flops_fp32, p.memory_mb) for n, p in population.profiles.items()})
+    classes = population.classes(num_clients, seed)
+    return np.array([per_class[population.names[c]] for c in classes], dtype=np.int64), per_class
 
 
 def prune_width(rank: int, gamma: float) -> int:

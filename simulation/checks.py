@@ -213,6 +213,10 @@ def check_ranks(client: ClientConfig, server: ServerConfig) -> None:
     if getattr(client.method, "rank_choices", ()) and not strategy.target and strategy.name not in HETERO_RANK:
         raise ConfigError(f"method.rank_choices needs a strategy that aggregates heterogeneous ranks: "
                           f"strategy={' | '.join(HETERO_RANK)} (got strategy={strategy.name})")
+    if getattr(client.method, "rank_assignment", "cycle") == "by_device" and not client.device.active:
+        raise ConfigError("method.rank_assignment=by_device needs a device population (device=mix, rpi5, phone-mid, "
+                          "...; the ranks follow each client's device class): set device=..., or use "
+                          "method.rank_assignment=cycle|random")
 
 
 def check_trust(client: ClientConfig, server: ServerConfig) -> None:

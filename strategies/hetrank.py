@@ -36,6 +36,7 @@ FLoRA and FlexLoRA, the dense ``dW`` (:class:`client.methods.lora.LoraMethod`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -44,9 +45,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg
 
 from client.config import ClientConfig
-from client.ranks import BASE_DELTA, client_rank, is_a, is_b, module_of, prune_width, rank_of, truncated
+from client.ranks import (BASE_DELTA, client_rank, is_a, is_b, module_of, prune_width, rank_of, ranks_by_identity,
+                          truncated)
 from strategies import wire
 from strategies.runconfig import ConfigError, unflatten
+
+log = logging.getLogger("anther.server")
 
 def lora_pairs(state: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
     """Adapted module -> (its A tensor's name, its B tensor's name)."""
@@ -101,7 +105,8 @@ class HetRankStrategy(FedAvg):
 
         super().__init__(**SAMPLING_KWARGS)
         self.cfg = cfg
-        method = unflatten(ClientConfig, dict(run.run_config)).method if run.run_config else None
+        client = unflatten(ClientConfig, dict(run.run_config)) if run.run_config else None
+        method = client.method if client is not None else None
         if method is not None and method.name != "lora":
             raise ConfigError(f"strategy={cfg.name} aggregates heterogeneous LoRA ranks: use method=lora "
                               f"(got method={method.name})")
@@ -110,6 +115,15 @@ class HetRankStrategy(FedAvg):
         self.choices = tuple(getattr(method, "rank_choices", ()) or (self.rank,))
         self.assignment = str(getattr(method, "rank_assignment", "cycle"))
         self.seed = int(run.seed)
+        self.by_device: np.ndarray | None = None  # rank_assignment=by_device: every identity's rank
+        if self.assignment == "by_device":
+            if client is None or not client.device.active:
+                raise ConfigError("method.rank_assignment=by_device needs a device population (device=mix, rpi5, "
+                                  "phone-mid, ...; the ranks follow each client's device class): set device=..., or "
+                                  "use method.rank_assignment=cycle|random")
+            self.by_device, per_class = ranks_by_identity(self.choices, client.device.population, client.num_clients,
+                                                          self.seed)
+            log.info("ranks by device class: %s", ", ".join(f"{n} {r}" for n, r in per_class.items()))
         self._ranks: dict[int, int] = {}  # node id -> rank, this round
         self.current: dict[str, np.ndarray] = {}  # the global state this round trains from
         self._svd: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # FlexLoRA: per module, this round
@@ -117,6 +131,8 @@ class HetRankStrategy(FedAvg):
 
     # -- ranks -------------------------------------------------------------------------------------
     def rank_for(self, identity: int) -> int:
+        if self.by_device is not None:
+            return int(self.by_device[identity % len(self.by_device)])
         return client_rank(identity, self.choices, self.assignment, self.seed)
 
     def round_config(self) -> dict[str, Any]:

@@ -27,7 +27,8 @@ class LoraFields(MethodConfig):
         first ``k`` rank components mean the same on every device.
     rank_assignment: which client trains which rank: "cycle" (client i gets
         ``rank_choices[i % n]``), "random" (drawn once per client from the run's seed) or
-        "by_device" (from the device profile).
+        "by_device" (the simulated device population's classes ordered by compute, slowest
+        on the smallest rank, fastest on the largest: :func:`client.ranks.device_ranks`).
     """
 
     r: int = 8
@@ -48,9 +49,6 @@ class LoraFields(MethodConfig):
               f"at least the largest of method.rank_choices ({max(self.rank_choices, default=0)}): it is the global "
               "model's rank", self.r)
         check_choice("method.rank_assignment", self.rank_assignment, RANK_ASSIGNMENTS)
-        if self.rank_assignment == "by_device":
-            raise ConfigError("method.rank_assignment=by_device needs device profiles, which this version does "
-                              "not have yet: use cycle or random")
 
     def check_backbone(self, facts, model) -> None:
         check(self.r <= facts.hidden, "method.r", f"at most {facts.hidden} ({facts.name}'s width)", self.r)

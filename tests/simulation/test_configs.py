@@ -60,6 +60,7 @@ def test_default_is_offline_pretrained_and_generated_data():
         (["method=zo_seed", "strategy=fedkseed", "method.zo_eps=0"], "zo_eps"),
         (["method=zo_seed", "strategy=fedkseed", "strategy.dist=uniform"], "dist"),
         (["method=zo_seed", "strategy=fedkseed", "strategy.kernel_backend=cuda"], "kernel_backend"),
+        (["experiment=agnews_hetrank", "method.rank_assignment=by_device"], "by_device needs a device population"),
     ],
 )
 def test_seed_method_and_strategy_errors(overrides, match):

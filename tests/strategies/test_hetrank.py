@@ -132,3 +132,34 @@ def test_hetlora_self_pruning_accepts_the_pruned_rank_and_keeps_it():
     restored = _strategy(HetLoRA, HetLoRAConfig(self_pruning=True))
     restored.load_state_dict(s.state_dict())
     assert restored.pruned == {2: 3}
+
+
+def test_ranks_by_device_follow_the_classes_compute():
+    from client.ranks import device_ranks
+
+    speeds = {"phone-mid": (29, 2000), "rpi5": (46, 3000), "laptop": (307, 8000)}
+    assert device_ranks((16, 2, 8, 4), speeds) == {"phone-mid": 2, "rpi5": 8, "laptop": 16}
+    assert device_ranks((2, 4, 8, 16), {**speeds, "phone-high": (56, 4000)}) == {
+        "phone-mid": 2, "rpi5": 4, "phone-high": 8, "laptop": 16}
+    assert device_ranks((2, 4), {"rpi5": (46, 3000)}) == {"rpi5": 4}
+    assert device_ranks((2, 4), {"a": (46, 3000), "b": (46, 4000)}) == {"a": 2, "b": 4}  # memory breaks a tie
+
+
+def test_by_device_gives_each_client_its_simulated_class_rank():
+    from client.config import ClientConfig
+    from client.methods import METHODS
+    from strategies.population import DeviceConfig
+    from strategies.runconfig import flatten
+
+    profiles = {n: {"memory_mb": m, "flops_fp32": f, "flops_quant": f / 2, "uplink_mbps": 10, "downlink_mbps": 10,
+                    "availability": 1.0, "dropout": 0.0, "joules_per_gflop": 0.1, "joules_per_mb": 0.1}
+                for n, m, f in (("slow", 2000, 20), ("fast", 8000, 300))}
+    device = DeviceConfig(name="mix", shares={"slow": 0.75, "fast": 0.25}, profiles=profiles)
+    method = METHODS["lora"].config(r=8, lora_alpha=16, rank_choices=(2, 8), rank_assignment="by_device")
+    client = ClientConfig(method=method, device=device, num_clients=8)
+    s = _strategy(HetLoRA, HetLoRAConfig(), flatten(client))
+    classes = device.population.classes(8, 0)
+    want = [8 if device.population.names[c] == "fast" else 2 for c in classes]
+    assert [s.rank_for(i) for i in range(8)] == want and want.count(8) == 2
+    with pytest.raises(ConfigError, match="by_device needs a device population"):
+        _strategy(HetLoRA, HetLoRAConfig(), flatten(ClientConfig(method=method)))
