@@ -13,7 +13,9 @@ across ranks without rescaling.
 - :class:`HetLoRA` (Cho et al., 2024): the server holds LoRA at rank ``r``. Down: each
   client gets the first ``r_k`` components. Up: its ``r_k`` components. Aggregation:
   zero-pad to ``r`` and average, weighted by examples or (``weighting=norm``, HetLoRA's
-  sparsity-weighted aggregation) by ``||B_k A_k||_F`` per module.
+  sparsity-weighted aggregation) by ``||B_k A_k||_F`` per module; or
+  (``padding=holders``, HeteroFL's rule) each component averaged over the clients that
+  trained it, so components only high-rank clients hold are not pulled toward zero.
 - :class:`FLoRA` (Wang et al., 2024): stacking. The server holds the merged update
   ``dW`` per adapted Linear (a dense ``<module>.base_delta``) and LoRA's initial
   factors. Down: ``dW`` (the client adds it to its frozen layer) and fresh adapters
@@ -222,6 +224,29 @@ def padded(name: str, value: np.ndarray, rank: int) -> np.ndarray:
     return out
 
 
+def holders_mean(name: str, values: list[np.ndarray], weights: list[float], current: np.ndarray) -> np.ndarray:
+    """Each LoRA component (a row of A, a column of B) as the weighted mean over the
+    clients whose rank includes it (weights renormalised per component); a component no
+    client holds keeps its ``current`` value."""
+    rank = current.shape[0] if is_a(name) else current.shape[1]
+    total = np.zeros(rank, np.float64)
+    acc = np.zeros(current.shape, np.float64)
+    for v, w in zip(values, weights):
+        r = v.shape[0] if is_a(name) else v.shape[1]
+        total[:r] += w
+        if is_a(name):
+            acc[:r] += w * v
+        else:
+            acc[:, :r] += w * v
+    held = total > 0
+    out = np.array(current, np.float64)
+    if is_a(name):
+        out[held] = acc[held] / total[held, None]
+    else:
+        out[:, held] = acc[:, held] / total[held]
+    return out.astype(np.float32)
+
+
 class HetLoRA(HetRankStrategy):
     """Zero-padding aggregation (see the module docstring), with HetLoRA's rank
     self-pruning as an option (``strategy.self_pruning``): a client may reply with
@@ -270,8 +295,12 @@ class HetLoRA(HetRankStrategy):
                 norms = [float(np.linalg.norm(s[b] @ s[a])) for s in states]
                 total = sum(norms)
                 w = [n / total for n in norms] if total > 0 else weights
-            out[a] = weighted_mean([padded(a, s[a], self.rank) for s in states], w)
-            out[b] = weighted_mean([padded(b, s[b], self.rank) for s in states], w)
+            if self.cfg.padding == "holders":
+                out[a] = holders_mean(a, [s[a] for s in states], w, global_state[a])
+                out[b] = holders_mean(b, [s[b] for s in states], w, global_state[b])
+            else:
+                out[a] = weighted_mean([padded(a, s[a], self.rank) for s in states], w)
+                out[b] = weighted_mean([padded(b, s[b], self.rank) for s in states], w)
         return out
 
 

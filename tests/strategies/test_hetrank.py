@@ -163,3 +163,17 @@ def test_by_device_gives_each_client_its_simulated_class_rank():
     assert [s.rank_for(i) for i in range(8)] == want and want.count(8) == 2
     with pytest.raises(ConfigError, match="by_device needs a device population"):
         _strategy(HetLoRA, HetLoRAConfig(), flatten(ClientConfig(method=method)))
+
+
+def test_hetlora_holders_average_each_component_over_the_clients_that_trained_it():
+    s = _strategy(HetLoRA, HetLoRAConfig(padding="holders"))
+    c1, c2 = _client(1, 0), _client(2, 1)
+    glob = {A: np.full((4, 3), 7.0, np.float32), B: np.full((5, 4), 7.0, np.float32), HEAD: np.zeros((2, 5))}
+    out = s.aggregate_states([c1, c2], [0.25, 0.75], glob)
+    np.testing.assert_allclose(out[A][0], 0.25 * c1[A][0] + 0.75 * c2[A][0], rtol=1e-6)  # both hold component 0
+    np.testing.assert_allclose(out[A][1], c2[A][1], rtol=1e-6)  # only client 2: its value, not 0.75x it
+    np.testing.assert_allclose(out[B][:, 1], c2[B][:, 1], rtol=1e-6)
+    np.testing.assert_array_equal(out[A][2:], 7.0)  # nobody trained components 2, 3: kept
+    np.testing.assert_array_equal(out[B][:, 2:], 7.0)
+    with pytest.raises(ConfigError, match="strategy.padding"):
+        HetLoRAConfig(padding="mean")
