@@ -25,6 +25,11 @@ def client_rank(identity: int, choices: Sequence[int], assignment: str, seed: in
     raise ValueError(f"rank assignment {assignment!r} is not supported here")
 
 
+BY_DEVICE_NEEDS_DEVICES = ("method.rank_assignment=by_device needs a device population (device=mix, rpi5, phone-mid, "
+                           "...; the ranks follow each client's device class): set device=..., or use "
+                           "method.rank_assignment=cycle|random")
+
+
 def device_ranks(choices: Sequence[int], speeds: dict[str, tuple[float, float]]) -> dict[str, int]:
     """``rank_assignment=by_device``: each device class's rank. Classes are ordered by their
     profile's compute, then memory (``speeds``: name -> (GFLOP/s, MiB)), and spread over the

@@ -214,9 +214,9 @@ def check_ranks(client: ClientConfig, server: ServerConfig) -> None:
         raise ConfigError(f"method.rank_choices needs a strategy that aggregates heterogeneous ranks: "
                           f"strategy={' | '.join(HETERO_RANK)} (got strategy={strategy.name})")
     if getattr(client.method, "rank_assignment", "cycle") == "by_device" and not client.device.active:
-        raise ConfigError("method.rank_assignment=by_device needs a device population (device=mix, rpi5, phone-mid, "
-                          "...; the ranks follow each client's device class): set device=..., or use "
-                          "method.rank_assignment=cycle|random")
+        from client.ranks import BY_DEVICE_NEEDS_DEVICES
+
+        raise ConfigError(BY_DEVICE_NEEDS_DEVICES)
 
 
 def check_trust(client: ClientConfig, server: ServerConfig) -> None:

@@ -47,7 +47,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg
 
 from client.config import ClientConfig
-from client.ranks import (BASE_DELTA, client_rank, is_a, is_b, module_of, prune_width, rank_of, ranks_by_identity,
+from client.ranks import (BASE_DELTA, BY_DEVICE_NEEDS_DEVICES, client_rank, is_a, is_b, module_of, prune_width, rank_of, ranks_by_identity,
                           truncated)
 from strategies import wire
 from strategies.runconfig import ConfigError, unflatten
@@ -120,9 +120,7 @@ class HetRankStrategy(FedAvg):
         self.by_device: np.ndarray | None = None  # rank_assignment=by_device: every identity's rank
         if self.assignment == "by_device":
             if client is None or not client.device.active:
-                raise ConfigError("method.rank_assignment=by_device needs a device population (device=mix, rpi5, "
-                                  "phone-mid, ...; the ranks follow each client's device class): set device=..., or "
-                                  "use method.rank_assignment=cycle|random")
+                raise ConfigError(BY_DEVICE_NEEDS_DEVICES)
             self.by_device, per_class = ranks_by_identity(self.choices, client.device.population, client.num_clients,
                                                           self.seed)
             log.info("ranks by device class: %s", ", ".join(f"{n} {r}" for n, r in per_class.items()))
