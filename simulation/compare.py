@@ -348,15 +348,17 @@ def to_target(rows: list[dict[str, Any]], target: float) -> dict[str, Any] | Non
 
 
 def run_stats(rows: list[dict[str, Any]], target: float | None = None) -> dict[str, Any]:
-    """Rounds, final/best accuracy, traffic, wall time and peak RSS of one run (training rounds
+    """Rounds, final/best accuracy (and the mean of the last three evaluations after training), traffic, wall time and peak RSS of one run (training rounds
     only for traffic, time and RSS; accuracies as in summary.json)."""
     trained = [r for r in rows if r["round"] >= 1]
     accs = [r["eval_accuracy"] for r in rows if isinstance(r.get("eval_accuracy"), (int, float))]
+    late = [r["eval_accuracy"] for r in trained if isinstance(r.get("eval_accuracy"), (int, float))]
     rss = [r["client_peak_rss_mb"] for r in trained if isinstance(r.get("client_peak_rss_mb"), (int, float))]
     stats = {
         "rounds": max(r["round"] for r in rows),
         "final_acc": accs[-1] if accs else None,
         "best_acc": max(accs) if accs else None,
+        "last3_acc": sum(late[-3:]) / len(late[-3:]) if late else None,  # steadier than one evaluation
         "bytes_up": sum(r.get("bytes_up") or 0 for r in trained),
         "bytes_down": sum(r.get("bytes_down") or 0 for r in trained),
         "wall_s": sum(r.get("wall_s") or 0 for r in trained),
@@ -388,7 +390,7 @@ def _acc(x: float | None) -> str:
 
 def _row_cells(s: dict[str, Any]) -> list[str]:
     return [
-        str(s["rounds"]), _acc(s["final_acc"]), _acc(s["best_acc"]), fmt_mib(s["bytes_up"]),
+        str(s["rounds"]), _acc(s["final_acc"]), _acc(s["best_acc"]), _acc(s["last3_acc"]), fmt_mib(s["bytes_up"]),
         fmt_mib(s["bytes_down"]), fmt_s(s["wall_s"]), "-" if s["peak_rss_mb"] is None else f"{s['peak_rss_mb']:.0f}",
     ]
 
@@ -405,7 +407,7 @@ def _target_name(target: float) -> str:
 
 # ---------------------------------------------------------------- output
 
-HEADERS = ["rnds", "final", "best", "MiB up", "MiB dn", "wall s", "RSS MB"]
+HEADERS = ["rnds", "final", "best", "last3", "MiB up", "MiB dn", "wall s", "RSS MB"]
 
 
 def print_tables(runs: list[Run], console: Console, title: str = "", target: float | None = None,
@@ -457,7 +459,7 @@ def print_tables(runs: list[Run], console: Console, title: str = "", target: flo
 
 
 def markdown_table(runs: list[Run], target: float | None = None) -> str:
-    cols = ["run", "rounds", "final acc", "best acc", "MiB up", "MiB down", "wall s", "peak RSS MB"]
+    cols = ["run", "rounds", "final acc", "best acc", "mean of last 3 evals", "MiB up", "MiB down", "wall s", "peak RSS MB"]
     if target is not None:
         t = _target_name(target)
         cols += [f"round to {t}", f"MiB up to {t}", f"wall s to {t}"]
@@ -472,7 +474,7 @@ def markdown_table(runs: list[Run], target: float | None = None) -> str:
 
 def write_csv(runs: list[Run], path: Path, differing: list[str], target: float | None = None) -> None:
     """One row per run, full column names and raw numbers (bytes, seconds)."""
-    cols = ["label", "run_dir", *differing, "rounds", "final_acc", "best_acc", "bytes_up", "bytes_down",
+    cols = ["label", "run_dir", *differing, "rounds", "final_acc", "best_acc", "last3_acc", "bytes_up", "bytes_down",
             "wall_s", "peak_rss_mb"]
     if target is not None:
         cols += ["target", "target_round", "target_bytes_up", "target_wall_s"]
@@ -482,7 +484,7 @@ def write_csv(runs: list[Run], path: Path, differing: list[str], target: float |
     for run in runs:
         s, cfg = run.stats, run.config or {}
         row = [run.label, str(run.path), *(fmt_value(cfg[k]) if k in cfg else "" for k in differing),
-               s["rounds"], s["final_acc"], s["best_acc"], s["bytes_up"], s["bytes_down"],
+               s["rounds"], s["final_acc"], s["best_acc"], s["last3_acc"], s["bytes_up"], s["bytes_down"],
                round(s["wall_s"], 3), s["peak_rss_mb"]]
         if target is not None:
             hit = s["hit"] or {}

@@ -143,8 +143,8 @@ def test_target_ignores_round_zero(tmp_path, capsys):
         "round": 2, "bytes_up": 2000, "wall_s": 5.0}  # wall from round 1, round 0's evaluation excluded
     main([str(a), str(b), "-o", str(tmp_path / "c.png"), "--target", "0.85", "--markdown"])
     out = capsys.readouterr().out
-    assert "| a | 2 | 0.4000 | 0.9000 | 0.00191 | 0.00381 | 2.0 | 102 | not reached | - | - |" in out
-    assert "| b | 3 | 0.9500 | 0.9500 | 0.00286 | 0.00572 | 9.0 | 103 | 2 | 0.00191 | 5.0 |" in out
+    assert "| a | 2 | 0.4000 | 0.9000 | 0.3500 | 0.00191 | 0.00381 | 2.0 | 102 | not reached | - | - |" in out
+    assert "| b | 3 | 0.9500 | 0.9500 | 0.7833 | 0.00286 | 0.00572 | 9.0 | 103 | 2 | 0.00191 | 5.0 |" in out
     stats = run_stats([row(0, 0.9, wall=50.0), row(1, 0.3)])
     assert stats["wall_s"] == 1.0 and stats["bytes_up"] == 1000  # the table's wall s: rounds >= 1 only
 
@@ -206,7 +206,7 @@ def test_table_readable_at_80_columns(tmp_path, long_labels):
     for r in runs:
         s = r.stats
         row_line = " ".join(str(x) for x in [s["rounds"], f"{s['final_acc']:.4f}", f"{s['best_acc']:.4f}",
-                                             "235", "471", "5556", "102"])
+                                             f"{s['last3_acc']:.4f}", "235", "471", "5556", "102"])
         assert re.search(r"\s+".join(map(re.escape, row_line.split())), text), row_line
     if long_labels:
         for i, r in enumerate(runs, 1):
@@ -223,7 +223,7 @@ def test_csv_has_full_columns(tmp_path, capsys):
     capsys.readouterr()
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["label", "run_dir", "partition.alpha", "strategy.name", "strategy.proximal_mu",
-                             "rounds", "final_acc", "best_acc", "bytes_up", "bytes_down", "wall_s", "peak_rss_mb",
+                             "rounds", "final_acc", "best_acc", "last3_acc", "bytes_up", "bytes_down", "wall_s", "peak_rss_mb",
                              "target", "target_round", "target_bytes_up", "target_wall_s"]
     assert [r["label"] for r in rows] == ["strategy=fedavg alpha=0.1", "strategy=fedavg alpha=1.0",
                                           "strategy=fedprox alpha=0.1", "strategy=fedprox alpha=1.0"]
