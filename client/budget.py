@@ -43,6 +43,35 @@ def budget_mb(node_config: dict[str, Any]) -> float | None:
     return None if raw in (None, "", 0) else float(raw)
 
 
+def node_option(cfg: Any, num_labels: int, budget: float | None, run_config: dict[str, Any]) -> tuple[int, int] | None:
+    """A deployed node's own (local steps, batch size) under ``assign=resource_aware``: the
+    first of the run's options (best first, as the simulator's devices choose) whose
+    estimate plus the margin fits ``budget`` MiB (no budget: the first); None when the run
+    is not ``resource_aware``. Raises :class:`OverBudget` (naming every option's
+    estimate) when none fits."""
+    from strategies.assign import AssignConfig
+    from strategies.runconfig import unflatten
+
+    assign = unflatten(AssignConfig, run_config, "assign.")
+    if assign.name != "resource_aware":
+        return None
+    options, tried = assign.options(cfg.local_steps, cfg.batch_size), []
+    if budget is None:
+        return options[0]
+    for steps, batch in options:
+        try:
+            est = check(cfg, num_labels, budget, batch, steps)
+        except OverBudget as err:
+            tried.append(f"{steps} steps x batch {batch}: {str(err).split(' + ')[0].removeprefix('estimated peak ')}")
+            continue
+        log.info("assign=resource_aware: %d local steps x batch %d (estimated peak %.0f MiB) within this device's "
+                 "budget of %.0f MiB", steps, batch, est.peak_mb, budget)
+        return steps, batch
+    raise OverBudget(f"assign=resource_aware: no option fits this device's memory budget of {budget:.0f} MiB "
+                     f"({MEMORY_KEY}) with the {MARGIN:.0%} margin; estimated peaks: {'; '.join(tried)}; add cheaper "
+                     "options (assign.batch_size=[...]), quant=nf4, or a smaller model.max_length")
+
+
 def check(cfg: Any, num_labels: int, budget: float, batch_size: int | None = None,
           local_steps: int | None = None) -> Any:
     """The estimate of one call of ``cfg`` (with the server's assigned batch size and local

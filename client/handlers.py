@@ -30,7 +30,7 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from client import memory
 from client.attacks import clipped_update, craft_reply, craft_update, flips_labels, is_attacker
 from client.batches import batch_iterator
-from client.budget import budget_mb, check
+from client.budget import budget_mb, check, node_option
 from client.config import ClientConfig
 from client.data_source import encoded_partition, label_names
 from client.flops import FlopCount
@@ -89,6 +89,26 @@ def client_state(context: Context, msg: Message) -> Iterator[RecordDict]:
         context.state[prefix + k] = record
 
 
+def _train_shape(cfg: ClientConfig, context: Context, round_cfg: dict[str, Any]) -> tuple[int, int]:
+    """(batch size, local steps) of one train call, checked against the device's memory
+    budget before the model loads: the server's assignment (simulated devices); else, on a
+    deployed node under ``assign=resource_aware``, the node's own choice
+    (:func:`client.budget.node_option`); else the run's own."""
+    if wire.ASSIGN_BATCH_SIZE in round_cfg or wire.ASSIGN_LOCAL_STEPS in round_cfg:
+        shape = (int(round_cfg.get(wire.ASSIGN_BATCH_SIZE, cfg.batch_size)),
+                 int(round_cfg.get(wire.ASSIGN_LOCAL_STEPS, cfg.local_steps)))
+    elif context.run_config.get("deployed"):
+        budget = budget_mb(context.node_config)
+        chosen = node_option(cfg, len(label_names(cfg)), budget, dict(context.run_config))
+        if chosen is not None:
+            return chosen[1], chosen[0]  # checked against the budget while choosing
+        shape = (cfg.batch_size, cfg.local_steps)
+    else:
+        shape = (cfg.batch_size, cfg.local_steps)
+    _within_budget(cfg, context, *shape)
+    return shape
+
+
 def _within_budget(cfg: ClientConfig, context: Context, batch_size: int | None = None,
                    local_steps: int | None = None) -> None:
     """On a device with a memory budget: the pre-flight estimate, before the model is loaded
@@ -102,7 +122,7 @@ def handle_query(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     op = msg.content[wire.CONFIG]["op"] if wire.CONFIG in msg.content.config_records else "hello"
     content = RecordDict()
     if op == "init":
-        _within_budget(cfg, context)
+        _train_shape(cfg, context, {})  # what this node would train fits its budget (or the error reply says why)
         rt = get_runtime(cfg, len(label_names(cfg)))
         content = state_content(rt.initial_state, get_codec("fp32"))
     content[wire.METRICS] = MetricRecord({wire.PARTITION_ID: _identity(context, msg)})
@@ -121,15 +141,14 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     t0 = time.perf_counter()
     memory.reset_peak()
     round_cfg = dict(msg.content[wire.CONFIG]) if wire.CONFIG in msg.content.config_records else {}
-    batch_size = int(round_cfg.get(wire.ASSIGN_BATCH_SIZE, cfg.batch_size))  # the server's assignment, if any
-    _within_budget(cfg, context, batch_size, int(round_cfg.get(wire.ASSIGN_LOCAL_STEPS, cfg.local_steps)))
+    batch_size, local_steps = _train_shape(cfg, context, round_cfg)
     rt = get_runtime(cfg, len(label_names(cfg)))
     kind = serving_kind(rt.method.kind, msg.content.config_records.get(wire.WIRE, {}).get(wire.KIND_KEY))
     ident = _identity(context, msg)
     attacking = is_attacker(cfg.attack, ident, cfg.num_clients, cfg.seed)
     data = encoded_partition(cfg, _partition_key(context, msg), rt.backbone.task, rt.backbone.tokenizer,
                              flips_labels(cfg.attack, attacking))
-    steps = cfg.method.steps(int(round_cfg.get(wire.ASSIGN_LOCAL_STEPS, cfg.local_steps)), len(data), batch_size)
+    steps = cfg.method.steps(local_steps, len(data), batch_size)
 
     def batches(rnd: int) -> Iterator[dict[str, torch.Tensor]]:  # per (seed, round, client): the same for every request
         return batch_iterator(data, batch_size, torch.Generator().manual_seed(_round_seed(cfg.seed, rnd, ident)))

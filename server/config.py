@@ -51,6 +51,10 @@ class ServerConfig:
         deadline); a client whose simulated time passes it is dropped, not aggregated.
     assign: which configuration each simulated device trains (``strategies/assign.py``):
         ``fixed`` or ``resource_aware`` over ``assign.local_steps`` / ``assign.batch_size``.
+    deployed: set by ``anther-deploy run``: the clients are real devices. With
+        ``assign=resource_aware`` each node then picks its own option, the first its
+        memory budget holds (:func:`client.budget.node_option`), as the simulator picks
+        for a simulated device.
     """
 
     strategy: StrategyConfig = field(default_factory=FedAvgConfig, metadata={"registry": "strategies.registry:STRATEGIES"})
@@ -78,6 +82,7 @@ class ServerConfig:
     keep_checkpoints: int = 3
     max_examples_per_client: int = 10**9
     pool: int = 0
+    deployed: bool = False
 
     def __post_init__(self) -> None:
         check(self.num_clients >= 1, "num_clients", "an integer >= 1", self.num_clients)
@@ -99,6 +104,7 @@ class ServerConfig:
               "a number of seconds > 0 (or null: no deadline)", self.round_deadline_s)
         check(self.round_deadline_s is None or self.device.active, "round_deadline_s",
               "null unless the run simulates devices (device=<profile>|mix|file)", self.round_deadline_s)
-        check(self.assign.name == "fixed" or self.device.active, "assign",
-              "fixed unless the run simulates devices (device=<profile>|mix|file|trace)", self.assign.name)
+        check(self.assign.name == "fixed" or self.device.active or self.deployed, "assign",
+              "fixed unless the run simulates devices (device=<profile>|mix|file|trace) or runs deployed "
+              "(anther-deploy run: each node picks the first option its memory budget holds)", self.assign.name)
         check(self.eval_every >= 0, "eval_every", "an integer >= 0 (0 = only after the last round)", self.eval_every)

@@ -50,14 +50,6 @@ def plan_assignment(sim: Any, run_dir: Path, num_labels: int, say=print) -> Any:
     server = sim.server
     if not server.device.active:
         return sim
-    from client.methods import METHODS
-    from strategies import wire
-
-    kind = METHODS[sim.client.method.name].kind
-    if server.assign.name == "resource_aware" and kind != wire.KIND_DELTA:
-        raise ConfigError(f"assign=resource_aware gives each client its local steps and batch size, which only "
-                          f"delta methods take per client; method={sim.client.method.name} sends {kind} updates: "
-                          "use assign=fixed")
     recorded = recorded_plan(run_dir, server.resume)
     if recorded is not None:
         assign = dataclasses.replace(server.assign, **recorded, quantized=sim.client.quant.mode != "none",

@@ -21,6 +21,7 @@ from client.config import ClientConfig, DataConfig
 from server.config import ServerConfig
 from simulation.checks import check_run
 from simulation.devices import resolve as resolve_devices
+from strategies import wire
 from strategies.runconfig import ConfigError, build, check, check_choice, flatten
 
 TOP_LEVEL_KEYS = (
@@ -108,10 +109,10 @@ def _absolute_data_path(data: DataConfig) -> DataConfig:
     return dataclasses.replace(data, path=str(Path(data.path).expanduser().resolve()))
 
 
-def build_sim_config(cfg: DictConfig, run_dir: Path, group: str = "") -> SimConfig:
+def build_sim_config(cfg: DictConfig, run_dir: Path, group: str = "", deployed: bool = False) -> SimConfig:
     """Validate the composed config and what it points at (data, model, run directory;
     :mod:`simulation.checks`) without heavy imports; raise one ConfigError listing every
-    problem."""
+    problem. ``deployed``: for ``anther-deploy run`` (``ServerConfig.deployed``)."""
     errors: list[str] = []
     raw = raw_values(cfg)
     unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS) - {"experiment"})
@@ -126,7 +127,8 @@ def build_sim_config(cfg: DictConfig, run_dir: Path, group: str = "") -> SimConf
         raw.pop("device", None)
     client = build(ClientConfig, {k: raw[k] for k in CLIENT_KEYS if k in raw}, errors=errors)
     server_raw = {k: raw[k] for k in SERVER_KEYS if k in raw}
-    server = build(ServerConfig, {**server_raw, "run_dir": str(run_dir.resolve()), "logger_group": group}, errors=errors)
+    server = build(ServerConfig, {**server_raw, "run_dir": str(run_dir.resolve()), "logger_group": group,
+                                  "deployed": deployed}, errors=errors)
     resources = build(Resources, raw.get("resources", {}), "resources.", errors=errors)
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(dict.fromkeys(errors)))
@@ -150,4 +152,8 @@ def check_kinds(client: ClientConfig, server: ServerConfig) -> None:
             f"strategies for {method.kind}: {' | '.join(STRATEGIES.names(method.kind)) or '(none)'}; "
             f"methods for {kind}: {' | '.join(METHODS.names(kind)) or '(none)'}"
         )
+    if server.assign.name == "resource_aware" and method.kind != wire.KIND_DELTA:
+        raise ConfigError(f"assign=resource_aware gives each client its local steps and batch size, which only "
+                          f"delta methods take per client; method={method.name} sends {method.kind} updates: "
+                          "use assign=fixed")
     check_target(server.strategy)

@@ -228,7 +228,7 @@ def _run_overrides(lay: Layout, overrides: list[str], run_dir: Path) -> dict:
     nodes = lay.read_meta()["nodes"]
     given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     cfg, _ = composed(overrides)
-    sim = build_sim_config(cfg, run_dir)
+    sim = build_sim_config(cfg, run_dir, deployed=True)
     flat = sim.run_config()
     if "num_clients" not in given:
         flat["num_clients"] = nodes

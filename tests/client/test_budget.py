@@ -68,3 +68,27 @@ def test_the_servers_assigned_batch_counts():
 def test_no_budget_no_estimate(monkeypatch):
     monkeypatch.setattr(budget, "check", lambda *a, **k: pytest.fail("estimated without a budget"))
     handlers._within_budget(_cfg(), _ctx(None))
+
+
+def _resource_aware(batches: str, **extra) -> dict:
+    return {"assign.name": "resource_aware", "assign.batch_size": batches, "deployed": True, **extra}
+
+
+def test_a_deployed_node_takes_the_first_option_its_budget_holds():
+    small = budget.check(_cfg(), 4, 10_000, batch_size=2, local_steps=1)
+    large = budget.check(_cfg(), 4, 10_000, batch_size=512, local_steps=1)
+    assert large.peak_mb > small.peak_mb * (1 + budget.MARGIN)  # a budget between them holds only batch 2
+    mb = small.peak_mb * (1 + budget.MARGIN) + 1
+    run = _resource_aware("[512, 2]")
+    assert budget.node_option(_cfg(), 4, mb, run) == (1, 2)
+    assert budget.node_option(_cfg(), 4, None, run) == (1, 512)  # no budget: the best option
+    assert budget.node_option(_cfg(), 4, mb, {"assign.name": "fixed"}) is None
+    with pytest.raises(budget.OverBudget, match=r"no option fits .* budget of 100 MiB.*1 steps x batch 512: \d+ MiB"):
+        budget.node_option(_cfg(), 4, 100, run)
+    ctx = Context(run_id=1, node_id=1, node_config={wire.PARTITION_ID: 0, budget.MEMORY_KEY: mb}, state=RecordDict(),
+                  run_config=run)
+    assert handlers._train_shape(_cfg(), ctx, {}) == (2, 1)  # (batch size, local steps)
+    assert handlers._train_shape(_cfg(), ctx, {wire.ASSIGN_BATCH_SIZE: 1, wire.ASSIGN_LOCAL_STEPS: 3}) == (1, 3)
+    simulated = Context(run_id=1, node_id=1, node_config=ctx.node_config, state=RecordDict(),
+                        run_config={**run, "deployed": False})
+    assert handlers._train_shape(_cfg(), simulated, {}) == (4, 1)  # the run's own (the server assigns in simulation)

@@ -125,3 +125,17 @@ def test_a_population_that_holds_no_option_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no device class can hold any configured option"):
         simulation.run([*TINY, "num_clients=4", "clients_per_round=2", "rounds=1", "device=rpi5",
                         "++device.profiles.rpi5.memory_mb=10", f"hydra.run.dir={tmp_path}"])
+
+
+def test_a_deployed_run_may_let_each_node_pick_its_option(tmp_path):
+    cfg = compose_config(["assign=resource_aware", "assign.batch_size=[16,8,4]"])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    sim = build_sim_config(cfg, tmp_path, deployed=True)  # what `anther-deploy run` validates
+    assert sim.server.deployed and sim.run_config()["deployed"] is True
+    assert not sim.server.device.active and sim.server.assign.batch_size == (16, 8, 4)
+    seeds = compose_config(["assign=resource_aware", "method=zo_seed", "strategy=fedkseed"])
+    with open_dict(seeds):
+        del seeds["hydra"]
+    with pytest.raises(ConfigError, match="only delta methods take per client"):
+        build_sim_config(seeds, tmp_path, deployed=True)
