@@ -111,7 +111,8 @@ def test_run_overrides_are_anther_sims_and_only_changed_keys_are_sent(fed):
     changed = steps._run_overrides(fed, ["model=tiny-bert", "strategy=fedkseed", "method=zo_seed", "rounds=2"],
                                    fed.run_dir("r"))
     assert changed == {"model.name": "tiny-bert", "strategy.name": "fedkseed", "method.name": "zo_seed",
-                       "rounds": 2, "num_clients": 2, "clients_per_round": 2, "run_dir": str(fed.run_dir("r"))}
+                       "rounds": 2, "num_clients": 2, "clients_per_round": 2, "run_dir": str(fed.run_dir("r")),
+                       "deployed": True}
     with pytest.raises(ConfigError, match="no_such_key"):
         steps._run_overrides(fed, ["no_such_key=1"], fed.run_dir("r"))
 
