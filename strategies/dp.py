@@ -33,6 +33,7 @@ instead, kept only in the server's checkpoint (deployments).
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections import Counter
 from collections.abc import Iterable
@@ -130,6 +131,13 @@ def clip_update(update: dict[str, np.ndarray], clip: float) -> tuple[dict[str, n
     return {k: v * scale for k, v in update.items()}, norm
 
 
+def noise_to_signal(sigma: float, parameters: int, per_round: int) -> float:
+    """Norm of the Gaussian noise on a round's mean update, in units of ``dp.clip``
+    (``sigma * clip * sqrt(parameters) / per_round``): the signal, the mean of clipped
+    updates, is at most 1 in those units, so a ratio far above 1 drowns it."""
+    return sigma * math.sqrt(parameters) / per_round
+
+
 class DPStrategy:
     """A delta strategy (``inner``) that receives the clipped, noised mean of the round's
     updates; every other attribute is the inner strategy's."""
@@ -155,7 +163,14 @@ class DPStrategy:
         if server_round != self._round:
             self._round, self._asked = server_round, set()
         self._asked.update(grid.get_node_ids())
+        first = not self._global
         self._global = {k: a.numpy() for k, a in arrays.items()}
+        if first:
+            ratio = noise_to_signal(self.sigma, sum(v.size for v in self._global.values()), self.per_round)
+            log.info("dp: the noise added to a round's mean update has norm ~%.3g x dp.clip, its signal at most "
+                     "1 x dp.clip (sigma x sqrt(parameters) / clients_per_round)%s", ratio,
+                     "; expect little or no learning: more clients per round, from a larger population, lower it"
+                     if ratio > 1 else "")
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def check_clipped(self, update_norm: float) -> str | None:

@@ -118,3 +118,10 @@ def test_seed_updates_are_clipped_per_client_and_noised_over_the_whole_pool():
     again = SeedPrivacy(DPConfig(name="server"), 2.0, 100, 4, key=0)
     again.load_state_dict(noisy.state_dict())
     assert again.samples == [4]
+
+
+def test_noise_to_signal_is_the_noise_norm_in_clip_units():
+    from strategies.dp import noise_to_signal
+
+    assert noise_to_signal(1.0, 10_000, 10) == pytest.approx(10.0)
+    assert noise_to_signal(0.95, 75_268, 10) == pytest.approx(26.06, abs=0.01)  # AG News LoRA, epsilon 8
