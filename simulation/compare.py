@@ -39,7 +39,8 @@ _MEANINGLESS_LEAVES = {
     "run_dir", "output_dir", "out_dir", "log_dir", "logdir", "save_dir", "dir",
     "timestamp", "time", "date", "started", "start_time", "run_name", "run_id", "job_id", "job_num",
 }
-_NOT_COMPARED = {"hydra", "logger"}  # Hydra's own settings; experiment trackers never change results
+# Hydra's own settings; experiment trackers, resuming and where checkpoints go never change results
+_NOT_COMPARED = {"hydra", "logger", "resume", "keep_checkpoints"}
 _CLOCKLIKE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{2}[-:]\d{2}[-:]\d{2}")
 _GROUP_IDENTITY = ("name", "mode", "source")  # the leaf that names a config group's choice
 
