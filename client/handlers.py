@@ -90,22 +90,22 @@ def client_state(context: Context, msg: Message) -> Iterator[RecordDict]:
 
 
 def _train_shape(cfg: ClientConfig, context: Context, round_cfg: dict[str, Any]) -> tuple[int, int]:
-    """(batch size, local steps) of one train call, checked against the device's memory
+    """(local steps, batch size) of one train call, checked against the device's memory
     budget before the model loads: the server's assignment (simulated devices); else, on a
     deployed node under ``assign=resource_aware``, the node's own choice
     (:func:`client.budget.node_option`); else the run's own."""
     if wire.ASSIGN_BATCH_SIZE in round_cfg or wire.ASSIGN_LOCAL_STEPS in round_cfg:
-        shape = (int(round_cfg.get(wire.ASSIGN_BATCH_SIZE, cfg.batch_size)),
-                 int(round_cfg.get(wire.ASSIGN_LOCAL_STEPS, cfg.local_steps)))
+        shape = (int(round_cfg.get(wire.ASSIGN_LOCAL_STEPS, cfg.local_steps)),
+                 int(round_cfg.get(wire.ASSIGN_BATCH_SIZE, cfg.batch_size)))
     elif context.run_config.get("deployed"):
         budget = budget_mb(context.node_config)
         chosen = node_option(cfg, len(label_names(cfg)), budget, dict(context.run_config))
         if chosen is not None:
-            return chosen[1], chosen[0]  # checked against the budget while choosing
-        shape = (cfg.batch_size, cfg.local_steps)
+            return chosen  # checked against the budget while choosing
+        shape = (cfg.local_steps, cfg.batch_size)
     else:
-        shape = (cfg.batch_size, cfg.local_steps)
-    _within_budget(cfg, context, *shape)
+        shape = (cfg.local_steps, cfg.batch_size)
+    _within_budget(cfg, context, batch_size=shape[1], local_steps=shape[0])
     return shape
 
 
@@ -141,7 +141,7 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     t0 = time.perf_counter()
     memory.reset_peak()
     round_cfg = dict(msg.content[wire.CONFIG]) if wire.CONFIG in msg.content.config_records else {}
-    batch_size, local_steps = _train_shape(cfg, context, round_cfg)
+    local_steps, batch_size = _train_shape(cfg, context, round_cfg)
     rt = get_runtime(cfg, len(label_names(cfg)))
     kind = serving_kind(rt.method.kind, msg.content.config_records.get(wire.WIRE, {}).get(wire.KIND_KEY))
     ident = _identity(context, msg)

@@ -87,8 +87,8 @@ def test_a_deployed_node_takes_the_first_option_its_budget_holds():
         budget.node_option(_cfg(), 4, 100, run)
     ctx = Context(run_id=1, node_id=1, node_config={wire.PARTITION_ID: 0, budget.MEMORY_KEY: mb}, state=RecordDict(),
                   run_config=run)
-    assert handlers._train_shape(_cfg(), ctx, {}) == (2, 1)  # (batch size, local steps)
-    assert handlers._train_shape(_cfg(), ctx, {wire.ASSIGN_BATCH_SIZE: 1, wire.ASSIGN_LOCAL_STEPS: 3}) == (1, 3)
+    assert handlers._train_shape(_cfg(), ctx, {}) == (1, 2)  # (local steps, batch size)
+    assert handlers._train_shape(_cfg(), ctx, {wire.ASSIGN_BATCH_SIZE: 1, wire.ASSIGN_LOCAL_STEPS: 3}) == (3, 1)
     simulated = Context(run_id=1, node_id=1, node_config=ctx.node_config, state=RecordDict(),
                         run_config={**run, "deployed": False})
-    assert handlers._train_shape(_cfg(), simulated, {}) == (4, 1)  # the run's own (the server assigns in simulation)
+    assert handlers._train_shape(_cfg(), simulated, {}) == (1, 4)  # the run's own (the server assigns in simulation)
