@@ -47,12 +47,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg
 
 from client.config import ClientConfig
-from client.ranks import (BASE_DELTA, BY_DEVICE_NEEDS_DEVICES, client_rank, is_a, is_b, module_of, prune_width, rank_of, ranks_by_identity,
-                          truncated)
+from client.ranks import (BASE_DELTA, BY_DEVICE_NEEDS_DEVICES, client_rank, is_a, is_b, module_of, prune_width,
+                          rank_of, ranks_by_identity, truncated)
 from strategies import wire
 from strategies.runconfig import ConfigError, unflatten
 
 log = logging.getLogger("anther.server")
+
 
 def lora_pairs(state: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
     """Adapted module -> (its A tensor's name, its B tensor's name)."""
