@@ -43,6 +43,15 @@ def budget_mb(node_config: dict[str, Any]) -> float | None:
     return None if raw in (None, "", 0) else float(raw)
 
 
+def call_estimate(cfg: Any, num_labels: int, batch_size: int | None = None, local_steps: int | None = None) -> Any:
+    """The (cached) pre-flight estimate of one call of ``cfg`` with this batch size and
+    number of local steps (None: the config's)."""
+    from strategies.runconfig import flatten
+
+    cfg = dataclasses.replace(cfg, batch_size=batch_size or cfg.batch_size, local_steps=local_steps or cfg.local_steps)
+    return _estimate(json.dumps(flatten(cfg), sort_keys=True, default=str), num_labels)
+
+
 def node_option(cfg: Any, num_labels: int, budget: float | None, run_config: dict[str, Any]) -> tuple[int, int] | None:
     """A deployed node's own (local steps, batch size) under ``assign=resource_aware``: the
     first of the run's options (best first, as the simulator's devices choose) whose
@@ -59,10 +68,9 @@ def node_option(cfg: Any, num_labels: int, budget: float | None, run_config: dic
     if budget is None:
         return options[0]
     for steps, batch in options:
-        try:
-            est = check(cfg, num_labels, budget, batch, steps)
-        except OverBudget as err:
-            tried.append(f"{steps} steps x batch {batch}: {str(err).split(' + ')[0].removeprefix('estimated peak ')}")
+        est = call_estimate(cfg, num_labels, batch, steps)
+        if est.peak_mb * (1 + MARGIN) > budget:
+            tried.append(f"{steps} steps x batch {batch}: {est.peak_mb:.0f} MiB")
             continue
         log.info("assign=resource_aware: %d local steps x batch %d (estimated peak %.0f MiB) within this device's "
                  "budget of %.0f MiB", steps, batch, est.peak_mb, budget)
@@ -77,10 +85,7 @@ def check(cfg: Any, num_labels: int, budget: float, batch_size: int | None = Non
     """The estimate of one call of ``cfg`` (with the server's assigned batch size and local
     steps, if any); raises :class:`OverBudget` when its peak plus the margin exceeds
     ``budget`` MiB."""
-    from strategies.runconfig import flatten
-
-    cfg = dataclasses.replace(cfg, batch_size=batch_size or cfg.batch_size, local_steps=local_steps or cfg.local_steps)
-    est = _estimate(json.dumps(flatten(cfg), sort_keys=True, default=str), num_labels)
+    est = call_estimate(cfg, num_labels, batch_size, local_steps)
     if est.peak_mb * (1 + MARGIN) > budget:
         raise OverBudget(
             f"estimated peak {est.peak_mb:.0f} MiB + {MARGIN:.0%} margin (runtime {est.runtime_mb:.0f} + weights {est.weights_mb:.0f} + "

@@ -97,13 +97,11 @@ def _train_shape(cfg: ClientConfig, context: Context, round_cfg: dict[str, Any])
     if wire.ASSIGN_BATCH_SIZE in round_cfg or wire.ASSIGN_LOCAL_STEPS in round_cfg:
         shape = (int(round_cfg.get(wire.ASSIGN_LOCAL_STEPS, cfg.local_steps)),
                  int(round_cfg.get(wire.ASSIGN_BATCH_SIZE, cfg.batch_size)))
-    elif context.run_config.get("deployed"):
-        budget = budget_mb(context.node_config)
-        chosen = node_option(cfg, len(label_names(cfg)), budget, dict(context.run_config))
+    else:
+        chosen = (node_option(cfg, len(label_names(cfg)), budget_mb(context.node_config), dict(context.run_config))
+                  if context.run_config.get("deployed") else None)
         if chosen is not None:
             return chosen  # checked against the budget while choosing
-        shape = (cfg.local_steps, cfg.batch_size)
-    else:
         shape = (cfg.local_steps, cfg.batch_size)
     _within_budget(cfg, context, batch_size=shape[1], local_steps=shape[0])
     return shape
