@@ -40,7 +40,7 @@ from strategies.assign import Assigner
 from strategies.codecs import get_codec
 from strategies.kinds import RoundExchange, get_kind
 from strategies.kinds.delta import decode_state
-from strategies.transport_packing import is_packed, pack, unpack
+from strategies.transport_packing import is_packed, pack_messages, unpack
 from strategies.registry import update_kind
 from strategies.state import get_strategy_state, set_strategy_state
 
@@ -96,7 +96,7 @@ def with_config(msg: Message, extra: dict[str, Any]) -> None:
     msg.content = content
 
 
-MAX_POLL_S = 0.1  # the longest wait between two pulls for replies
+MAX_POLL_S = 0.05  # the longest wait between two pulls for replies
 
 
 def is_deployment_grid(grid: Any) -> bool:
@@ -112,24 +112,23 @@ def send_and_receive(grid: Any, messages: list[Message], timeout: float,
     Flower's own ``Grid.send_and_receive`` sleeps a fixed interval between pulls: 0.1 s
     in simulation and 3 s over the deployment's HTTP ServerAppIo API, which split
     training's many round trips per round pay each time. This polls after 5 ms, backing
-    off by 1.5x up to 0.1 s while nothing arrives (and back to 5 ms when something does),
+    off by 1.5x up to 0.05 s while nothing arrives (and back to 5 ms when something does),
     so no reply waits longer than Flower's simulation would let it.
     A reply that answers none of the pending messages, a second reply to one, or one
     from a node other than the one asked is not returned: with ``strays`` given, it goes
     there with the reason. A grid without ``push_messages`` (a test double) answers
-    through its own ``send_and_receive``. On the deployment's Grid, messages travel with
-    each array record packed into one array (:mod:`strategies.transport_packing`): the
-    callers see, and count, the unpacked payloads.
+    through its own ``send_and_receive``. On the deployment's Grid, messages travel packed
+    (:mod:`strategies.transport_packing`: few objects, few requests per hop): the callers
+    see, and count, the unpacked payloads.
     """
     if not hasattr(grid, "push_messages"):
         return list(grid.send_and_receive(messages, timeout=timeout))
     packing = is_deployment_grid(grid)
     if packing:
-        cache: dict = {}
         originals = [m.content if m.has_content() else None for m in messages]
-        for m, content in zip(messages, originals):
-            if content is not None:
-                m.content = pack(content, cache)
+        with_content = [(m, c) for m, c in zip(messages, originals) if c is not None]
+        for (m, _), packed in zip(with_content, pack_messages([c for _, c in with_content])):
+            m.content = packed
     pending = set(grid.push_messages(messages))
     sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
     if packing:

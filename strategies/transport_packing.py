@@ -12,20 +12,33 @@ simulation. The server packs only on the deployment's Grid; the ClientApp's
 :func:`packing_mod` unpacks what arrives packed and packs its reply then, so a simulated or
 an unpacked request is answered exactly as before. Flower only: imported by the ClientApp
 front.
+
+A content travels as one array where nothing is lost by it (:func:`pack_whole`): its
+array records' bytes and its config and metric records (Flower's own serialization of
+each) back to back after a JSON header, so a message is 5 objects (message, record dict,
+record, array, chunk) on each hop instead of 8 or more. Replies always do; of the
+server's messages (:func:`pack_messages`), those that share their whole content (Flower's
+FedAvg gives every client the same one) pack to the same array, which the SuperLink
+stores once; a message that shares only an array record with others (its own config
+beside the common global state) keeps its records apart, so that record is still pushed
+and stored once.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 PREFIX = "anther.packed."  # config record key prefix; the packed array record keeps its own name
 STYPE = "anther.packed"
+WHOLE = "anther.whole"  # the one array record (and its array's stype) of a content packed whole
+HEADER_BYTES = 8  # big-endian length of the JSON header that starts a whole-packed blob
 
 
 def is_packed(content: RecordDict) -> bool:
-    return any(k.startswith(PREFIX) for k in content.config_records)
+    return WHOLE in content.array_records or any(k.startswith(PREFIX) for k in content.config_records)
 
 
 def _pack_record(record: ArrayRecord) -> tuple[ArrayRecord, ConfigRecord]:
@@ -69,8 +82,74 @@ def pack(content: RecordDict, cache: dict[int, tuple[ArrayRecord, ConfigRecord]]
     return RecordDict(items)
 
 
+def pack_whole(content: RecordDict) -> RecordDict:
+    """``content`` as one array: a JSON header (each record's key, kind and size; each
+    array's name, dtype, storage type, shape and size) then the records' bytes."""
+    header, parts = [], []
+    for key, value in content.items():
+        if isinstance(value, ArrayRecord):
+            arrays = [[name, a.dtype, a.stype, list(a.shape), len(a.data)] for name, a in value.items()]
+            header.append({"key": key, "kind": "array", "arrays": arrays})
+            parts += [a.data for a in value.values()]
+        else:
+            data = value.deflate()
+            header.append({"key": key, "kind": "config" if isinstance(value, ConfigRecord) else "metric",
+                           "size": len(data)})
+            parts.append(data)
+    head = json.dumps(header).encode()
+    blob = b"".join([len(head).to_bytes(HEADER_BYTES, "big"), head, *parts])
+    return RecordDict({WHOLE: ArrayRecord({"packed": Array(dtype="uint8", shape=(len(blob),), stype=WHOLE, data=blob)})})
+
+
+def pack_messages(contents: list[RecordDict]) -> list[RecordDict]:
+    """The server's contents of one push, packed: whole where no array record is shared
+    with a different content, record by record (shared packing) where one is."""
+    owners: dict[int, set[int]] = {}
+    for content in contents:
+        for record in content.array_records.values():
+            owners.setdefault(id(record), set()).add(id(content))
+    cache: dict = {}
+    wholes: dict[int, RecordDict] = {}
+    out = []
+    for content in contents:
+        if any(len(owners[id(r)]) > 1 for r in content.array_records.values()):
+            out.append(pack(content, cache))
+        else:
+            out.append(wholes.get(id(content)) or wholes.setdefault(id(content), pack_whole(content)))
+    return out
+
+
+def _unpack_whole(record: ArrayRecord) -> RecordDict:
+    blob = record["packed"].data
+    size = int.from_bytes(blob[:HEADER_BYTES], "big")
+    at = HEADER_BYTES + size
+    if at > len(blob):
+        raise ValueError(f"whole-packed content: a {size}-byte header in {len(blob)} bytes")
+    items = {}
+    for entry in json.loads(blob[HEADER_BYTES:at]):
+        if entry["kind"] == "array":
+            arrays = {}
+            for name, dtype, stype, shape, n in entry["arrays"]:
+                arrays[name] = Array(dtype=dtype, shape=tuple(shape), stype=stype, data=blob[at:at + n])
+                at += n
+            items[entry["key"]] = ArrayRecord(arrays)
+        else:
+            kind = {"config": ConfigRecord, "metric": MetricRecord}[entry["kind"]]
+            try:
+                items[entry["key"]] = kind.inflate(blob[at:at + entry["size"]])
+            except Exception as err:  # protobuf's DecodeError, Flower's head checks
+                raise ValueError(f"whole-packed content: record {entry['key']!r}: {type(err).__name__}: {err}") from err
+            at += entry["size"]
+    if at != len(blob):
+        raise ValueError(f"whole-packed content: {len(blob)} bytes, its header names {at}")
+    return RecordDict(items)
+
+
 def unpack(content: RecordDict) -> RecordDict:
-    """``content`` with its packed array records restored (a new RecordDict)."""
+    """``content`` with its packed array records restored (a new RecordDict); a content
+    packed whole (:func:`pack_whole`) is restored record by record."""
+    if WHOLE in content.array_records:
+        return _unpack_whole(content.array_records[WHOLE])
     layouts = {k[len(PREFIX):]: v for k, v in content.config_records.items() if k.startswith(PREFIX)}
     items = {}
     for key, value in content.items():
@@ -81,11 +160,11 @@ def unpack(content: RecordDict) -> RecordDict:
 
 
 def packing_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-    """ClientApp mod: a packed request is unpacked for the handler, and its reply packed."""
+    """ClientApp mod: a packed request is unpacked for the handler, and its reply packed whole."""
     if not msg.has_content() or not is_packed(msg.content):
         return call_next(msg, context)
     msg.content = unpack(msg.content)
     reply = call_next(msg, context)
     if reply.has_content():
-        reply.content = pack(reply.content)
+        reply.content = pack_whole(reply.content)
     return reply

@@ -25,8 +25,7 @@ class RoundExchange:
     failures: clients the kind dropped outside screening; the loop counts them.
     norms: ``id(reply) -> update norm`` of the replies a kind accepted (the loop bounds
     them against the round's median, :mod:`server.screening`). downlinks: ``node id ->``
-    the state a kind sent that node, as the node decoded it, when it differs from
-    ``global_state``; reference: the same for a downlink shared by all.
+    the exact state a kind sent that node, when it differs from ``global_state``.
     """
 
     round: int
@@ -38,11 +37,11 @@ class RoundExchange:
     failures: int = 0  # clients dropped outside screening (e.g. a failed server-side split step)
     norms: dict[int, float] = field(default_factory=dict)
     downlinks: dict[int, Mapping[str, np.ndarray]] = field(default_factory=dict)
-    reference: Mapping[str, np.ndarray] | None = None  # the shared downlink as clients decode it (lossy codecs)
 
     def sent(self, node: int) -> Mapping[str, np.ndarray]:
-        """The state ``node`` trained from, as it decoded it."""
-        return self.downlinks.get(node, self.reference if self.reference is not None else self.global_state)
+        """The exact state ``node`` was sent, which its update is applied to (a lossy
+        codec's rounding of the downlink stays on the client: :mod:`strategies.compress`)."""
+        return self.downlinks.get(node, self.global_state)
 
     @cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:

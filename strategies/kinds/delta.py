@@ -92,11 +92,6 @@ def check_reply(
     return decoded, None
 
 
-def _as_sent(content: RecordDict, codec: Codec) -> dict[str, np.ndarray]:
-    """A downlink's state as its clients decode it (a lossy codec's rounding included)."""
-    return {k: v.numpy() for k, v in codec.decode(content[wire.ARRAYS]).items()}
-
-
 class DeltaKind(UpdateKind):
     """PEFT deltas (LoRA, ...): paired with Flower's delta strategies."""
 
@@ -110,15 +105,11 @@ class DeltaKind(UpdateKind):
             raise RuntimeError(f"{type(ex.strategy).__name__}.client_state: its configure_train must give every "
                                "message its own content (Flower's FedAvg shares one)")
         shared = None if personal else _content(ex.global_state, ex.codec)
-        if shared is not None and ex.codec.relative:
-            ex.reference = _as_sent(shared, ex.codec)
         for msg in messages:
             if shared is None:
                 node = msg.metadata.dst_node_id
                 ex.downlinks[node] = personal(ex.global_state, node)
             content = shared or _content(ex.downlinks[node], ex.codec)
-            if shared is None and ex.codec.relative:
-                ex.downlinks[node] = _as_sent(content, ex.codec)
             msg.content[wire.ARRAYS] = content[wire.ARRAYS]
             msg.content[wire.WIRE] = content[wire.WIRE]
 

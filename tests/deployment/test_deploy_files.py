@@ -134,10 +134,16 @@ def test_a_device_profile_gives_the_memory_budget(tmp_path):
         device_memory_mb("toaster", CONFIG_DIR)
 
 
-def test_a_node_polls_fast_after_a_message_then_backs_off_to_its_interval():
-    from simulation.deploy.supernode_main import PollWaits
+def test_a_node_polls_fast_for_a_while_after_a_message_or_reply_then_backs_off_to_its_interval():
+    from simulation.deploy.supernode_main import HOT_POLL_S, HOT_WINDOW_S, PollWaits, _noting_replies
 
-    waits = PollWaits(0.25)
+    now = [0.0]
+    waits = PollWaits(0.25, clock=lambda: now[0])
     assert [waits.empty_pull() for _ in range(2)] == [0.25, 0.25]  # idle from the start
     waits.had_message()
-    assert [waits.empty_pull() for _ in range(6)] == [0.02, 0.04, 0.08, 0.16, 0.25, 0.25]
+    assert [waits.empty_pull() for _ in range(3)] == [HOT_POLL_S] * 3  # the window: the next message is near
+    now[0] += HOT_WINDOW_S
+    assert [waits.empty_pull() for _ in range(4)] == [0.05, 0.1, 0.2, 0.25]  # then back off to the interval
+    push = _noting_replies(lambda: None, waits)  # Flower's _push_messages, once the reply is sent
+    push()
+    assert waits.empty_pull() == HOT_POLL_S

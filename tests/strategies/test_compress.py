@@ -124,3 +124,26 @@ def test_a_relative_reply_needs_the_downlink():
 def test_bad_codec_settings(make, match):
     with pytest.raises(ConfigError, match=match):
         make()
+
+
+@pytest.mark.parametrize("cfg", [Int8Config(), NF4Config()])
+def test_the_server_applies_an_update_to_the_exact_state_it_sent_not_to_the_rounded_downlink(cfg):
+    from strategies.kinds import RoundExchange
+    from strategies.kinds.delta import DeltaKind
+
+    codec = get_codec(cfg)
+    exact = {k: v.numpy() for k, v in STATE.items()}
+    ex = RoundExchange(1, object(), None, exact, codec)
+    msg = Message(RecordDict({wire.CONFIG: ConfigRecord({})}), dst_node_id=1, message_type="train")
+    DeltaKind().complete_downlink(ex, [msg])
+    sent = codec.decode(msg.content[wire.ARRAYS])  # the client trains from the rounded state
+    trained = _update(sent)
+    record, _ = codec.encode_update(trained, sent)
+    content = RecordDict({wire.ARRAYS: record, wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 5}),
+                          wire.WIRE: ConfigRecord({wire.CODEC_KEY: cfg.name})})
+    decoded, reason = check_reply(Message(content, reply_to=msg), SHAPES, run_codec=codec, reference=ex.sent(1))
+    assert reason is None and ex.sent(1) is exact
+    for k in STATE:
+        d = trained[k] - sent[k]
+        err = decoded[k] - (STATE[k] + d)  # only the uplink's own rounding, none of the downlink's
+        assert bool((err.abs() <= _block_bound(d, cfg.blocksize, HALF_GAP[cfg.name]) + 1e-6).all()), k

@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.superlink.grid.http_grid import HttpGrid
 
 from server.loop import payload_bytes
-from strategies.transport_packing import PREFIX, is_packed, pack, packing_mod, unpack
+from strategies.transport_packing import PREFIX, WHOLE, is_packed, pack, pack_messages, pack_whole, packing_mod, unpack
 
 
 def _content() -> RecordDict:
@@ -54,6 +54,41 @@ def test_a_garbled_layout_is_an_error():
         unpack(packed)
 
 
+def test_a_content_packed_whole_is_one_array_and_comes_back_exactly():
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    content = _content()
+    whole = pack_whole(content)
+    assert is_packed(whole) and list(whole.keys()) == [WHOLE] and len(whole[WHOLE]) == 1
+    assert len(get_all_nested_objects(whole)) < len(get_all_nested_objects(pack(content)))  # fewer requests per hop
+    back = unpack(whole)
+    _same(content, back)
+    assert dict(back["config"]) == dict(content["config"]) and dict(back["metrics"]) == dict(content["metrics"])
+
+
+@pytest.mark.parametrize("cut", [3, 40, -5])
+def test_a_truncated_or_garbled_whole_blob_is_an_error(cut):
+    whole = pack_whole(_content())
+    data = whole[WHOLE]["packed"].data
+    garbled = data[:cut] if cut > 0 else data[:8] + b"{not json" + data[17:]
+    whole[WHOLE] = ArrayRecord({"packed": Array(dtype="uint8", shape=(len(garbled),), stype=WHOLE, data=garbled)})
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        unpack(whole)
+
+
+def test_the_servers_messages_pack_whole_unless_that_would_copy_a_shared_record():
+    shared = _content()
+    same = pack_messages([shared, shared])  # Flower's FedAvg: one content for every client
+    assert same[0] is same[1] and list(same[0].keys()) == [WHOLE]
+    own = RecordDict({**dict(shared.items()), "config": ConfigRecord({"op": "train", "round": 3, "rank": 2})})
+    mixed = pack_messages([shared, own])  # the common state beside each client's own config
+    assert all(PREFIX + "arrays" in c for c in mixed) and mixed[0]["arrays"] is mixed[1]["arrays"]  # stored once
+    alone = pack_messages([_content(), _content()])  # personal states (heterogeneous ranks): nothing shared
+    assert all(list(c.keys()) == [WHOLE] for c in alone)
+    for packed, original in zip([*same, *mixed, *alone], [shared, shared, shared, own, _content(), _content()]):
+        _same(original, unpack(packed))
+
+
 def _request(content: RecordDict) -> Message:
     return Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
 
@@ -69,13 +104,13 @@ def test_the_client_mod_unpacks_for_the_handler_and_packs_its_reply_only_when_as
     plain = packing_mod(_request(_content()), ctx, handler)
     packed = packing_mod(_request(pack(_content())), ctx, handler)
     assert seen == [False, False]
-    assert not is_packed(plain.content) and is_packed(packed.content)
+    assert not is_packed(plain.content) and list(packed.content.keys()) == [WHOLE]  # a reply travels whole
     _same(plain.content, unpack(packed.content))
 
 
 class _PackingGrid(HttpGrid):
     """The deployment's Grid, as far as send_and_receive uses it: nodes answer with their
-    request's content (packed, as the ClientApp's mod would), node 2 with a garbled layout."""
+    request's content (packed, as the ClientApp's mod would), node 2 with a truncated one."""
 
     def __init__(self):  # no SuperLink: only the two calls below are used
         self.pushed: list[RecordDict] = []
@@ -88,8 +123,8 @@ class _PackingGrid(HttpGrid):
             self.pushed.append(m.content)
             content = RecordDict(dict(m.content.items()))
             if m.metadata.dst_node_id == 2:
-                layout = content[PREFIX + "arrays"]
-                content[PREFIX + "arrays"] = ConfigRecord({**dict(layout), "sizes": [1, 2, 3]})
+                data = content[WHOLE]["packed"].data[:-3]
+                content[WHOLE] = ArrayRecord({"packed": Array(dtype="uint8", shape=(len(data),), stype=WHOLE, data=data)})
             self.replies.append(Message(content, reply_to=m))
             ids.append(m.metadata.message_id)
         return ids
@@ -107,7 +142,7 @@ def test_the_server_packs_on_the_deployment_grid_and_rejects_a_garbled_reply():
     messages = [Message(shared, dst_node_id=n, message_type=MessageType.TRAIN) for n in (1, 2)]
     strays: list = []
     replies = send_and_receive(grid, messages, timeout=5.0, strays=strays)
-    assert all(is_packed(c) for c in grid.pushed) and grid.pushed[0]["arrays"] is grid.pushed[1]["arrays"]
+    assert all(list(c.keys()) == [WHOLE] for c in grid.pushed) and grid.pushed[0] is grid.pushed[1]  # stored once
     assert all(m.content is shared for m in messages)  # the callers' messages are left as they were
     assert [r.metadata.src_node_id for r in replies] == [1]
     _same(shared, replies[0].content)
