@@ -25,12 +25,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from client import memory
 from client.attacks import clipped_update, craft_reply, craft_update, flips_labels, is_attacker
 from client.batches import batch_iterator
-from client.budget import budget_mb, check, node_option
+from client.budget import budget_mb, check, device_facts, node_option
 from client.config import ClientConfig
 from client.data_source import encoded_partition, label_names
 from client.flops import FlopCount
@@ -124,6 +124,8 @@ def handle_query(msg: Message, cfg: ClientConfig, context: Context) -> Message:
         rt = get_runtime(cfg, len(label_names(cfg)))
         content = state_content(rt.initial_state, get_codec("fp32"))
     content[wire.METRICS] = MetricRecord({wire.PARTITION_ID: _identity(context, msg)})
+    if op == "hello" and (facts := device_facts(context.node_config)) is not None:
+        content[wire.DEVICE] = ConfigRecord(facts)  # e.g. rank_assignment=by_device on a deployment
     return Message(content, reply_to=msg)
 
 

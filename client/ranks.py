@@ -27,7 +27,7 @@ def client_rank(identity: int, choices: Sequence[int], assignment: str, seed: in
 
 BY_DEVICE_NEEDS_DEVICES = ("method.rank_assignment=by_device needs a device population (device=mix, rpi5, phone-mid, "
                            "...; the ranks follow each client's device class): set device=..., or use "
-                           "method.rank_assignment=cycle|random")
+                           "method.rank_assignment=cycle|random (on a deployment, each SuperNode's --device)")
 
 
 def device_ranks(choices: Sequence[int], speeds: dict[str, tuple[float, float]]) -> dict[str, int]:

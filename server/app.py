@@ -61,6 +61,24 @@ def main(grid: Grid, run_config: dict[str, Any], trackers: Trackers | None = Non
     return summary
 
 
+LOGGERS = ("anther", "client", "server", "strategies", "simulation", "kernels")  # Anther's own
+
+
+def show_logs_on_deployment() -> None:
+    """On the deployment runtime nobody configures Python logging in the ServerApp process,
+    so Anther's INFO lines (a line per round, ranks, rejections' context) would be lost and
+    its warnings printed bare; this prints them to stderr, which Flower streams to
+    ``flwr log`` / ``anther-deploy run``. Once per process."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "anther_deploy", False) for h in logger.handlers):
+            handler = logging.StreamHandler()
+            handler.anther_deploy = True
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+
+
 def build_server_app(run_config: dict[str, Any] | None = None, trackers: Trackers | None = None) -> ServerApp:
     """A ServerApp whose run_config is ``run_config`` merged over Flower's."""
     app = ServerApp()
@@ -69,6 +87,7 @@ def build_server_app(run_config: dict[str, Any] | None = None, trackers: Tracker
     def _main(grid: Grid, context: Context) -> None:
         if is_deployment_grid(grid):
             shorten(type(grid).__module__)  # its waits for message objects (server/object_pulls.py)
+            show_logs_on_deployment()
         main(grid, {**dict(context.run_config), **(run_config or {})}, trackers)
 
     return app

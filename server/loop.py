@@ -72,6 +72,7 @@ class Federation:
     node_of: dict[int, int] = field(default_factory=dict)  # identity -> node id (deployment)
     pool: list[int] = field(default_factory=list)  # pooled: the SuperNodes' ids
     population: int = 0  # pooled: the number of clients
+    devices: dict[int, dict[str, Any]] = field(default_factory=dict)  # identity -> the device profile its node declared
 
     @property
     def identities(self) -> list[int] | range:
@@ -189,6 +190,8 @@ def discover(grid: Any, cfg: ServerConfig) -> Federation:
             continue
         ident = reply.content[wire.METRICS].get(wire.PARTITION_ID, node)
         fed.node_of[int(ident)] = node
+        if wire.DEVICE in reply.content.config_records:  # a node started with --device
+            fed.devices[int(ident)] = dict(reply.content[wire.DEVICE])
     if unnamed:  # e.g. a ClientApp without Anther's query handler: its node id is its identity
         log.warning(
             "%d client node(s) did not tell their identity (no answer to the 'hello' query); sampling them by "
@@ -294,6 +297,8 @@ class RoundLoop:
         fed = discover(self.grid, self.cfg)
         log.info("%d clients %s; getting the initial state", len(fed.identities),
                  f"on a pool of {len(fed.pool)} SuperNodes" if fed.pool else "connected and named")
+        if (set_devices := getattr(self.strategy, "set_devices", None)) is not None and not fed.pool:
+            set_devices(fed.devices, list(fed.identities))  # e.g. ranks by the devices the nodes declared
         state = self._start_state(fed)
         if state.round == 0 and self._should_eval(0):
             ev = self._evaluate(0, state.global_state)

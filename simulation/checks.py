@@ -213,7 +213,8 @@ def check_ranks(client: ClientConfig, server: ServerConfig) -> None:
     if getattr(client.method, "rank_choices", ()) and not strategy.target and strategy.name not in HETERO_RANK:
         raise ConfigError(f"method.rank_choices needs a strategy that aggregates heterogeneous ranks: "
                           f"strategy={' | '.join(HETERO_RANK)} (got strategy={strategy.name})")
-    if getattr(client.method, "rank_assignment", "cycle") == "by_device" and not client.device.active:
+    if getattr(client.method, "rank_assignment", "cycle") == "by_device" and not client.device.active \
+            and not server.deployed:  # deployed: each node's --device, told in its "hello" reply
         from client.ranks import BY_DEVICE_NEEDS_DEVICES
 
         raise ConfigError(BY_DEVICE_NEEDS_DEVICES)

@@ -81,8 +81,8 @@ def resolve(raw: dict[str, Any] | None, config_dir: Path, num_clients: int = 0) 
     return raw
 
 
-def device_memory_mb(device: str, config_dir: Path) -> float:
-    """The memory budget (MiB) of a built-in profile name or of a profile YAML that
+def device_profile(device: str, config_dir: Path) -> tuple[str, dict[str, Any]]:
+    """(name, numbers) of a built-in profile name or of a profile YAML that
     ``anther-bench profile`` wrote (its first profile)."""
     path = Path(device).expanduser()
     if path.suffix in (".yaml", ".yml"):
@@ -92,7 +92,13 @@ def device_memory_mb(device: str, config_dir: Path) -> float:
     else:
         raise ConfigError(f"--device {device!r} is neither a profile ({', '.join(profile_names(config_dir))}) "
                           "nor a profile YAML written by `anther-bench profile`")
-    numbers = profiles.get(device) or next(iter(profiles.values()))
+    name = device if device in profiles else next(iter(profiles))
+    return name, profiles[name]
+
+
+def device_memory_mb(device: str, config_dir: Path) -> float:
+    """The memory budget (MiB) of a device profile (:func:`device_profile`)."""
+    numbers = device_profile(device, config_dir)[1]
     if "memory_mb" not in numbers:
         raise ConfigError(f"--device {device}: the profile has no memory_mb")
     return float(numbers["memory_mb"])

@@ -47,8 +47,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp.strategy import FedAvg
 
 from client.config import ClientConfig
-from client.ranks import (BASE_DELTA, BY_DEVICE_NEEDS_DEVICES, client_rank, is_a, is_b, module_of, prune_width,
-                          rank_of, ranks_by_identity, truncated)
+from client.ranks import (BASE_DELTA, BY_DEVICE_NEEDS_DEVICES, client_rank, device_ranks, is_a, is_b, module_of,
+                          prune_width, rank_of, ranks_by_identity, truncated)
 from strategies import wire
 from strategies.runconfig import ConfigError, unflatten
 
@@ -118,12 +118,12 @@ class HetRankStrategy(FedAvg):
         self.choices = tuple(getattr(method, "rank_choices", ()) or (self.rank,))
         self.assignment = str(getattr(method, "rank_assignment", "cycle"))
         self.seed = int(run.seed)
-        self.by_device: np.ndarray | None = None  # rank_assignment=by_device: every identity's rank
-        if self.assignment == "by_device":
+        self.by_device: dict[int, int] | None = None  # rank_assignment=by_device: identity -> rank
+        if self.assignment == "by_device" and not bool(dict(run.run_config).get("deployed", False)):  # else set_devices
             if client is None or not client.device.active:
                 raise ConfigError(BY_DEVICE_NEEDS_DEVICES)
-            self.by_device, per_class = ranks_by_identity(self.choices, client.device.population, client.num_clients,
-                                                          self.seed)
+            ranks, per_class = ranks_by_identity(self.choices, client.device.population, client.num_clients, self.seed)
+            self.by_device = dict(enumerate(int(r) for r in ranks))
             log.info("ranks by device class: %s", ", ".join(f"{n} {r}" for n, r in per_class.items()))
         self._ranks: dict[int, int] = {}  # node id -> rank, this round
         self.current: dict[str, np.ndarray] = {}  # the global state this round trains from
@@ -131,9 +131,27 @@ class HetRankStrategy(FedAvg):
         self._identity: dict[int, int] = {}  # node id -> stable identity, this round
 
     # -- ranks -------------------------------------------------------------------------------------
+    def set_devices(self, devices: dict[int, dict[str, Any]], identities: list[int]) -> None:
+        """A deployment with ``rank_assignment=by_device``: each client's rank from the device
+        profile its node declared in its "hello" reply (``anther-deploy supernode --device``),
+        the classes present ordered by compute, then memory, as in simulation."""
+        if self.assignment != "by_device" or self.by_device is not None:
+            return
+        missing = sorted(i for i in identities if i not in devices)
+        if missing:
+            raise ConfigError(f"method.rank_assignment=by_device: the node(s) of client(s) {missing} declared no device "
+                              "profile; start every SuperNode with `anther-deploy supernode ... --device PROFILE` "
+                              "or use method.rank_assignment=cycle|random")
+        speeds = {d[wire.DEVICE_NAME]: (d[wire.DEVICE_GFLOPS], d[wire.DEVICE_MEMORY_MB]) for d in devices.values()}
+        per_class = device_ranks(self.choices, speeds)
+        self.by_device = {i: per_class[devices[i][wire.DEVICE_NAME]] for i in identities}
+        log.info("ranks by the nodes' device classes: %s", ", ".join(f"{n} {r}" for n, r in per_class.items()))
+
     def rank_for(self, identity: int) -> int:
         if self.by_device is not None:
-            return int(self.by_device[identity % len(self.by_device)])
+            return int(self.by_device[identity])
+        if self.assignment == "by_device":
+            raise RuntimeError("rank_assignment=by_device on a deployment: the nodes' devices are not known yet")
         return client_rank(identity, self.choices, self.assignment, self.seed)
 
     def round_config(self) -> dict[str, Any]:

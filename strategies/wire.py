@@ -31,6 +31,8 @@ FLOPS = "flops"  # floating-point operations of this call (only when the run sim
 QUANTIZED = "quantized"  # 1 when those ran on a quantized (nf4/int8) backbone
 PARTITION_ID = "partition-id"
 CLIENT_ID = "client-id"  # a pooled simulation: the client (identity) a message is for, on any SuperNode of the pool
+DEVICE = "device"  # ConfigRecord of a "hello" reply from a node started with a device profile: its DEVICE_* facts
+DEVICE_NAME, DEVICE_GFLOPS, DEVICE_MEMORY_MB = "name", "gflops", "memory-mb"
 
 def error_reason(msg) -> str:
     """The first line of a Flower error reply, as a rejection reason."""

@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     q.add_argument("--nodes", type=int, default=3)
     q.add_argument("--name", default=None)
+    q.add_argument("--device", action="append", default=[], metavar="PROFILE",
+                   help="device profile of the nodes, repeatable: node i takes the (i mod count)-th; each node's "
+                        "memory budget and what it tells the server (method.rank_assignment=by_device)")
 
     q = sub.add_parser("stop", help="stop every process started from DIR on this machine")
     q.add_argument("dir")
@@ -89,10 +92,25 @@ def _parser() -> argparse.ArgumentParser:
 LOCAL_ENV = {"OMP_NUM_THREADS": "1"}  # several torch processes share one machine
 
 
+def device_args(device: str | None, memory_mb: float | None) -> tuple[float | None, tuple[str, float] | None]:
+    """(memory budget, (profile name, fp32 GFLOP/s)) of ``--device``: the profile's memory
+    unless ``memory_mb`` is given; (memory_mb, None) without a device."""
+    if not device:
+        return memory_mb, None
+    from simulation.cli import CONFIG_DIR
+    from simulation.devices import device_memory_mb, device_profile
+
+    name, numbers = device_profile(device, CONFIG_DIR)
+    return (memory_mb if memory_mb is not None else device_memory_mb(device, CONFIG_DIR),
+            (name, float(numbers.get("flops_fp32", 0.0))))
+
+
 def local(lay: Layout, nodes: int, overrides: list[str], name: str | None, say: steps.Say = print,
-          env: dict | None = None, warm: bool = True, poll_s: float = DEFAULT_POLL_S) -> Path:
+          env: dict | None = None, warm: bool = True, poll_s: float = DEFAULT_POLL_S,
+          devices: list[str] | None = None) -> Path:
     """Everything on this machine, and every process stopped at the end (also on failure).
-    ``env`` is added to every process's environment; ``warm`` and ``poll_s`` as for ``supernode``."""
+    ``env`` is added to every process's environment; ``warm`` and ``poll_s`` as for ``supernode``;
+    node i runs with device profile ``devices[i % len(devices)]`` when given."""
     env = {**LOCAL_ENV, **(env or {})}
     if not lay.meta.exists() or lay.read_meta()["nodes"] != nodes:
         steps.init(lay, nodes, [], procs.free_port(), 365, force=True, say=say)
@@ -101,7 +119,9 @@ def local(lay: Layout, nodes: int, overrides: list[str], name: str | None, say: 
     try:
         address = steps.superlink(lay, "127.0.0.1", port, say=say, extra_env=env)
         for i in range(nodes):
-            steps.supernode(lay, i, address, None, None, say=say, extra_env=env, warm=warm, poll_s=poll_s)
+            memory_mb, device = device_args(devices[i % len(devices)] if devices else None, None)
+            steps.supernode(lay, i, address, None, None, say=say, extra_env=env, warm=warm, poll_s=poll_s,
+                            memory_mb=memory_mb, device=device)
         return steps.run(lay, overrides, name, address, say=say)
     finally:
         steps.stop(lay, say=say)
@@ -124,17 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "superlink":
             steps.superlink(lay, args.host, args.port)
         elif args.command == "supernode":
-            if args.device and args.memory_mb is None:
-                from simulation.cli import CONFIG_DIR
-                from simulation.devices import device_memory_mb
-
-                args.memory_mb = device_memory_mb(args.device, CONFIG_DIR)
+            memory_mb, device = device_args(args.device, args.memory_mb)
             steps.supernode(lay, args.node, args.superlink, args.data, args.port, warm=not args.cold,
-                           poll_s=args.poll_s, memory_mb=args.memory_mb)
+                           poll_s=args.poll_s, memory_mb=memory_mb, device=device)
         elif args.command == "run":
             steps.run(lay, args.overrides, args.name, args.superlink, stream=not args.detach)
         elif args.command == "local":
-            local(lay, args.nodes, args.overrides, args.name)
+            local(lay, args.nodes, args.overrides, args.name, devices=args.device)
         elif args.command == "stop":
             steps.stop(lay)
     except ConfigError as err:

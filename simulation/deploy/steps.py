@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from client.budget import MEMORY_KEY
+from client.budget import DEVICE_KEY, GFLOPS_KEY, MEMORY_KEY
 from simulation.deploy import certs, memcap, procs
 from simulation.deploy.layout import CONNECTION, DEFAULT_PORT, Layout
 from simulation.deploy.supernode_main import DEFAULT_POLL_S, POLL_ENV, WAKE_ENV
@@ -137,22 +137,29 @@ def superlink(lay: Layout, host: str, port: int | None, say: Say = print, extra_
     return address
 
 
-def node_config(node: int, nodes: int, data: str | None) -> str:
+def node_config(node: int, nodes: int, data: str | None, memory_mb: float | None = None,
+                device: tuple[str, float] | None = None) -> str:
     """Flower ``--node-config``: this device's own file, or (no file) partition ``node`` of
-    the run's dataset, as in the simulator."""
-    if data:
-        return f'data-path="{Path(data).expanduser().resolve()}"'
-    return f"partition-id={node} num-partitions={nodes}"
+    the run's dataset, as in the simulator; its memory budget and device profile."""
+    config = f'data-path="{Path(data).expanduser().resolve()}"' if data else f"partition-id={node} num-partitions={nodes}"
+    if memory_mb:
+        config += f" {MEMORY_KEY}={float(memory_mb)}"
+    if device is not None:
+        config += f' {DEVICE_KEY}="{device[0]}" {GFLOPS_KEY}={float(device[1])}'
+    return config
 
 
 def supernode(lay: Layout, node: int, address: str, data: str | None, port: int | None,
               say: Say = print, extra_env: dict | None = None, key: Path | None = None, who: str | None = None,
-              warm: bool = True, poll_s: float = DEFAULT_POLL_S, memory_mb: float | None = None) -> None:
+              warm: bool = True, poll_s: float = DEFAULT_POLL_S, memory_mb: float | None = None,
+              device: tuple[str, float] | None = None) -> None:
     """Start SuperNode ``node`` detached, after checking its key, the CA and the SuperLink, and
     wait until the SuperLink accepted it (it logs its node id) or refused it (HTTP 412: it exits).
     ``warm``: its ClientApp tasks run in one long-lived process beside it
     (:mod:`simulation.deploy.warm_runtime`), else in a ``flwr-clientapp`` process per
-    message, as Flower does. ``memory_mb`` holds the process(es) running the ClientApp."""
+    message, as Flower does. ``memory_mb`` holds the process(es) running the ClientApp.
+    ``device``: (profile name, fp32 GFLOP/s), told to the server in the node's "hello"
+    reply (``method.rank_assignment=by_device``)."""
     meta = lay.read_meta()
     if not 0 <= node < meta["nodes"]:
         raise ConfigError(f"--node must be in 0..{meta['nodes'] - 1} ({lay.meta} has {meta['nodes']} nodes), got {node}")
@@ -169,9 +176,7 @@ def supernode(lay: Layout, node: int, address: str, data: str | None, port: int 
     port = port or procs.free_port()
     if memory_mb is not None and memory_mb <= 0:
         raise ConfigError(f"--memory-mb must be > 0, got {memory_mb}")
-    config = node_config(node, meta["nodes"], data)
-    if memory_mb:
-        config += f" {MEMORY_KEY}={float(memory_mb)}"
+    config = node_config(node, meta["nodes"], data, memory_mb, device)
     cmd = [sys.executable, "-m", "simulation.deploy.supernode_main", "--superlink", address, "--root-certificates", str(lay.ca_cert),
            "--auth-supernode-private-key", str(key), "--host", "127.0.0.1", "--port", str(port),
            "--node-config", config]

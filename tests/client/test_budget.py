@@ -92,3 +92,13 @@ def test_a_deployed_node_takes_the_first_option_its_budget_holds():
     simulated = Context(run_id=1, node_id=1, node_config=ctx.node_config, state=RecordDict(),
                         run_config={**run, "deployed": False})
     assert handlers._train_shape(_cfg(), simulated, {}) == (1, 4)  # the run's own (the server assigns in simulation)
+
+
+def test_a_node_with_a_device_profile_names_it_in_its_hello_reply():
+    hello = Message(RecordDict(), dst_node_id=1, message_type="query")
+    node = {wire.PARTITION_ID: 3, budget.MEMORY_KEY: 3000.0, budget.DEVICE_KEY: "rpi5", budget.GFLOPS_KEY: 46.0}
+    ctx = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config={})
+    reply = handlers.handle_query(hello, _cfg(), ctx)
+    assert dict(reply.content[wire.DEVICE]) == {wire.DEVICE_NAME: "rpi5", wire.DEVICE_GFLOPS: 46.0,
+                                                wire.DEVICE_MEMORY_MB: 3000.0}
+    assert wire.DEVICE not in handlers.handle_query(hello, _cfg(), _ctx(None)).content  # no profile, nothing said

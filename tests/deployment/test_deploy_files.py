@@ -147,3 +147,16 @@ def test_a_node_polls_fast_for_a_while_after_a_message_or_reply_then_backs_off_t
     push = _noting_replies(lambda: None, waits)  # Flower's _push_messages, once the reply is sent
     push()
     assert waits.empty_pull() == HOT_POLL_S
+
+
+def test_a_nodes_config_carries_its_budget_and_device_as_flower_parses_it():
+    from flwr.common.config import parse_config_args
+
+    from client.budget import device_facts
+    from simulation.deploy.steps import node_config
+
+    parsed = parse_config_args([node_config(2, 3, None, 3000, ("rpi5", 46))])
+    assert parsed == {"partition-id": 2, "num-partitions": 3, "memory-mb": 3000.0, "device": "rpi5",
+                      "device-gflops": 46.0}
+    assert device_facts(parsed) == {"name": "rpi5", "gflops": 46.0, "memory-mb": 3000.0}
+    assert device_facts(parse_config_args([node_config(0, 3, None)])) is None

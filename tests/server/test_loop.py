@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, Message, MetricRecord, RecordDict
+from flwr.app import Array, ConfigRecord, Message, MetricRecord, RecordDict
 
 from client.methods.base import Update
 from server.config import ServerConfig
@@ -130,6 +130,24 @@ def test_unnamed_nodes_are_sampled_by_node_id(tmp_path, caplog):
     fed = discover(Mute(lambda pid, msg: None), ServerConfig(num_clients=3, clients_per_round=3))
     assert fed.identities == sorted(NODES)
     assert "not reproducible" in caplog.text
+
+
+def test_the_devices_nodes_declare_in_their_hello_replies_are_kept_by_identity():
+    from server.loop import discover
+
+    class Declaring(FakeGrid):
+        def send_and_receive(self, messages, timeout=None):
+            out = []
+            for m in messages:
+                content = RecordDict({wire.METRICS: MetricRecord({wire.PARTITION_ID: NODES[m.metadata.dst_node_id]})})
+                if NODES[m.metadata.dst_node_id] != 0:
+                    content[wire.DEVICE] = ConfigRecord({wire.DEVICE_NAME: "rpi5", wire.DEVICE_GFLOPS: 46.0,
+                                                         wire.DEVICE_MEMORY_MB: 3000.0})
+                out.append(Message(content, reply_to=m))
+            return out
+
+    fed = discover(Declaring(lambda pid, msg: None), ServerConfig(num_clients=3, clients_per_round=3))
+    assert sorted(fed.devices) == [1, 2] and fed.devices[1][wire.DEVICE_NAME] == "rpi5"
 
 
 @pytest.mark.parametrize("kind", ["delta", "seeds"])

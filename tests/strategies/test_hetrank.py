@@ -165,6 +165,23 @@ def test_by_device_gives_each_client_its_simulated_class_rank():
         _strategy(HetLoRA, HetLoRAConfig(), flatten(ClientConfig(method=method)))
 
 
+def test_by_device_on_a_deployment_takes_the_devices_the_nodes_declared():
+    from client.config import ClientConfig
+    from client.methods import METHODS
+    from strategies.runconfig import flatten
+
+    method = METHODS["lora"].config(r=16, lora_alpha=32, rank_choices=(2, 4, 8, 16), rank_assignment="by_device")
+    s = _strategy(HetLoRA, HetLoRAConfig(), {**flatten(ClientConfig(method=method)), "deployed": True})
+    with pytest.raises(RuntimeError, match="not known yet"):
+        s.rank_for(0)
+    pi, phone, laptop = ({"name": n, "gflops": g, "memory-mb": m}
+                         for n, g, m in (("rpi5", 46.0, 3000.0), ("phone-mid", 29.0, 2000.0), ("laptop", 307.0, 8000.0)))
+    with pytest.raises(ConfigError, match=r"client\(s\) \[2\] declared no device"):
+        s.set_devices({0: pi, 1: phone}, [0, 1, 2])
+    s.set_devices({0: pi, 1: phone, 2: laptop, 3: pi}, [0, 1, 2, 3])
+    assert [s.rank_for(i) for i in range(4)] == [8, 2, 16, 8]  # slowest class the smallest rank, as in simulation
+
+
 def test_hetlora_holders_average_each_component_over_the_clients_that_trained_it():
     s = _strategy(HetLoRA, HetLoRAConfig(padding="holders"))
     c1, c2 = _client(1, 0), _client(2, 1)
