@@ -160,3 +160,13 @@ def test_a_nodes_config_carries_its_budget_and_device_as_flower_parses_it():
                       "device-gflops": 46.0}
     assert device_facts(parsed) == {"name": "rpi5", "gflops": 46.0, "memory-mb": 3000.0}
     assert device_facts(parse_config_args([node_config(0, 3, None)])) is None
+
+
+def test_a_device_profile_gives_a_node_its_budget_and_what_it_declares():
+    from simulation.deploy.cli import _parser, device_args
+
+    assert device_args("rpi5", None) == (3000.0, ("rpi5", 46.0))
+    assert device_args("rpi5", 1000) == (1000, ("rpi5", 46.0))  # --memory-mb wins
+    assert device_args(None, 800) == (800, None)
+    args = _parser().parse_args(["local", "d", "--device", "phone-mid", "--device", "laptop"])
+    assert args.device == ["phone-mid", "laptop"]
