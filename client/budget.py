@@ -24,6 +24,7 @@ from typing import Any
 log = logging.getLogger("anther.client")
 MEMORY_KEY = "memory-mb"  # node_config key: the device's memory budget in MiB
 DEVICE_KEY, GFLOPS_KEY = "device", "device-gflops"  # node_config keys: the device profile's name and fp32 GFLOP/s
+MARGIN = 0.2  # the estimate's error bound as measured (docs/results.md: within 20% everywhere, at most 14% under)
 
 
 def device_facts(node_config: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -35,7 +36,6 @@ def device_facts(node_config: Mapping[str, Any]) -> dict[str, Any] | None:
 
     return {wire.DEVICE_NAME: str(node_config[DEVICE_KEY]), wire.DEVICE_GFLOPS: float(node_config.get(GFLOPS_KEY, 0.0)),
             wire.DEVICE_MEMORY_MB: float(node_config.get(MEMORY_KEY, 0.0))}
-MARGIN = 0.2  # the estimate's error bound as measured (docs/results.md: within 20% everywhere, at most 14% under)
 
 
 class OverBudget(RuntimeError):

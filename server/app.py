@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.config import ServerConfig
 from server.object_pulls import shorten
+from server.progress import PACKAGES
 from server.loop import EvaluateFn, is_deployment_grid, run_server
 from server.trackers import Trackers
 from strategies.plugins import import_string
@@ -61,15 +62,12 @@ def main(grid: Grid, run_config: dict[str, Any], trackers: Trackers | None = Non
     return summary
 
 
-LOGGERS = ("anther", "client", "server", "strategies", "simulation", "kernels")  # Anther's own
-
-
 def show_logs_on_deployment() -> None:
     """On the deployment runtime nobody configures Python logging in the ServerApp process,
     so Anther's INFO lines (a line per round, ranks, rejections' context) would be lost and
     its warnings printed bare; this prints them to stderr, which Flower streams to
     ``flwr log`` / ``anther-deploy run``. Once per process."""
-    for name in LOGGERS:
+    for name in PACKAGES:
         logger = logging.getLogger(name)
         if not any(getattr(h, "anther_deploy", False) for h in logger.handlers):
             handler = logging.StreamHandler()

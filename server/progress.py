@@ -26,7 +26,9 @@ def _fmt_bytes(n: float) -> str:
     return str(n)
 
 
-log = logging.getLogger("anther.rounds")
+PACKAGES = ("anther", "client", "server", "strategies", "simulation", "kernels")  # Anther's loggers' roots
+ROUNDS_LOGGER = "anther.rounds"  # one line per round: the run log always, the console when piped
+log = logging.getLogger(ROUNDS_LOGGER)
 
 
 class RoundProgress:

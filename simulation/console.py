@@ -19,9 +19,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-OURS = ("anther", "client", "server", "strategies", "simulation", "kernels")
+from server.progress import PACKAGES as OURS
+from server.progress import ROUNDS_LOGGER
+
 LOG_NAME = "cli.log"
-ROUNDS_LOGGER = "anther.rounds"  # one line per round: the run log always, the console when piped
 log = logging.getLogger("anther.sim")
 
 

@@ -96,9 +96,13 @@ def device_profile(device: str, config_dir: Path) -> tuple[str, dict[str, Any]]:
     return name, profiles[name]
 
 
-def device_memory_mb(device: str, config_dir: Path) -> float:
-    """The memory budget (MiB) of a device profile (:func:`device_profile`)."""
-    numbers = device_profile(device, config_dir)[1]
+def profile_memory_mb(device: str, numbers: dict[str, Any]) -> float:
+    """A device profile's memory budget (MiB); ``device`` names it in the error."""
     if "memory_mb" not in numbers:
         raise ConfigError(f"--device {device}: the profile has no memory_mb")
     return float(numbers["memory_mb"])
+
+
+def device_memory_mb(device: str, config_dir: Path) -> float:
+    """The memory budget (MiB) of a device profile (:func:`device_profile`)."""
+    return profile_memory_mb(device, device_profile(device, config_dir)[1])

@@ -41,27 +41,36 @@ def is_packed(content: RecordDict) -> bool:
     return WHOLE in content.array_records or any(k.startswith(PREFIX) for k in content.config_records)
 
 
+def _rows(record: ArrayRecord) -> list[tuple[str, str, str, tuple[int, ...], int]]:
+    """Each array's (name, dtype, storage type, shape, byte size), in the record's order."""
+    return [(name, a.dtype, a.stype, tuple(a.shape), len(a.data)) for name, a in record.items()]
+
+
+def _read_arrays(data: bytes, rows, at: int) -> tuple[ArrayRecord, int]:
+    """The arrays ``rows`` name, read back to back from ``data[at:]``; and where they end."""
+    out = {}
+    for name, dtype, stype, shape, size in rows:
+        out[name] = Array(dtype=dtype, shape=tuple(shape), stype=stype, data=data[at:at + size])
+        at += size
+    return ArrayRecord(out), at
+
+
 def _pack_record(record: ArrayRecord) -> tuple[ArrayRecord, ConfigRecord]:
-    names = list(record.keys())
-    arrays = [record[n] for n in names]
-    layout = ConfigRecord({"names": names, "dtypes": [a.dtype for a in arrays], "stypes": [a.stype for a in arrays],
-                           "shapes": [",".join(map(str, a.shape)) for a in arrays],
-                           "sizes": [len(a.data) for a in arrays]})
-    data = b"".join(a.data for a in arrays)
+    names, dtypes, stypes, shapes, sizes = zip(*_rows(record))
+    layout = ConfigRecord({"names": list(names), "dtypes": list(dtypes), "stypes": list(stypes),
+                           "shapes": [",".join(map(str, s)) for s in shapes], "sizes": list(sizes)})
+    data = b"".join(a.data for a in record.values())
     return ArrayRecord({"packed": Array(dtype="uint8", shape=(len(data),), stype=STYPE, data=data)}), layout
 
 
 def _unpack_record(record: ArrayRecord, layout: ConfigRecord) -> ArrayRecord:
     data = record["packed"].data
-    out, at = {}, 0
-    for name, dtype, stype, shape, size in zip(layout["names"], layout["dtypes"], layout["stypes"], layout["shapes"],
-                                               layout["sizes"], strict=True):
-        dims = tuple(int(d) for d in shape.split(",")) if shape else ()
-        out[name] = Array(dtype=dtype, shape=dims, stype=stype, data=data[at:at + size])
-        at += size
+    shapes = [tuple(int(d) for d in s.split(",")) if s else () for s in layout["shapes"]]
+    rows = zip(layout["names"], layout["dtypes"], layout["stypes"], shapes, layout["sizes"], strict=True)
+    out, at = _read_arrays(data, rows, 0)
     if at != len(data):
         raise ValueError(f"packed array record: {len(data)} bytes, its layout names {at}")
-    return ArrayRecord(out)
+    return out
 
 
 def pack(content: RecordDict, cache: dict[int, tuple[ArrayRecord, ConfigRecord]] | None = None) -> RecordDict:
@@ -88,8 +97,7 @@ def pack_whole(content: RecordDict) -> RecordDict:
     header, parts = [], []
     for key, value in content.items():
         if isinstance(value, ArrayRecord):
-            arrays = [[name, a.dtype, a.stype, list(a.shape), len(a.data)] for name, a in value.items()]
-            header.append({"key": key, "kind": "array", "arrays": arrays})
+            header.append({"key": key, "kind": "array", "arrays": _rows(value)})
             parts += [a.data for a in value.values()]
         else:
             data = value.deflate()
@@ -114,8 +122,10 @@ def pack_messages(contents: list[RecordDict]) -> list[RecordDict]:
     for content in contents:
         if any(len(owners[id(r)]) > 1 for r in content.array_records.values()):
             out.append(pack(content, cache))
-        else:
-            out.append(wholes.get(id(content)) or wholes.setdefault(id(content), pack_whole(content)))
+            continue
+        if id(content) not in wholes:
+            wholes[id(content)] = pack_whole(content)
+        out.append(wholes[id(content)])
     return out
 
 
@@ -128,11 +138,7 @@ def _unpack_whole(record: ArrayRecord) -> RecordDict:
     items = {}
     for entry in json.loads(blob[HEADER_BYTES:at]):
         if entry["kind"] == "array":
-            arrays = {}
-            for name, dtype, stype, shape, n in entry["arrays"]:
-                arrays[name] = Array(dtype=dtype, shape=tuple(shape), stype=stype, data=blob[at:at + n])
-                at += n
-            items[entry["key"]] = ArrayRecord(arrays)
+            items[entry["key"]], at = _read_arrays(blob, entry["arrays"], at)
         else:
             kind = {"config": ConfigRecord, "metric": MetricRecord}[entry["kind"]]
             try:

@@ -98,10 +98,10 @@ def device_args(device: str | None, memory_mb: float | None) -> tuple[float | No
     if not device:
         return memory_mb, None
     from simulation.cli import CONFIG_DIR
-    from simulation.devices import device_memory_mb, device_profile
+    from simulation.devices import device_profile, profile_memory_mb
 
     name, numbers = device_profile(device, CONFIG_DIR)
-    return (memory_mb if memory_mb is not None else device_memory_mb(device, CONFIG_DIR),
+    return (memory_mb if memory_mb is not None else profile_memory_mb(device, numbers),
             (name, float(numbers.get("flops_fp32", 0.0))))
 
 
