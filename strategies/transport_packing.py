@@ -13,10 +13,13 @@ simulation. The server packs only on the deployment's Grid; the ClientApp's
 an unpacked request is answered exactly as before. Flower only: imported by the ClientApp
 front.
 
-A content travels as one array where nothing is lost by it (:func:`pack_whole`): its
+A content travels as one blob where nothing is lost by it (:func:`pack_whole`): its
 array records' bytes and its config and metric records (Flower's own serialization of
-each) back to back after a JSON header, so a message is 5 objects (message, record dict,
-record, array, chunk) on each hop instead of 8 or more. Replies always do; of the
+each) back to back after a JSON header. A blob up to Flower's array chunk size (5 MiB,
+the largest single object Flower would send anyway) is the one bytes value of a config
+record, which has no child objects: a message is then 3 objects (message, record dict,
+record) on each hop instead of 8 or more; a larger blob is one array, which Flower
+chunks as usual (message, record dict, record, array, its chunks). Replies always do; of the
 server's messages (:func:`pack_messages`), those that share their whole content (Flower's
 FedAvg gives every client the same one) pack to the same array, which the SuperLink
 stores once; a message that shares only an array record with others (its own config
@@ -30,15 +33,18 @@ import json
 from typing import Callable
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 
 PREFIX = "anther.packed."  # config record key prefix; the packed array record keeps its own name
 STYPE = "anther.packed"
-WHOLE = "anther.whole"  # the one array record (and its array's stype) of a content packed whole
+WHOLE = "anther.whole"  # the one record (and, as an array, its stype) of a content packed whole
+WHOLE_INLINE_MAX = FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE  # larger blobs travel as a chunked array
 HEADER_BYTES = 8  # big-endian length of the JSON header that starts a whole-packed blob
 
 
 def is_packed(content: RecordDict) -> bool:
-    return WHOLE in content.array_records or any(k.startswith(PREFIX) for k in content.config_records)
+    return (WHOLE in content.array_records or WHOLE in content.config_records
+            or any(k.startswith(PREFIX) for k in content.config_records))
 
 
 def _rows(record: ArrayRecord) -> list[tuple[str, str, str, tuple[int, ...], int]]:
@@ -106,6 +112,8 @@ def pack_whole(content: RecordDict) -> RecordDict:
             parts.append(data)
     head = json.dumps(header).encode()
     blob = b"".join([len(head).to_bytes(HEADER_BYTES, "big"), head, *parts])
+    if len(blob) <= WHOLE_INLINE_MAX:
+        return RecordDict({WHOLE: ConfigRecord({"packed": blob})})
     return RecordDict({WHOLE: ArrayRecord({"packed": Array(dtype="uint8", shape=(len(blob),), stype=WHOLE, data=blob)})})
 
 
@@ -129,8 +137,10 @@ def pack_messages(contents: list[RecordDict]) -> list[RecordDict]:
     return out
 
 
-def _unpack_whole(record: ArrayRecord) -> RecordDict:
-    blob = record["packed"].data
+def _unpack_whole(record: ArrayRecord | ConfigRecord) -> RecordDict:
+    blob = record["packed"].data if isinstance(record, ArrayRecord) else record["packed"]
+    if not isinstance(blob, bytes):
+        raise ValueError(f"whole-packed content: a {type(blob).__name__}, not bytes")
     size = int.from_bytes(blob[:HEADER_BYTES], "big")
     at = HEADER_BYTES + size
     if at > len(blob):
@@ -154,8 +164,8 @@ def _unpack_whole(record: ArrayRecord) -> RecordDict:
 def unpack(content: RecordDict) -> RecordDict:
     """``content`` with its packed array records restored (a new RecordDict); a content
     packed whole (:func:`pack_whole`) is restored record by record."""
-    if WHOLE in content.array_records:
-        return _unpack_whole(content.array_records[WHOLE])
+    if WHOLE in content.array_records or WHOLE in content.config_records:
+        return _unpack_whole(content[WHOLE])
     layouts = {k[len(PREFIX):]: v for k, v in content.config_records.items() if k.startswith(PREFIX)}
     items = {}
     for key, value in content.items():

@@ -10,6 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.superlink.grid.http_grid import HttpGrid
 
 from server.loop import payload_bytes
+from strategies import transport_packing
 from strategies.transport_packing import PREFIX, WHOLE, is_packed, pack, pack_messages, pack_whole, packing_mod, unpack
 
 
@@ -54,26 +55,55 @@ def test_a_garbled_layout_is_an_error():
         unpack(packed)
 
 
-def test_a_content_packed_whole_is_one_array_and_comes_back_exactly():
+def _blob(whole: RecordDict) -> bytes:
+    record = whole[WHOLE]
+    return record["packed"].data if isinstance(record, ArrayRecord) else record["packed"]
+
+
+def _with_blob(whole: RecordDict, blob: bytes) -> RecordDict:
+    if isinstance(whole[WHOLE], ArrayRecord):
+        whole[WHOLE] = ArrayRecord({"packed": Array(dtype="uint8", shape=(len(blob),), stype=WHOLE, data=blob)})
+    else:
+        whole[WHOLE] = ConfigRecord({"packed": blob})
+    return whole
+
+
+@pytest.fixture(params=["inline", "chunked"])
+def whole_form(request, monkeypatch):
+    """Both forms of a whole-packed content: a config record's bytes (up to Flower's array
+    chunk size) and, larger, an array that Flower chunks."""
+    if request.param == "chunked":
+        monkeypatch.setattr(transport_packing, "WHOLE_INLINE_MAX", 16)
+    return request.param
+
+
+def test_a_content_packed_whole_is_one_record_and_comes_back_exactly(whole_form):
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
     content = _content()
     whole = pack_whole(content)
-    assert is_packed(whole) and list(whole.keys()) == [WHOLE] and len(whole[WHOLE]) == 1
-    assert len(get_all_nested_objects(whole)) < len(get_all_nested_objects(pack(content)))  # fewer requests per hop
+    kind = ArrayRecord if whole_form == "chunked" else ConfigRecord
+    assert is_packed(whole) and list(whole.keys()) == [WHOLE] and isinstance(whole[WHOLE], kind)
+    objects = len(get_all_nested_objects(Message(whole, dst_node_id=1, message_type=MessageType.TRAIN)))
+    assert objects == (5 if whole_form == "chunked" else 3)  # requests per message per hop
+    assert objects < len(get_all_nested_objects(Message(pack(content), dst_node_id=1, message_type=MessageType.TRAIN)))
     back = unpack(whole)
     _same(content, back)
     assert dict(back["config"]) == dict(content["config"]) and dict(back["metrics"]) == dict(content["metrics"])
 
 
 @pytest.mark.parametrize("cut", [3, 40, -5])
-def test_a_truncated_or_garbled_whole_blob_is_an_error(cut):
+def test_a_truncated_or_garbled_whole_blob_is_an_error(cut, whole_form):
     whole = pack_whole(_content())
-    data = whole[WHOLE]["packed"].data
+    data = _blob(whole)
     garbled = data[:cut] if cut > 0 else data[:8] + b"{not json" + data[17:]
-    whole[WHOLE] = ArrayRecord({"packed": Array(dtype="uint8", shape=(len(garbled),), stype=WHOLE, data=garbled)})
     with pytest.raises((ValueError, KeyError, TypeError)):
-        unpack(whole)
+        unpack(_with_blob(whole, garbled))
+
+
+def test_a_whole_record_that_is_not_bytes_is_an_error():
+    with pytest.raises(ValueError, match="not bytes"):
+        unpack(RecordDict({WHOLE: ConfigRecord({"packed": "text"})}))
 
 
 def test_the_servers_messages_pack_whole_unless_that_would_copy_a_shared_record():
@@ -123,8 +153,7 @@ class _PackingGrid(HttpGrid):
             self.pushed.append(m.content)
             content = RecordDict(dict(m.content.items()))
             if m.metadata.dst_node_id == 2:
-                data = content[WHOLE]["packed"].data[:-3]
-                content[WHOLE] = ArrayRecord({"packed": Array(dtype="uint8", shape=(len(data),), stype=WHOLE, data=data)})
+                content = _with_blob(content, _blob(content)[:-3])
             self.replies.append(Message(content, reply_to=m))
             ids.append(m.metadata.message_id)
         return ids
