@@ -29,6 +29,11 @@ from strategies.runconfig import ConfigError
 ALWAYS_HOSTS = ("localhost", "127.0.0.1")
 
 
+def cert_hosts(hosts) -> list[str]:
+    """The names the SuperLink's certificate is valid for: loopback, then ``hosts``, once each."""
+    return list(dict.fromkeys([*ALWAYS_HOSTS, *hosts]))
+
+
 def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Anther federation"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common)])
@@ -63,7 +68,7 @@ def create_tls(lay: Layout, hosts: list[str], days: int) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     link_key = ec.generate_private_key(ec.SECP256R1())
-    names = list(dict.fromkeys([*ALWAYS_HOSTS, *hosts]))
+    names = cert_hosts(hosts)
     link = (
         x509.CertificateBuilder().subject_name(_name(names[-1] if hosts else "localhost")).issuer_name(ca.subject)
         .public_key(link_key.public_key()).serial_number(x509.random_serial_number())

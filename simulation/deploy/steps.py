@@ -43,10 +43,10 @@ def init(lay: Layout, nodes: int, hosts: list[str], port: int, days: int, force:
     certs.create_tls(lay, hosts, days)
     for i in range(nodes):
         certs.create_node_key(lay.node_key(i), lay.node_pub(i))
-    lay.write_meta({"nodes": nodes, "port": port, "hosts": [*certs.ALWAYS_HOSTS, *hosts], "days": days})
+    lay.write_meta({"nodes": nodes, "port": port, "hosts": certs.cert_hosts(hosts), "days": days})
     say(f"created in {lay.root}:")
     say(f"  {lay.ca_cert}  (the CA: copy to every SuperNode and CLI machine)")
-    say(f"  {lay.link_cert} + superlink.key  (valid for {', '.join([*certs.ALWAYS_HOSTS, *hosts])}; {days} days)")
+    say(f"  {lay.link_cert} + superlink.key  (valid for {', '.join(certs.cert_hosts(hosts))}; {days} days)")
     say(f"  {lay.root / 'nodes'}/node-0..{nodes - 1}/auth_key(.pub)  (copy node-<i>/ to SuperNode i)")
     say(f"next: anther-deploy superlink {lay.root}")
 

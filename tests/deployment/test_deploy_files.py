@@ -170,3 +170,11 @@ def test_a_device_profile_gives_a_node_its_budget_and_what_it_declares():
     assert device_args(None, 800) == (800, None)
     args = _parser().parse_args(["local", "d", "--device", "phone-mid", "--device", "laptop"])
     assert args.device == ["phone-mid", "laptop"]
+
+
+def test_a_host_given_twice_or_loopback_given_again_is_listed_once(tmp_path):
+    lay = layout(tmp_path / "fed")
+    said: list[str] = []
+    steps.init(lay, 1, ["127.0.0.1", "pi.lan", "pi.lan"], 9093, 30, force=False, say=said.append)
+    assert json.loads(lay.meta.read_text())["hosts"] == ["localhost", "127.0.0.1", "pi.lan"]
+    assert any("valid for localhost, 127.0.0.1, pi.lan;" in line for line in said)
