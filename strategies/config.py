@@ -198,7 +198,10 @@ class HetLoRAConfig(HetRankConfig):
     padding: "zeros" (HetLoRA: a client's missing components count as zeros in the
         average, so a component only a quarter of the clients train shrinks toward zero
         each round) or "holders" (HeteroFL's rule: each component is the weighted mean over
-        the clients that trained it; one no sampled client trained keeps its value).
+        the clients that trained it; one no sampled client trained keeps its value) or
+        "global" (the updates averaged: a client's missing components count as the global
+        values it left unchanged, so each component moves by its trainers' weighted
+        updates and none shrinks).
     self_pruning: clients regularise their top ``prune_gamma`` fraction of components by
         ``prune_lambda * ||B_tail A_tail||_F`` and drop them when that norm fell during the
         round; the server keeps each client's pruned rank for the rest of the run.
@@ -213,6 +216,6 @@ class HetLoRAConfig(HetRankConfig):
 
     def __post_init__(self) -> None:
         check_choice("strategy.weighting", self.weighting, ("examples", "norm"))
-        check_choice("strategy.padding", self.padding, ("zeros", "holders"))
+        check_choice("strategy.padding", self.padding, ("zeros", "holders", "global"))
         check(self.prune_lambda > 0, "strategy.prune_lambda", "a number > 0", self.prune_lambda)
         check(0 < self.prune_gamma < 1, "strategy.prune_gamma", "a number in (0, 1)", self.prune_gamma)

@@ -15,7 +15,12 @@ across ranks without rescaling.
   zero-pad to ``r`` and average, weighted by examples or (``weighting=norm``, HetLoRA's
   sparsity-weighted aggregation) by ``||B_k A_k||_F`` per module; or
   (``padding=holders``, HeteroFL's rule) each component averaged over the clients that
-  trained it, so components only high-rank clients hold are not pulled toward zero.
+  trained it, so components only high-rank clients hold are not pulled toward zero; or
+  (``padding=global``) the updates averaged: a client's components beyond ``r_k`` count
+  as the global values it did not change, so component ``j`` moves by
+  ``sum_{k: r_k >= j} p_k (x_kj - g_j)`` and nothing shrinks (zeros: ``x_j`` becomes
+  ``sum_{k: r_k >= j} p_k x_kj``, a quarter of itself each round where a quarter of the
+  weight trains it).
 - :class:`FLoRA` (Wang et al., 2024): stacking. The server holds the merged update
   ``dW`` per adapted Linear (a dense ``<module>.base_delta``) and LoRA's initial
   factors. Down: ``dW`` (the client adds it to its frozen layer) and fresh adapters
@@ -241,6 +246,18 @@ def padded(name: str, value: np.ndarray, rank: int) -> np.ndarray:
     return out
 
 
+def padded_with_global(name: str, value: np.ndarray, current: np.ndarray) -> np.ndarray:
+    """``value`` (a client's first ``r_k`` components) completed with ``current``'s other
+    components: what the client would have sent had it held the global rank and left the
+    components beyond its own untouched."""
+    out = np.array(current, np.float32)
+    if is_a(name):
+        out[: value.shape[0]] = value
+    else:
+        out[:, : value.shape[1]] = value
+    return out
+
+
 def holders_mean(name: str, values: list[np.ndarray], weights: list[float], current: np.ndarray) -> np.ndarray:
     """Each LoRA component (a row of A, a column of B) as the weighted mean over the
     clients whose rank includes it (weights renormalised per component); a component no
@@ -315,6 +332,9 @@ class HetLoRA(HetRankStrategy):
             if self.cfg.padding == "holders":
                 out[a] = holders_mean(a, [s[a] for s in states], w, global_state[a])
                 out[b] = holders_mean(b, [s[b] for s in states], w, global_state[b])
+            elif self.cfg.padding == "global":
+                out[a] = weighted_mean([padded_with_global(a, s[a], global_state[a]) for s in states], w)
+                out[b] = weighted_mean([padded_with_global(b, s[b], global_state[b]) for s in states], w)
             else:
                 out[a] = weighted_mean([padded(a, s[a], self.rank) for s in states], w)
                 out[b] = weighted_mean([padded(b, s[b], self.rank) for s in states], w)

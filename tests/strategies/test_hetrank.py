@@ -194,3 +194,17 @@ def test_hetlora_holders_average_each_component_over_the_clients_that_trained_it
     np.testing.assert_array_equal(out[B][:, 2:], 7.0)
     with pytest.raises(ConfigError, match="strategy.padding"):
         HetLoRAConfig(padding="mean")
+
+
+def test_hetlora_global_padding_averages_the_updates_so_nothing_shrinks():
+    s = _strategy(HetLoRA, HetLoRAConfig(padding="global"))
+    c1, c2 = _client(1, 0), _client(2, 1)
+    glob = {A: np.full((4, 3), 7.0, np.float32), B: np.full((5, 4), 7.0, np.float32), HEAD: np.zeros((2, 5))}
+    out = s.aggregate_states([c1, c2], [0.25, 0.75], glob)
+    np.testing.assert_allclose(out[A][0], 0.25 * c1[A][0] + 0.75 * c2[A][0], rtol=1e-6)  # both trained it
+    np.testing.assert_allclose(out[A][1], 7.0 + 0.75 * (c2[A][1] - 7.0), rtol=1e-6)  # client 1 counts as unchanged
+    np.testing.assert_allclose(out[B][:, 1], 7.0 + 0.75 * (c2[B][:, 1] - 7.0), rtol=1e-6)
+    np.testing.assert_array_equal(out[A][2:], 7.0)  # nobody trained components 2, 3: kept, not zeroed
+    np.testing.assert_array_equal(out[B][:, 2:], 7.0)
+    same = {A: glob[A][:2].copy(), B: glob[B][:, :2].copy(), HEAD: np.zeros((2, 5), np.float32)}
+    np.testing.assert_array_equal(s.aggregate_states([same, same], [0.5, 0.5], glob)[A], glob[A])  # no update: no change
