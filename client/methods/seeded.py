@@ -28,7 +28,7 @@ from strategies import wire
 from strategies.runconfig import ConfigError
 
 # Used only when no seed strategy sends the round's settings (stand-alone use, tests).
-DEFAULT_POOL, DEFAULT_PERTURBATIONS, DEFAULT_DIST = 4096, 1, "gaussian"
+DEFAULT_POOL, DEFAULT_PERTURBATIONS, DEFAULT_DIST = 4096, 1, "gaussian16"
 
 
 @dataclass

@@ -153,7 +153,7 @@ def _check_dist(dist: str) -> str:
 
 
 def perturb_(
-    params: list[torch.Tensor], seed: int, alpha: float, dist: str = "gaussian", backend: str = "auto"
+    params: list[torch.Tensor], seed: int, alpha: float, dist: str = "gaussian16", backend: str = "auto"
 ) -> None:
     """In place, ``p += alpha * z(seed)`` over the tensors in order.
 
@@ -167,9 +167,10 @@ def perturb_(
     params : list of contiguous floating tensors (any shapes, one device).
     seed : int in ``[0, 2**63)``.
     alpha : finite float.
-    dist : ``"gaussian"`` (N(0, 1), fp64 Box-Muller), ``"gaussian16"`` (N(0, 1) quantized to
+    dist : ``"gaussian16"`` (the default: N(0, 1) quantized to
         65,536 levels by a table of 16-bit uniforms: bitwise on every backend and the
-        fastest Gaussian; :mod:`kernels.perturb.gaussian16`) or ``"rademacher"`` (+-1).
+        fastest Gaussian; :mod:`kernels.perturb.gaussian16`), ``"gaussian"`` (N(0, 1), fp64
+        Box-Muller) or ``"rademacher"`` (+-1).
     backend : ``"auto"``, or a name in :data:`BACKENDS` (``"torch"``, ``"numba"``).
 
     Raises
@@ -191,7 +192,7 @@ def accumulate_(
     params: list[torch.Tensor],
     seeds: Sequence[int],
     coeffs: Sequence[float],
-    dist: str = "gaussian",
+    dist: str = "gaussian16",
     backend: str = "auto",
 ) -> None:
     """In place, ``p += sum_k coeffs[k] * z(seeds[k])`` in one tiled pass over ``p``.

@@ -110,7 +110,7 @@ def test_catch_up_from_history_equals_server_state():
     assert [e.round for e in entries] == [1, 2, 3, 4, 5, 6]
     client = {k: torch.from_numpy(v.copy()) for k, v in g0.items()}
     for e in entries:
-        e.apply_(sd.ordered(client), 3, K, "gaussian", "torch")
+        e.apply_(sd.ordered(client), 3, K, SeedConfig().dist, "torch")
     for k in final:
         assert np.array_equal(client[k].numpy(), final[k]), k  # bitwise: same ops, same order
 

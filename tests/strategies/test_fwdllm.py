@@ -12,6 +12,8 @@ from strategies.config import FwdLLMConfig
 from strategies.fwdllm import CLIENT, FwdLLM, aligned, combine_asks, half_split_variance
 from strategies.registry import build_strategy
 
+DIST = FwdLLMConfig().dist  # the strategy's default perturbation distribution
+
 K = 16
 STATE = {"a": np.zeros(3, np.float32), "b": np.zeros((2, 2), np.float32)}
 
@@ -47,7 +49,7 @@ def reply(s, node, index, scalar, n, rnd=1, ask=0):
 def z(seed, shapes=((3,), (2, 2))):
     """z(seed) over the state in sorted-name order, flattened."""
     bufs = [torch.zeros(s) for s in shapes]
-    perturb_(bufs, int(seed), 1.0, "gaussian")
+    perturb_(bufs, int(seed), 1.0, DIST)
     return torch.cat([b.flatten() for b in bufs]).double().numpy()
 
 
@@ -118,12 +120,12 @@ def test_half_split_variance_by_hand():
     # one client, n=2: d = 2 * scalar; halves are its two perturbations
     one = [sd.SeedReply(np.array([0, 5]), np.array([0.5, -0.25]), 1, {CLIENT: 1})]
     m1, m2 = 1.0 * z(pool[0]), -0.5 * z(pool[5])
-    assert half_split_variance(one, params, pool, "gaussian") == pytest.approx(np.mean((m1 - m2) ** 2) / 2, rel=1e-5)
+    assert half_split_variance(one, params, pool, DIST) == pytest.approx(np.mean((m1 - m2) ** 2) / 2, rel=1e-5)
     # identical halves: no variance; a single perturbation per client: undefined
     same = [sd.SeedReply(np.array([3, 3]), np.array([1.0, 1.0]), 1, {CLIENT: 1})]
-    assert half_split_variance(same, params, pool, "gaussian") == pytest.approx(0.0, abs=1e-12)
+    assert half_split_variance(same, params, pool, DIST) == pytest.approx(0.0, abs=1e-12)
     single = [sd.SeedReply(np.array([3]), np.array([1.0]), 1, {CLIENT: c}) for c in (1, 2)]
-    assert np.isnan(half_split_variance(single, params, pool, "gaussian"))
+    assert np.isnan(half_split_variance(single, params, pool, DIST))
 
 
 def test_variance_falls_with_more_perturbations():
@@ -136,7 +138,7 @@ def test_variance_falls_with_more_perturbations():
         g = np.ones(50) / np.sqrt(50)  # a fixed true gradient
         d = np.array([float(g @ z(pool[i], ((50,),))) for i in idx])
         r = [sd.SeedReply(idx, d / n, 1, {CLIENT: 1})]
-        return half_split_variance(r, params, pool, "gaussian")
+        return half_split_variance(r, params, pool, DIST)
 
     assert var(200) < var(20) / 4
 
@@ -191,10 +193,10 @@ def test_state_roundtrip_keeps_previous_update():
 def test_discriminative_sampling_keeps_the_best_aligned_candidates():
     pool = sd.seed_pool(7, K, 2)
     u = [torch.zeros(3), torch.zeros(2, 2)]
-    perturb_(u, 1234, 1.0, "gaussian")
+    perturb_(u, 1234, 1.0, DIST)
     uf = torch.cat([t.flatten() for t in u]).double().numpy()
     cands = np.arange(K)
-    index, cos = aligned(cands, pool, u, 3, "gaussian", "torch")
+    index, cos = aligned(cands, pool, u, 3, DIST, "torch")
     brute = [abs(z(pool[k]) @ uf) / (np.linalg.norm(z(pool[k])) * np.linalg.norm(uf)) for k in cands]
     np.testing.assert_array_equal(index, np.argsort(-np.asarray(brute), kind="stable")[:3])
     np.testing.assert_allclose(np.abs(cos), np.sort(brute)[::-1][:3], rtol=1e-5)
