@@ -101,8 +101,3 @@ def profile_memory_mb(device: str, numbers: dict[str, Any]) -> float:
     if "memory_mb" not in numbers:
         raise ConfigError(f"--device {device}: the profile has no memory_mb")
     return float(numbers["memory_mb"])
-
-
-def device_memory_mb(device: str, config_dir: Path) -> float:
-    """The memory budget (MiB) of a device profile (:func:`device_profile`)."""
-    return profile_memory_mb(device, device_profile(device, config_dir)[1])

@@ -236,26 +236,21 @@ class HetRankStrategy(FedAvg):
         return {k: weighted_mean([s[k] for s in states], weights) for k in states[0] if module_of(k) is None}
 
 
-def padded(name: str, value: np.ndarray, rank: int) -> np.ndarray:
-    if is_a(name):
-        out = np.zeros((rank, value.shape[1]), np.float32)
-        out[: value.shape[0]] = value
-        return out
-    out = np.zeros((value.shape[0], rank), np.float32)
-    out[:, : value.shape[1]] = value
-    return out
-
-
-def padded_with_global(name: str, value: np.ndarray, current: np.ndarray) -> np.ndarray:
-    """``value`` (a client's first ``r_k`` components) completed with ``current``'s other
-    components: what the client would have sent had it held the global rank and left the
-    components beyond its own untouched."""
-    out = np.array(current, np.float32)
+def padded(name: str, value: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """``value`` (a client's first ``r_k`` components) completed to ``base``'s rank with
+    ``base``'s other components: zeros (HetLoRA's zero-padding) or the global values, what
+    the client would have sent had it held the global rank and left the rest untouched."""
+    out = np.array(base, np.float32)
     if is_a(name):
         out[: value.shape[0]] = value
     else:
         out[:, : value.shape[1]] = value
     return out
+
+
+def zeros_at_rank(name: str, value: np.ndarray, rank: int) -> np.ndarray:
+    """Zeros of ``value``'s LoRA factor at ``rank`` components."""
+    return np.zeros((rank, value.shape[1]) if is_a(name) else (value.shape[0], rank), np.float32)
 
 
 def holders_mean(name: str, values: list[np.ndarray], weights: list[float], current: np.ndarray) -> np.ndarray:
@@ -329,15 +324,13 @@ class HetLoRA(HetRankStrategy):
                 norms = [float(np.linalg.norm(s[b] @ s[a])) for s in states]
                 total = sum(norms)
                 w = [n / total for n in norms] if total > 0 else weights
-            if self.cfg.padding == "holders":
-                out[a] = holders_mean(a, [s[a] for s in states], w, global_state[a])
-                out[b] = holders_mean(b, [s[b] for s in states], w, global_state[b])
-            elif self.cfg.padding == "global":
-                out[a] = weighted_mean([padded_with_global(a, s[a], global_state[a]) for s in states], w)
-                out[b] = weighted_mean([padded_with_global(b, s[b], global_state[b]) for s in states], w)
-            else:
-                out[a] = weighted_mean([padded(a, s[a], self.rank) for s in states], w)
-                out[b] = weighted_mean([padded(b, s[b], self.rank) for s in states], w)
+            for name in (a, b):
+                values = [s[name] for s in states]
+                if self.cfg.padding == "holders":
+                    out[name] = holders_mean(name, values, w, global_state[name])
+                    continue
+                base = global_state[name] if self.cfg.padding == "global" else zeros_at_rank(name, values[0], self.rank)
+                out[name] = weighted_mean([padded(name, v, base) for v in values], w)
         return out
 
 

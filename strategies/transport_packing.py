@@ -43,8 +43,7 @@ HEADER_BYTES = 8  # big-endian length of the JSON header that starts a whole-pac
 
 
 def is_packed(content: RecordDict) -> bool:
-    return (WHOLE in content.array_records or WHOLE in content.config_records
-            or any(k.startswith(PREFIX) for k in content.config_records))
+    return WHOLE in content or any(k.startswith(PREFIX) for k in content.config_records)
 
 
 def _rows(record: ArrayRecord) -> list[tuple[str, str, str, tuple[int, ...], int]]:
@@ -164,7 +163,7 @@ def _unpack_whole(record: ArrayRecord | ConfigRecord) -> RecordDict:
 def unpack(content: RecordDict) -> RecordDict:
     """``content`` with its packed array records restored (a new RecordDict); a content
     packed whole (:func:`pack_whole`) is restored record by record."""
-    if WHOLE in content.array_records or WHOLE in content.config_records:
+    if WHOLE in content:
         return _unpack_whole(content[WHOLE])
     layouts = {k[len(PREFIX):]: v for k, v in content.config_records.items() if k.startswith(PREFIX)}
     items = {}

@@ -123,15 +123,15 @@ def test_a_node_index_outside_the_deployment_is_named(fed):
 
 
 def test_a_device_profile_gives_the_memory_budget(tmp_path):
-    from simulation.cli import CONFIG_DIR
-    from simulation.devices import device_memory_mb
+    def device_memory_mb(device):  # what `anther-deploy supernode --device` takes as its budget
+        return cli.device_args(device, None)[0]
 
-    assert device_memory_mb("rpi5", CONFIG_DIR) == 3000
+    assert device_memory_mb("rpi5") == 3000
     own = tmp_path / "pi.yaml"
     own.write_text("profiles:\n  mypi:\n    memory_mb: 1500\n")
-    assert device_memory_mb(str(own), CONFIG_DIR) == 1500
+    assert device_memory_mb(str(own)) == 1500
     with pytest.raises(ConfigError, match="neither a profile .*rpi5"):
-        device_memory_mb("toaster", CONFIG_DIR)
+        device_memory_mb("toaster")
 
 
 def test_a_node_polls_fast_for_a_while_after_a_message_or_reply_then_backs_off_to_its_interval():
