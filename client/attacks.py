@@ -31,6 +31,16 @@ def is_attacker(cfg: AttackConfig, ident: int, num_clients: int, seed: int) -> b
     return cfg.name != "none" and ident in _attackers(cfg, num_clients, seed)
 
 
+class SilentAttacker(RuntimeError):
+    """``attack=silent``: this client sends no update (its ClientApp fails, as a crash would)."""
+
+
+def stays_silent(cfg: AttackConfig, attacking: bool, ident: int) -> None:
+    """Raise :class:`SilentAttacker` for an ``attack=silent`` attacker, before any work."""
+    if attacking and cfg.name == "silent":
+        raise SilentAttacker(f"client {ident} is an attack=silent attacker: it sends no update")
+
+
 def flips_labels(cfg: AttackConfig, attacking: bool) -> bool:
     return attacking and cfg.name == "labelflip"
 
@@ -43,7 +53,7 @@ def craft_update(cfg: AttackConfig, update: Update, start: Mapping[str, torch.Te
                  rng_key: tuple[int, int, int]) -> Update:
     """The update an attacker sends instead of ``update`` (``start``: the state it was sent)."""
     name, factor = cfg.name, float(cfg.factor)
-    if name in ("labelflip", "fuzz", "none"):
+    if name in ("labelflip", "fuzz", "silent", "none"):
         return update
     rng = _rng(*rng_key)
     if update.pairs is not None:  # seed updates: rewrite the scalars

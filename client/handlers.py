@@ -28,7 +28,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 
 from client import memory
-from client.attacks import clipped_update, craft_reply, craft_update, flips_labels, is_attacker
+from client.attacks import clipped_update, craft_reply, craft_update, flips_labels, is_attacker, stays_silent
 from client.batches import batch_iterator
 from client.budget import budget_mb, check, device_facts, node_option
 from client.config import ClientConfig
@@ -146,6 +146,7 @@ def handle_train(msg: Message, cfg: ClientConfig, context: Context) -> Message:
     kind = serving_kind(rt.method.kind, msg.content.config_records.get(wire.WIRE, {}).get(wire.KIND_KEY))
     ident = _identity(context, msg)
     attacking = is_attacker(cfg.attack, ident, cfg.num_clients, cfg.seed)
+    stays_silent(cfg.attack, attacking, ident)
     data = encoded_partition(cfg, _partition_key(context, msg), rt.backbone.task, rt.backbone.tokenizer,
                              flips_labels(cfg.attack, attacking))
     steps = cfg.method.steps(local_steps, len(data), batch_size)

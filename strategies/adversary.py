@@ -16,6 +16,13 @@ nonfinite  sends NaN everywhere (Hydra reads ``attack=nan`` as a number, hence t
 labelflip  trains on flipped labels (``C - 1 - y``) and sends that update honestly
 freerider  sends ``d = 0`` (no training) and claims its examples
 fuzz       a malformed reply per round, drawn from :data:`FUZZ_CASES` (delta updates)
+silent     sends nothing: its ClientApp fails before training, as a crashed client's
+
+``silent`` is the control for the others: with the same seed, the same clients attack,
+so a run whose attackers' replies are all rejected (``fuzz``) must produce the same
+global states, round by round, as the run whose attackers never answer. A rejected
+reply then has exactly the effect of no reply; what such a run still loses against an
+all-honest run is the attackers' data, which no screening can give back.
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ class ScaleConfig(AttackConfig):
 
 
 ATTACKS = Registry("attack", AttackConfig)
-for _name in ("none", "noise", "nonfinite", "labelflip", "freerider", "fuzz"):
+for _name in ("none", "noise", "nonfinite", "labelflip", "freerider", "fuzz", "silent"):
     ATTACKS.add(_name, AttackConfig, _name)
 ATTACKS.add("signflip", SignFlipConfig, "signflip")
 ATTACKS.add("scale", ScaleConfig, "scale")

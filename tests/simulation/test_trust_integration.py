@@ -29,6 +29,23 @@ def test_fuzzing_clients_are_all_rejected_and_the_run_goes_on(tmp_path, caplog):
     assert "rejected client" in caplog.text
 
 
+def test_a_rejected_reply_counts_exactly_as_no_reply(tmp_path):
+    """The same seeded attackers either fuzz (every reply rejected) or stay silent (no
+    reply): with further clients asked until each round has four valid updates, both runs
+    aggregate the same clients and end in the same global state, bit for bit."""
+    from benchmarks.equivalence import fingerprint
+
+    common = [*TINY, "num_clients=8", "clients_per_round=4", "rounds=3", "attack.fraction=0.25",
+              "screen.min_valid_replies=4", "screen.max_resamples=4"]
+    fuzz = fingerprint(simulation.run([*common, "attack=fuzz", f"hydra.run.dir={tmp_path / 'fuzz'}"]))
+    silent = fingerprint(simulation.run([*common, "attack=silent", f"hydra.run.dir={tmp_path / 'silent'}"]))
+    assert fuzz["global"] == silent["global"] and fuzz["sampler"] == silent["sampler"]
+    assert sum(r.get("attackers", 0) for r in fuzz["rows"]) > 0
+    for f, s in zip(fuzz["rows"], silent["rows"], strict=True):
+        assert f.get("rejected", 0) == s.get("rejected", 0) == f.get("attackers", 0)  # a silent client: "client error"
+        assert {k: v for k, v in f.items() if k != "bytes_up"} == {k: v for k, v in s.items() if k != "bytes_up"}
+
+
 def test_scaling_attackers_behind_the_median(tmp_path):
     run_dir = simulation.run([*TINY, "num_clients=6", "clients_per_round=6", "rounds=1", "attack=scale",
                               "attack.fraction=0.34", "robust=median", "screen.norm_bound=0",
