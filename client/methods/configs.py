@@ -319,6 +319,24 @@ class BitFitConfig(BackpropFields):
             raise ConfigError(no_biases(facts.name))
 
 
+@dataclass(frozen=True)
+class HeadConfig(BackpropFields):
+    """Linear probing: the backbone frozen, only the classification head trains (the
+    baseline of PEFT comparisons, and the smallest update DP noise has to cover)."""
+
+    name: str = "head"
+
+    def check_backbone(self, facts, model) -> None:
+        task = model.task if getattr(model, "task", "auto") != "auto" else ("causal_lm" if facts.decoder else "classification")
+        if task == "causal_lm":
+            raise ConfigError(no_head(facts.name))
+
+
+def no_head(model_name: str) -> str:
+    return (f"method=head trains a classification head, and {model_name} runs as a causal LM here (its output "
+            "layer is tied to the input embeddings): set model.task=classification, or use method=lora, ia3 or adapter")
+
+
 def no_biases(model_name: str) -> str:
     return (f"method=bitfit trains a backbone's bias terms, and {model_name} has none (its Linear layers and "
             "norms are bias-free): use method=lora, ia3 or adapter")

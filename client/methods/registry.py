@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from client.config import MethodConfig
-from client.methods.configs import (AdapterConfig, BitFitConfig, ForwardGradConfig, IA3Config, LoraConfig,
+from client.methods.configs import (AdapterConfig, BitFitConfig, ForwardGradConfig, HeadConfig, IA3Config, LoraConfig,
                                     PrefixConfig, PromptConfig, SplitConfig, ZoSeedConfig)
 from strategies.plugins import Registry
 
@@ -24,6 +24,7 @@ METHODS.add("prefix", PrefixConfig, "client.methods.prefix:PrefixMethod", kind="
 METHODS.add("adapter", AdapterConfig, "client.methods.adapter:AdapterMethod", kind="delta")
 METHODS.add("ia3", IA3Config, "client.methods.peft_tuners:IA3Method", kind="delta")
 METHODS.add("bitfit", BitFitConfig, "client.methods.bitfit:BitFitMethod", kind="delta")
+METHODS.add("head", HeadConfig, "client.methods.head:HeadMethod", kind="delta")
 
 
 def register(name: str, config: type[MethodConfig]) -> Callable[[Any], Any]:

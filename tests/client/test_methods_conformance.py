@@ -19,7 +19,7 @@ TEXTS = ["the match ended in a draw", "new chip doubles speed", "stocks fell sha
 LABELS = [0, 1, 2, 3] * 4
 NAMES = ("sports", "science", "business", "world")
 SETTINGS = {"split": {"r": 4, "cut": 1}, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4},
-            "adapter": {"adapter_dim": 4}, "ia3": {}, "bitfit": {}}
+            "adapter": {"adapter_dim": 4}, "ia3": {}, "bitfit": {}, "head": {}}
 BIASED = {"tiny-bert"}  # BitFit needs bias terms; the tiny Llama has none
 
 
@@ -51,6 +51,10 @@ def test_method_conformance(method, model, task, quant):
         pytest.skip("k-bit backbones are checked on the tiny Llama")
     if method == "bitfit" and model not in BIASED:
         with pytest.raises(ConfigError, match="has none"):
+            _setup(method, model, task, quant)
+        return
+    if method == "head" and model == "tiny-llama" and task == "auto":  # causal LM: no classification head
+        with pytest.raises(ConfigError, match="causal LM"):
             _setup(method, model, task, quant)
         return
     cfg, m, data = _setup(method, model, task, quant)

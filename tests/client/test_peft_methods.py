@@ -90,3 +90,11 @@ def test_bitfit_trains_only_bias_terms_and_the_head():
     assert names and all(n.endswith(".bias") or n.startswith("classifier.") for n in names)
     assert any(n.startswith("classifier.weight") for n in names)
     assert sum(p.numel() for _, p in m.trainable_parameters()) == sum(v.numel() for v in m.trainable_state().values())
+
+
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-llama"])
+def test_head_trains_only_the_classification_head(model):
+    backbone, m = _build("head", model=model, task="classification")
+    names = [n for n, _ in m.trainable_parameters()]
+    assert names and all(n.split(".")[0] in backbone.head_modules for n in names)
+    assert sum(p.numel() for _, p in m.trainable_parameters()) == sum(v.numel() for v in m.trainable_state().values())

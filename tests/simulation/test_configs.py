@@ -73,6 +73,7 @@ def test_seed_method_and_strategy_errors(overrides, match):
     [
         (["method=bitfit", "model=smollm2-135m"], "bitfit trains a backbone's bias terms, and smollm2-135m has none"),
         (["method=bitfit", "model=tiny-llama"], "tiny-llama has none"),
+        (["method=head", "model=smollm2-135m"], "method=head trains a classification head, and smollm2-135m runs as a causal LM"),
         (["method=prompt", "method.num_virtual_tokens=500"], r"at most 448 \(minilm has 512 positions"),
         (["method=prefix", "method.num_virtual_tokens=0"], "method.num_virtual_tokens: expected an integer >= 1"),
         (["method=prefix", "method.init=vocab"], "method.init='vocab' is not known; valid choices: random, text"),
