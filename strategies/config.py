@@ -192,6 +192,25 @@ class HetRankConfig(StrategyConfig):
 
 
 @dataclass(frozen=True)
+class FlexLoRAConfig(HetRankConfig):
+    """FlexLoRA (``strategies/hetrank.py``).
+
+    average: "products" (FlexLoRA: the new ``dW`` is the weighted mean of the clients'
+        full-size products, so the part of ``dW`` beyond a client's rank, which its
+        truncated SVD could not carry, counts as zero in the mean) or "updates" (the
+        products' changes averaged: ``dW += sum_k p_k (s B_k A_k - T_k(dW))``, ``T_k`` the
+        rank-``r_k`` truncation the client started from, so what a client could not hold
+        counts as unchanged and the global update never shrinks).
+    """
+
+    name: str = "flexlora"
+    average: str = "products"
+
+    def __post_init__(self) -> None:
+        check_choice("strategy.average", self.average, ("products", "updates"))
+
+
+@dataclass(frozen=True)
 class HetLoRAConfig(HetRankConfig):
     """HetLoRA (``strategies/hetrank.py``).
 

@@ -34,7 +34,11 @@ across ranks without rescaling.
   of ``dW / s`` at the client's rank, ``B = U_r S_r^1/2``, ``A = S_r^1/2 V_r^T``
   (components with a zero singular value get LoRA's initial ``A`` row and ``B = 0``,
   so they can still learn); no dense tensor. Up: ``A_k, B_k``. At full rank the
-  truncation is exact.
+  truncation is exact. ``average=updates`` averages the products' changes instead,
+  ``dW += sum_k p_k (s B_k A_k - T_k(dW))`` with ``T_k(dW)`` the truncation client ``k``
+  started from: the part of ``dW`` beyond a client's rank counts as unchanged rather
+  than as zero (FlexLoRA's own mean drops a quarter of it each round where a quarter of
+  the weight trains rank 2).
 
 The classification head (and any other non-LoRA tensor) is averaged by examples in all
 three. Central evaluation loads the global state as it is: LoRA at rank ``r`` plus, for
@@ -370,6 +374,21 @@ class FlexLoRA(HetRankStrategy):
     def aggregate_states(self, states, weights, global_state):
         out = self.others(states, weights)
         for module, (a, b) in lora_pairs(states[0]).items():
-            out[module + BASE_DELTA] = weighted_mean([self.scale * s[b] @ s[a] for s in states], weights)
+            products = [self.scale * s[b] @ s[a] for s in states]
+            if getattr(self.cfg, "average", "products") == "updates":
+                delta = global_state[module + BASE_DELTA]
+                products = [p + delta - self.start_product(module, global_state, s[a].shape[0])
+                            for p, s in zip(products, states)]
+            out[module + BASE_DELTA] = weighted_mean(products, weights)
             out[a], out[b] = global_state[a], np.zeros_like(global_state[b])  # the product lives in base_delta
         return out
+
+    def start_product(self, module: str, global_state: Mapping[str, np.ndarray], rank: int) -> np.ndarray:
+        """``s B A`` of the factors a rank-``rank`` client received this round: the
+        rank-``rank`` truncation of the global ``dW``."""
+        a, b = lora_pairs(global_state)[module]
+        delta = global_state[module + BASE_DELTA]
+        if module not in self._svd:
+            self._svd[module] = np.linalg.svd(delta / self.scale, full_matrices=False)
+        a0, b0 = svd_factors(delta, rank, self.scale, global_state[a], self._svd[module])
+        return self.scale * b0 @ a0

@@ -23,7 +23,7 @@ from typing import Any
 from strategies import wire
 from strategies.config import (
     FedAdagradConfig, FedAvgConfig, FedAvgMConfig, FedOptConfig, FedProxConfig, FwdLLMConfig, HetLoRAConfig,
-    HetRankConfig, SeedConfig, SplitFedConfig, StrategyConfig,
+    FlexLoRAConfig, HetRankConfig, SeedConfig, SplitFedConfig, StrategyConfig,
 )
 from strategies.plugins import Registry, import_string
 from strategies.runconfig import ConfigError
@@ -89,7 +89,7 @@ STRATEGIES.add("sfl_v2", SplitFedConfig, _split("strategies.split:SplitFed"), AC
 STRATEGIES.add("sfl_v1", SplitFedConfig, _split("strategies.split:SplitFedV1"), ACTIVATIONS)
 STRATEGIES.add("hetlora", HetLoRAConfig, _split("strategies.hetrank:HetLoRA"), DELTA)
 STRATEGIES.add("flora", HetRankConfig, _split("strategies.hetrank:FLoRA"), DELTA)
-STRATEGIES.add("flexlora", HetRankConfig, _split("strategies.hetrank:FlexLoRA"), DELTA)
+STRATEGIES.add("flexlora", FlexLoRAConfig, _split("strategies.hetrank:FlexLoRA"), DELTA)
 HETERO_RANK = ("hetlora", "flora", "flexlora")  # the strategies that give clients different LoRA ranks
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from client.ranks import client_rank, truncated
-from strategies.config import HetLoRAConfig, HetRankConfig
+from strategies.config import FlexLoRAConfig, HetLoRAConfig, HetRankConfig
 from strategies.hetrank import FLoRA, FlexLoRA, HetLoRA, stack, svd_factors
 from strategies.runconfig import ConfigError
 
@@ -208,3 +208,29 @@ def test_hetlora_global_padding_averages_the_updates_so_nothing_shrinks():
     np.testing.assert_array_equal(out[B][:, 2:], 7.0)
     same = {A: glob[A][:2].copy(), B: glob[B][:, :2].copy(), HEAD: np.zeros((2, 5), np.float32)}
     np.testing.assert_array_equal(s.aggregate_states([same, same], [0.5, 0.5], glob)[A], glob[A])  # no update: no change
+
+
+def test_flexlora_update_averaging_keeps_what_a_low_rank_client_could_not_hold():
+    s = _strategy(FlexLoRA, FlexLoRAConfig(average="updates"))
+    glob = s.initial_global({**_client(4, 9), B: np.zeros((5, 4), np.float32)})
+    rng = np.random.default_rng(3)
+    glob[DELTA] = rng.normal(size=(5, 3)).astype(np.float32)  # rank 3
+    s._ranks = {1: 1, 2: 4}
+    sent = {n: s.client_state(glob, n) for n in (1, 2)}
+    # nobody changed what they received: dW stays as it was (products: the rank-1 truncation would pull it down)
+    np.testing.assert_allclose(s.aggregate_states([sent[1], sent[2]], [0.5, 0.5], glob)[DELTA], glob[DELTA],
+                               rtol=1e-5, atol=1e-5)
+    plain = _strategy(FlexLoRA, FlexLoRAConfig()).aggregate_states([sent[1], sent[2]], [0.5, 0.5], glob)[DELTA]
+    assert np.abs(plain - glob[DELTA]).max() > 0.1
+    # the rank-1 client moves its factors: dW moves by its weight times its product's change
+    moved = {**sent[1], B: sent[1][B] + 0.5}
+    out = s.aggregate_states([moved, sent[2]], [0.25, 0.75], glob)
+    change = s.scale * (moved[B] @ moved[A] - sent[1][B] @ sent[1][A])
+    np.testing.assert_allclose(out[DELTA], glob[DELTA] + 0.25 * change, rtol=1e-4, atol=1e-5)
+    # every client at full rank: the same as FlexLoRA's mean of products
+    clients = [_client(4, 0), _client(4, 1)]
+    np.testing.assert_allclose(s.aggregate_states(clients, [0.4, 0.6], glob)[DELTA],
+                               _strategy(FlexLoRA, FlexLoRAConfig()).aggregate_states(clients, [0.4, 0.6], glob)[DELTA],
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="strategy.average"):
+        FlexLoRAConfig(average="mean")
