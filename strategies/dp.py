@@ -145,7 +145,7 @@ class DPStrategy:
     def __init__(self, inner: Any, cfg: DPConfig, num_clients: int, clients_per_round: int, seed: int,
                  rounds: int) -> None:
         self.inner, self.cfg = inner, cfg
-        self.num_clients, self.per_round, self.seed = num_clients, clients_per_round, seed
+        self.num_clients, self.per_round, self.seed, self.rounds = num_clients, clients_per_round, seed, rounds
         self.sigma = (noise_for(cfg.target_epsilon, rounds, clients_per_round, num_clients, cfg.delta)
                       if cfg.target_epsilon > 0 else cfg.noise_multiplier)
         self.samples: list[int] = []  # clients asked per aggregated round (the accountant's history)
@@ -167,10 +167,12 @@ class DPStrategy:
         self._global = {k: a.numpy() for k, a in arrays.items()}
         if first:
             ratio = noise_to_signal(self.sigma, sum(v.size for v in self._global.values()), self.per_round)
+            run_ratio = ratio / math.sqrt(max(self.rounds, 1))
             log.info("dp: the noise added to a round's mean update has norm ~%.3g x dp.clip, its signal at most "
-                     "1 x dp.clip (sigma x sqrt(parameters) / clients_per_round)%s", ratio,
-                     "; expect little or no learning: more clients per round, from a larger population, lower it"
-                     if ratio > 1 else "")
+                     "1 x dp.clip (sigma x sqrt(parameters) / clients_per_round); over %d rounds the noise adds up "
+                     "to ~%.3g x what a steady signal adds up to%s", ratio, self.rounds, run_ratio,
+                     "; expect little or no learning: fewer trained parameters (e.g. method=head) or more clients "
+                     "per round, from a larger population, lower it" if run_ratio > 1 else "")
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def check_clipped(self, update_norm: float) -> str | None:
