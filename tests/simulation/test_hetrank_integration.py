@@ -22,9 +22,10 @@ def rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("strategy", ["hetlora", "flora", "flexlora"])
-def test_rank_mix_rounds(tmp_path, strategy):
-    run_dir = simulation.run([*TINY, f"strategy={strategy}", "rounds=2", f"hydra.run.dir={tmp_path}"])
+@pytest.mark.parametrize("strategy, options", [("hetlora", []), ("flora", []), ("flexlora", []),
+                                               ("flexlora", ["strategy.average=updates"])])
+def test_rank_mix_rounds(tmp_path, strategy, options):
+    run_dir = simulation.run([*TINY, f"strategy={strategy}", *options, "rounds=2", f"hydra.run.dir={tmp_path}"])
     metrics = rows(run_dir)
     assert [r["round"] for r in metrics] == [0, 1, 2]
     # the three replies hold ranks 2, 4 and 8: LoRA on query/value of 2 layers (64 wide) + the head
