@@ -30,6 +30,7 @@ examples:
   python -m simulation.compare multirun/2026-12-02/10-00-00 --target 0.86
   python -m simulation.compare 'outputs/*/*' -o curves.png --csv runs.csv
   python -m simulation.compare outputs/fedavg outputs/fedprox --markdown
+  python -m simulation.compare 'runs/*_s[0-3]' --over seed --target 0.86
 """
 
 METRICS = "metrics.jsonl"
@@ -406,6 +407,114 @@ def _target_name(target: float) -> str:
     return f"{target:.1%}".replace(".0%", "%")
 
 
+# ---------------------------------------------------------------- repeats (--over seed)
+
+
+@dataclass
+class Group:
+    """Runs whose configs differ only in the ``--over`` key (e.g. seeds of one setting)."""
+
+    label: str
+    runs: list[Run]
+    over: list[Any] = field(default_factory=list)  # each run's value of the --over key
+
+
+def group_runs(runs: list[Run], over: str) -> list[Group]:
+    """Runs grouped by every compared config key but ``over``, in first-seen order; the
+    label names the keys that differ between groups. A run without a config is its own
+    group. ``ValueError`` when no run's config has ``over``."""
+    configs = [r.config for r in runs if r.config is not None]
+    if not any(over in c for c in configs):
+        known = sorted({k for c in configs for k in c if "." not in k})
+        raise ValueError(f"--over {over}: no run's config has that key (top-level keys: {', '.join(known)}; "
+                         "nested keys are dotted, e.g. strategy.name)")
+    differing = [k for k in differing_keys(configs) if k != over] if len(configs) > 1 else []
+    keys = label_keys(configs, differing)
+    shorts = short_names(keys, configs)
+    groups: dict[str, Group] = {}
+    for i, run in enumerate(runs):
+        if run.config is None:
+            groups[f"\0{i}"] = Group(run.label, [run], [None])
+            continue
+        ident = _canon({k: run.config.get(k, _MISSING) for k in differing})
+        label = " ".join(f"{shorts[k]}={fmt_value(run.config[k])}" for k in keys if k in run.config) or "all runs"
+        group = groups.setdefault(ident, Group(label, []))
+        group.runs.append(run)
+        group.over.append(run.config.get(over))
+    return list(groups.values())
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float] | None:
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def group_stats(group: Group) -> dict[str, Any]:
+    """Mean and sample standard deviation over the group's runs of final, best and last-3
+    accuracy and of the round first reaching the target (over the runs that reached it)."""
+    out: dict[str, Any] = {"n": len(group.runs), "over": group.over}
+    for key in ("final_acc", "best_acc", "last3_acc"):
+        out[key] = _mean_sd([r.stats[key] for r in group.runs if r.stats.get(key) is not None])
+    out["bytes_up"] = sum(r.stats["bytes_up"] for r in group.runs) / len(group.runs)
+    if "hit" in group.runs[0].stats:
+        hits = [r.stats["hit"]["round"] for r in group.runs if r.stats.get("hit")]
+        out["hit"] = (_mean_sd([float(h) for h in hits]), len(hits))
+    return out
+
+
+def _pm(ms: tuple[float, float] | None, digits: int) -> str:
+    return "-" if ms is None else f"{ms[0]:.{digits}f}±{ms[1]:.{digits}f}"
+
+
+def _group_cells(g: dict[str, Any], target: float | None, digits: int = 4) -> list[str]:
+    cells = [",".join(fmt_value(v) for v in g["over"]), _pm(g["final_acc"], digits),
+             _pm(g["best_acc"], digits), _pm(g["last3_acc"], digits), fmt_mib(g["bytes_up"])]
+    if target is not None:
+        ms, reached = g["hit"]
+        cells.append(f"{_pm(ms, 1)} {reached}/{g['n']}" if ms else f"never 0/{g['n']}")
+    return cells
+
+
+def group_headers(over: str, target: float | None) -> list[str]:
+    cols = [over, "final", "best", "last3", "MiB up"]
+    return cols + [f"round to {_target_name(target)}"] if target is not None else cols
+
+
+def print_groups(groups: list[Group], over: str, console: Console, target: float | None = None) -> None:
+    """Each group's mean±sd (accuracies to 3 digits); settings that would not fit beside
+    the numbers go to a numbered key, as in :func:`print_tables`."""
+
+    def build(keyed: bool) -> Table:
+        t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        t.add_column("#" if keyed else "setting", justify="right" if keyed else "left", no_wrap=True)
+        for h in group_headers(over, target):
+            t.add_column(h, justify="right", no_wrap=True)
+        for i, g in enumerate(groups, 1):
+            t.add_row(Text(str(i) if keyed else g.label), *_group_cells(group_stats(g), target, digits=3))
+        return t
+
+    table = build(keyed=False)
+    keyed = console.measure(table, options=console.options.update_width(10_000)).maximum > console.width
+    console.print()
+    console.print(Text(f"mean±standard deviation over {over}", style="bold"))
+    if keyed:
+        table = build(keyed=True)
+        for i, g in enumerate(groups, 1):
+            console.print(Text(f"{i:>{len(str(len(groups)))}}  {g.label}"))
+    console.print(table)
+
+
+def markdown_groups(groups: list[Group], over: str, target: float | None = None) -> str:
+    cols = ["setting", *group_headers(over, target)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for g in groups:
+        lines.append("| " + " | ".join([g.label.replace("|", "\\|"), *_group_cells(group_stats(g), target)]) + " |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- output
 
 HEADERS = ["rnds", "final", "best", "last3", "MiB up", "MiB dn", "wall s", "RSS MB"]
@@ -513,6 +622,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, default=None, metavar="PATH",
                    help="also write one CSV row per run: label, run_dir, each differing config key, raw figures")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table instead of the console table")
+    p.add_argument("--over", default=None, metavar="KEY",
+                   help="also group the runs that differ only in this config key (e.g. seed) and print each "
+                        "group's mean ± standard deviation of final, best and last-3 accuracy")
     return p
 
 
@@ -528,6 +640,12 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> None:
     for run in runs:
         run.stats = run_stats(run.rows, args.target)
     title = figure_title(runs, list(shorts.values()))
+    groups = None
+    if args.over is not None:
+        try:
+            groups = group_runs(runs, args.over)
+        except ValueError as err:
+            p.exit(2, f"{p.prog}: error: {err}\n")
 
     from simulation.report import plot_runs  # matplotlib only now
 
@@ -536,9 +654,15 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> None:
         write_csv(runs, args.csv, differing, args.target)
     if args.markdown:
         print(markdown_table(runs, args.target))
+        if groups is not None:
+            print()
+            print(markdown_groups(groups, args.over, args.target))
     else:
-        print_tables(runs, console or Console(), title=title, target=args.target,
+        console = console or Console()
+        print_tables(runs, console, title=title, target=args.target,
                      caption=f"curves in {args.output}" + (f", rows in {args.csv}" if args.csv else ""))
+        if groups is not None:
+            print_groups(groups, args.over, console, args.target)
 
 
 if __name__ == "__main__":

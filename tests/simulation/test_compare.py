@@ -245,3 +245,20 @@ def test_help_has_description_example_and_option_help(capsys):
 
     for action in parser()._actions:
         assert action.help, action.dest
+
+
+def test_over_seed_gives_each_setting_mean_and_sd(tmp_path, capsys):
+    runs = {("fedavg", 0): [0.2, 0.5, 0.80], ("fedavg", 1): [0.2, 0.6, 0.90],
+            ("fedprox", 0): [0.2, 0.4, 0.60], ("fedprox", 1): [0.2, 0.3, 0.70]}
+    paths = [str(fake_run(tmp_path / f"{s}_{seed}", accs, config(strategy=s, seed=seed)))
+             for (s, seed), accs in runs.items()]
+    main([*paths, "-o", str(tmp_path / "c.png"), "--markdown", "--over", "seed", "--target", "0.75"])
+    out = capsys.readouterr().out
+    assert "| setting | seed | final | best | last3 | MiB up | round to 75% |" in out
+    # fedavg: finals 0.8, 0.9 -> 0.85 ± 0.0707; last3 (0.65, 0.75) -> 0.70; both reach 75% at round 2
+    assert "| strategy=fedavg | 0,1 | 0.8500±0.0707 | 0.8500±0.0707 | 0.7000±0.0707 | 0.00191 | 2.0±0.0 2/2 |" in out
+    assert "| strategy=fedprox | 0,1 | 0.6500±0.0707 | 0.6500±0.0707 | 0.5000±0.0000 | 0.00191 | never 0/2 |" in out
+    main([*paths, "-o", str(tmp_path / "c.png"), "--over", "seed"], console=Console(width=80, file=io.StringIO()))
+    with pytest.raises(SystemExit) as exc:
+        main([*paths, "-o", str(tmp_path / "c.png"), "--over", "seeds"])
+    assert exc.value.code == 2 and "--over seeds: no run's config has that key" in capsys.readouterr().err
