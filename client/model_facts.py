@@ -21,6 +21,10 @@ class ModelFacts:
     biases: bool
     decoder: bool
 
+    def task(self, task: str) -> str:
+        """``model.task`` resolved: "auto" is classification for encoders, causal LM for decoders."""
+        return task if task != "auto" else ("causal_lm" if self.decoder else "classification")
+
 
 _TINY_CONTEXT = 512  # the tiny models' position table is max(512, model.max_length)
 

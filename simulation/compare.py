@@ -298,6 +298,11 @@ def make_unique(labels: list[str], folders: list[str]) -> list[str]:
     return labels
 
 
+def label_words(cfg: dict[str, Any], keys: list[str], shorts: dict[str, str]) -> str:
+    """``strategy=fedprox alpha=0.1``: ``cfg``'s values of ``keys``, by their short names."""
+    return " ".join(f"{shorts[k]}={fmt_value(cfg[k])}" for k in keys if k in cfg)
+
+
 def assign_labels(runs: list[Run]) -> tuple[list[str], dict[str, str]]:
     """Set ``run.label`` for every run; return the differing keys (full) and their short names."""
     configs = [r.config for r in runs if r.config is not None]
@@ -308,8 +313,7 @@ def assign_labels(runs: list[Run]) -> tuple[list[str], dict[str, str]]:
     labels = []
     for run, folder in zip(runs, folders):
         cfg = run.config or {}
-        words = [f"{shorts[k]}={fmt_value(cfg[k])}" for k in keys if k in cfg]
-        labels.append(" ".join(words) if words else folder)
+        labels.append(label_words(cfg, keys, shorts) or folder)
     for run, label in zip(runs, make_unique(labels, folders)):
         run.label = label
     return differing, {k: shorts[k] for k in keys}
@@ -437,7 +441,7 @@ def group_runs(runs: list[Run], over: str) -> list[Group]:
             groups[f"\0{i}"] = Group(run.label, [run], [None])
             continue
         ident = _canon({k: run.config.get(k, _MISSING) for k in differing})
-        label = " ".join(f"{shorts[k]}={fmt_value(run.config[k])}" for k in keys if k in run.config) or "all runs"
+        label = label_words(run.config, keys, shorts) or "all runs"
         group = groups.setdefault(ident, Group(label, []))
         group.runs.append(run)
         group.over.append(run.config.get(over))

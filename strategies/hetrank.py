@@ -365,30 +365,28 @@ class FlexLoRA(HetRankStrategy):
         rank = self.node_rank(node_id)
         out = {k: v for k, v in global_state.items() if module_of(k) is None and not k.endswith(BASE_DELTA)}
         for module, (a, b) in lora_pairs(global_state).items():
-            delta = global_state[module + BASE_DELTA]
-            if module not in self._svd:
-                self._svd[module] = np.linalg.svd(delta / self.scale, full_matrices=False)
-            out[a], out[b] = svd_factors(delta, rank, self.scale, global_state[a], self._svd[module])
+            out[a], out[b] = self.factors(module, a, global_state, rank)
         return out
+
+    def factors(self, module: str, a: str, global_state: Mapping[str, np.ndarray], rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(A, B)`` a rank-``rank`` client receives this round: the truncated SVD of the
+        global ``dW`` (computed once per module and round)."""
+        delta = global_state[module + BASE_DELTA]
+        if module not in self._svd:
+            self._svd[module] = np.linalg.svd(delta / self.scale, full_matrices=False)
+        return svd_factors(delta, rank, self.scale, global_state[a], self._svd[module])
 
     def aggregate_states(self, states, weights, global_state):
         out = self.others(states, weights)
         for module, (a, b) in lora_pairs(states[0]).items():
             products = [self.scale * s[b] @ s[a] for s in states]
-            if getattr(self.cfg, "average", "products") == "updates":
+            if self.cfg.average == "updates":  # minus what each client started from: s B0 A0, dW's truncation
                 delta = global_state[module + BASE_DELTA]
-                products = [p + delta - self.start_product(module, global_state, s[a].shape[0])
-                            for p, s in zip(products, states)]
+                starts = {}
+                for rank in {s[a].shape[0] for s in states}:
+                    a0, b0 = self.factors(module, a, global_state, rank)
+                    starts[rank] = self.scale * b0 @ a0
+                products = [p + delta - starts[s[a].shape[0]] for p, s in zip(products, states)]
             out[module + BASE_DELTA] = weighted_mean(products, weights)
             out[a], out[b] = global_state[a], np.zeros_like(global_state[b])  # the product lives in base_delta
         return out
-
-    def start_product(self, module: str, global_state: Mapping[str, np.ndarray], rank: int) -> np.ndarray:
-        """``s B A`` of the factors a rank-``rank`` client received this round: the
-        rank-``rank`` truncation of the global ``dW``."""
-        a, b = lora_pairs(global_state)[module]
-        delta = global_state[module + BASE_DELTA]
-        if module not in self._svd:
-            self._svd[module] = np.linalg.svd(delta / self.scale, full_matrices=False)
-        a0, b0 = svd_factors(delta, rank, self.scale, global_state[a], self._svd[module])
-        return self.scale * b0 @ a0

@@ -327,8 +327,7 @@ class HeadConfig(BackpropFields):
     name: str = "head"
 
     def check_backbone(self, facts, model) -> None:
-        task = model.task if getattr(model, "task", "auto") != "auto" else ("causal_lm" if facts.decoder else "classification")
-        if task == "causal_lm":
+        if facts.task(getattr(model, "task", "auto")) == "causal_lm":
             raise ConfigError(no_head(facts.name))
 
 

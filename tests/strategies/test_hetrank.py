@@ -90,7 +90,7 @@ def test_flexlora_truncation_at_full_rank_is_exact():
 
 
 def test_flexlora_averages_full_size_products():
-    s = _strategy(FlexLoRA, HetRankConfig(name="flexlora"))
+    s = _strategy(FlexLoRA, FlexLoRAConfig())
     glob = s.initial_global({**_client(4, 9), B: np.zeros((5, 4), np.float32)})
     clients, weights = [_client(2, 0), _client(4, 1)], [0.5, 0.5]
     out = s.aggregate_states(clients, weights, glob)
